@@ -1,0 +1,45 @@
+"""The cost model that turns counters into predicted microseconds.
+
+Every constant is per page or per fault and names where it was measured.
+``cowahead calibrate`` writes a file with the same fields for this machine;
+these defaults are what ships.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import CowaheadError
+from .counters import Counters
+
+
+@dataclass(frozen=True)
+class CostModel:
+    cow_fault_us: float = 2.19     # one write per page after fork, trap + copy
+    zero_fill_us: float = 1.18     # first write to a fresh private anonymous page
+    zero_page_us: float = 0.48     # first read of a fresh private anonymous page
+    map_us: float = 1.80           # first touch of a shared anonymous page (shmem allocation + map)
+    reuse_us: float = 0.62         # write fault on an exclusive page after the child exited
+    ahead_copy_us: float = 1.75    # per page broken in a batch (MADV_POPULATE_WRITE, 256+ pages)
+    ahead_reuse_us: float = 0.10   # assumed: a PTE update under the lock already held, no trap
+    source: str = ("defaults: numpy one write per page, medians of 7, on a 2-vCPU Intel Xeon VM, Linux 6.18 "
+                   "(2026-11-26); ahead_copy_us from DESIGN.md (2-vCPU AMD EPYC VM); ahead_reuse_us assumed")
+
+    def predict_us(self, c: Counters) -> float:
+        return (c.cow_copy * self.cow_fault_us + c.zero_fill * self.zero_fill_us
+                + c.zero_page * self.zero_page_us + c.map * self.map_us + c.reuse * self.reuse_us
+                + c.ahead_copies * self.ahead_copy_us + c.ahead_reuses * self.ahead_reuse_us)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostModel":
+        try:
+            data = json.loads(Path(path).read_text())
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.get("costs", data).items() if k in known})
+        except (OSError, ValueError, TypeError) as e:
+            raise CowaheadError(f"{path}: not a readable calibration file ({e}); run `cowahead calibrate`") from None

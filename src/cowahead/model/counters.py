@@ -1,0 +1,39 @@
+"""Counters one replay produces, named after the kernel paths they count."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class Counters:
+    events: int = 0
+    zero_fill: int = 0      # do_anonymous_page on write, or a new shmem page: a new zeroed frame
+    zero_page: int = 0      # do_anonymous_page on read: the shared zero page is mapped
+    map: int = 0            # an existing page-cache or shmem page is mapped (do_read_fault, do_shared_fault)
+    cow_copy: int = 0       # wp_page_copy / do_cow_fault: a copy on demand
+    reuse: int = 0          # wp_page_reuse: made writable without a copy (PGREUSE)
+    outside_vma: int = 0    # accesses no VMA covers: counted, never replayed
+    ahead_copies: int = 0   # pages COW-ahead copied
+    ahead_reuses: int = 0   # exclusive pages COW-ahead made writable without a copy
+    ahead_batches: int = 0  # COW faults whose window broke COW on at least one more page
+    ahead_hits: int = 0     # ahead copies later written without a fault
+    ahead_waste: int = 0    # ahead copies dropped (unmap, exec, exit, fork, end of trace) unwritten
+    extra_pages: int = 0    # ahead copies now resident and unwritten: memory `none` would not use
+    extra_pages_peak: int = 0
+    extra_pages_final: int = 0
+    resident: int = 0       # frames alive now (anon, shmem, file; not the zero page)
+    resident_peak: int = 0
+
+    @property
+    def faults(self) -> int:
+        return self.zero_fill + self.zero_page + self.map + self.cow_copy + self.reuse
+
+    def as_dict(self) -> dict[str, int]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra_pages", "resident")}
+        d["faults"] = self.faults
+        return d
+
+
+FIELD_NAMES = [f.name for f in fields(Counters)]
+__all__ = ["Counters", "FIELD_NAMES", "asdict"]

@@ -1,0 +1,137 @@
+"""The trace file: Parquet, one row per event, metadata under one key.
+
+Schema (see docs/trace-format.md): ``time_ns int64, pid int32, kind int8,
+address uint64, length uint64, arg int64``; file metadata key ``cowahead``
+holds a JSON object with at least ``format``, ``version``, ``page_size``,
+``source``, ``host``, ``kernel``, ``command``, ``created`` and ``kinds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CowaheadError
+from .events import COLUMNS, PAGE_SIZE, EventKind
+from .trace import Trace
+
+FORMAT = "cowahead-trace"
+VERSION = 1
+METADATA_KEY = b"cowahead"
+ROW_GROUP_ROWS = 1 << 20
+
+SCHEMA = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in COLUMNS.items()])
+
+
+def base_metadata(source: str) -> dict:
+    """Metadata every trace carries: where, on what, by which command."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "page_size": PAGE_SIZE,
+        "source": source,
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "command": " ".join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kinds": {k.name: int(k) for k in EventKind},
+    }
+
+
+def write_trace(trace: Trace, path: str | Path) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    meta = {**base_metadata(trace.metadata.get("source", "unknown")), **trace.metadata}
+    table = pa.table({k: trace.columns[k] for k in COLUMNS}, schema=SCHEMA)
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TraceFile:
+    """An opened, validated trace file; events come in row-group chunks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = _open_parquet(self.path)
+        self.metadata = _check_metadata(self.path, self._file)
+        _check_schema(self.path, self._file.schema_arrow)
+        self.num_events = self._file.metadata.num_rows
+
+    def iter_chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(self._file.num_row_groups):
+            try:
+                table = self._file.read_row_group(i)
+            except (OSError, pa.ArrowException) as e:
+                raise CowaheadError(f"{self.path}: row group {i} is unreadable ({e}); the file is damaged") from None
+            chunk = {k: table.column(k).to_numpy().astype(COLUMNS[k], copy=False) for k in COLUMNS}
+            _check_kinds(self.path, chunk["kind"])
+            yield chunk
+
+    def read(self) -> Trace:
+        chunks = list(self.iter_chunks())
+        if not chunks:
+            return Trace({k: np.empty(0, d) for k, d in COLUMNS.items()}, self.metadata)
+        return Trace({k: np.concatenate([c[k] for c in chunks]) for k in COLUMNS}, self.metadata)
+
+
+def read_trace(path: str | Path) -> Trace:
+    return TraceFile(path).read()
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    if not path.exists():
+        raise CowaheadError(f"{path}: no such trace file")
+    if path.is_dir():
+        raise CowaheadError(f"{path}: is a directory, not a trace file")
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException):
+        raise CowaheadError(f"{path}: not a Parquet file, or truncated; make it with `cowahead generate` or `cowahead record`") from None
+
+
+def _check_metadata(path: Path, file: pq.ParquetFile) -> dict:
+    raw = (file.schema_arrow.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise CowaheadError(f"{path}: a Parquet file but not a cowahead trace (no '{METADATA_KEY.decode()}' metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise CowaheadError(f"{path}: the cowahead metadata is not valid JSON; the file is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CowaheadError(f"{path}: metadata says format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}")
+    if meta.get("version") != VERSION:
+        raise CowaheadError(f"{path}: trace format version {meta.get('version')}, this cowahead reads version {VERSION}")
+    if meta.get("page_size") != PAGE_SIZE:
+        raise CowaheadError(f"{path}: page size {meta.get('page_size')}, the model knows only {PAGE_SIZE}")
+    return meta
+
+
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    for field in SCHEMA:
+        if field.name not in schema.names:
+            raise CowaheadError(f"{path}: column '{field.name}' is missing")
+        if schema.field(field.name).type != field.type:
+            raise CowaheadError(f"{path}: column '{field.name}' is {schema.field(field.name).type}, expected {field.type}")
+
+
+def _check_kinds(path: Path, kinds: np.ndarray) -> None:
+    if len(kinds) and (kinds.min() < 0 or kinds.max() > max(EventKind)):
+        bad = int(kinds[(kinds < 0) | (kinds > max(EventKind))][0])
+        raise CowaheadError(f"{path}: unknown event kind code {bad}")
