@@ -1,0 +1,32 @@
+"""One result row per trace × policy: the counters, the cost model's time, and the policy name."""
+
+from __future__ import annotations
+
+from .model.costs import CostModel
+from .model.counters import Counters
+from .model.kernel import Kernel
+from .policies import parse_policy
+from .trace.trace import Trace
+
+# The keys `simulate --json` promises, in table order.
+KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
+        "reuses", "extra_pages_peak", "predicted_us"]
+
+
+def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
+    c = counters.as_dict()
+    row = {"policy": policy, "faults": c["faults"], "cow_copies": c["cow_copy"],
+           "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
+           "zero_fills": c["zero_fill"], "reuses": c["reuse"], "extra_pages_peak": c["extra_pages_peak"],
+           "predicted_us": round(costs.predict_us(counters), 3)}
+    row.update({k: v for k, v in c.items() if k not in row})
+    return row
+
+
+def replay_reference(trace: Trace, policy: str) -> Counters:
+    """Replay ``trace`` through the plain model under one policy string."""
+    return Kernel(parse_policy(policy)).replay(trace)
+
+
+def simulate_reference(trace: Trace, policies: list[str], costs: CostModel) -> list[dict]:
+    return [result_row(parse_policy(p).name, replay_reference(trace, p), costs) for p in policies]
