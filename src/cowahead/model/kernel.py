@@ -32,9 +32,13 @@ def file_content(backing: Backing, offset: int) -> int:
 
 
 class Kernel:
-    def __init__(self, policy) -> None:
+    def __init__(self, policy, log_faults: bool = False) -> None:
         self.policy = policy
         self.counters = Counters()
+        # With log_faults, every fault and ahead action as (event index, pid, page, kind):
+        # kind is a Counters field name (zero_fill, cow_copy, ...) or ahead_copies / ahead_reuses.
+        self.fault_log: list[tuple[int, int, int, str]] | None = [] if log_faults else None
+        self._last_fault = ""
         self.processes: dict[int, Mm] = {}
         self.live: dict[int, Frame] = {}
         self.zero_page = Frame(ZERO_PFN, FrameKind.ZERO, 0)
@@ -233,6 +237,7 @@ class Kernel:
         pte = mm.ptes.get(page)
         if pte is None or (write and not pte.writable):
             pte = self.handle_mm_fault(pid, mm, vma, page, write)
+            self._log(pid, page, self._last_fault)
         if write:
             self._store(pte, value)
         return pte.frame.content
@@ -244,6 +249,14 @@ class Kernel:
             pte.ahead = Ahead.HIT
         pte.dirty = True
         pte.frame.content = value
+
+    def _count(self, kind: str) -> None:
+        setattr(self.counters, kind, getattr(self.counters, kind) + 1)
+        self._last_fault = kind
+
+    def _log(self, pid: int, page: int, kind: str) -> None:
+        if self.fault_log is not None:
+            self.fault_log.append((self._index, pid, page, kind))
 
     def handle_mm_fault(self, pid: int, mm: Mm, vma: Vma, page: int, write: bool) -> Pte:
         pte = mm.ptes.get(page)
@@ -259,9 +272,9 @@ class Kernel:
 
     def do_anonymous_page(self, mm: Mm, vma: Vma, page: int, write: bool) -> Pte:
         if not write:
-            self.counters.zero_page += 1
+            self._count("zero_page")
             return self._map_frame(mm, page, self.zero_page, writable=False)
-        self.counters.zero_fill += 1
+        self._count("zero_fill")
         vma.anon_vma = True
         return self._map_frame(mm, page, self._alloc_frame(FrameKind.ANON, 0), writable=True)
 
@@ -272,9 +285,9 @@ class Kernel:
         if frame is None:
             frame = vma.backing.pages[offset] = self._alloc_frame(FrameKind.SHMEM, 0)
             frame.refcount += 1  # the shmem object's own reference
-            self.counters.zero_fill += 1
+            self._count("zero_fill")
         else:
-            self.counters.map += 1
+            self._count("map")
         return self._map_frame(mm, page, frame, writable=write)
 
     def _page_cache_frame(self, vma: Vma, page: int) -> Frame:
@@ -286,24 +299,24 @@ class Kernel:
         return frame
 
     def do_read_fault(self, mm: Mm, vma: Vma, page: int) -> Pte:
-        self.counters.map += 1
+        self._count("map")
         return self._map_frame(mm, page, self._page_cache_frame(vma, page), writable=False)
 
     def do_cow_fault(self, mm: Mm, vma: Vma, page: int) -> Pte:
         """Write to an unmapped page of a private file: copy the page-cache page."""
-        self.counters.cow_copy += 1
+        self._count("cow_copy")
         vma.anon_vma = True
         source = self._page_cache_frame(vma, page)
         return self._map_frame(mm, page, self._alloc_frame(FrameKind.ANON, source.content), writable=True)
 
     def do_wp_page(self, pid: int, mm: Mm, vma: Vma, page: int, pte: Pte) -> Pte:
         if not vma.is_private:
-            self.counters.reuse += 1  # wp_page_shared: a shared mapping never copies
+            self._count("reuse")  # wp_page_shared: a shared mapping never copies
             return self.wp_page_reuse(pte)
         if self.wp_can_reuse(pte.frame):
-            self.counters.reuse += 1
+            self._count("reuse")
             return self.wp_page_reuse(pte)
-        self.counters.cow_copy += 1
+        self._count("cow_copy")
         pte = self.wp_page_copy(mm, vma, page, pte)
         self.cow_ahead(pid, mm, vma, page)
         return pte
@@ -332,11 +345,11 @@ class Kernel:
         from ..policies.base import WpFault
         done = 0
         for ahead in self.policy.window(WpFault(mm, vma, page, pid, self._index)):
-            done += self.break_cow_ahead(mm, vma, ahead)
+            done += self.break_cow_ahead(pid, mm, vma, ahead)
         if done:
             self.counters.ahead_batches += 1
 
-    def break_cow_ahead(self, mm: Mm, vma: Vma, page: int) -> int:
+    def break_cow_ahead(self, pid: int, mm: Mm, vma: Vma, page: int) -> int:
         """One page of a batch: skipped unless present, write-protected and private."""
         if page not in vma or page not in mm.ptes or not vma.is_private:
             return 0
@@ -347,6 +360,7 @@ class Kernel:
         if self.wp_can_reuse(pte.frame):
             pte.writable = True
             c.ahead_reuses += 1
+            self._log(pid, page, "ahead_reuses")
             return 1
         new = self.wp_page_copy(mm, vma, page, pte)
         new.dirty = False  # so the next fault can tell whether it was written
@@ -354,6 +368,7 @@ class Kernel:
         c.ahead_copies += 1
         c.extra_pages += 1
         c.extra_pages_peak = max(c.extra_pages_peak, c.extra_pages)
+        self._log(pid, page, "ahead_copies")
         return 1
 
     # ----- invariants -------------------------------------------------------------------------
