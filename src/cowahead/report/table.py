@@ -19,7 +19,10 @@ class ResultsTable:
     table: Table
 
     def print(self, console: Console | None = None) -> None:
-        (console or Console()).print(self.table)
+        console = console or Console()
+        if not console.is_terminal:  # a pipe or a file: do not squeeze columns to 80
+            console = Console(width=200)
+        console.print(self.table)
 
 
 def results_table(rows: list[dict], title: str = "") -> ResultsTable:

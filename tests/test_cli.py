@@ -1,0 +1,64 @@
+"""The command line: real runs, and one clear line with exit status 2 on bad input."""
+
+import json
+
+import pytest
+
+from cowahead.cli.main import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trace(tmp_path, capsys):
+    path = tmp_path / "seq.parquet"
+    code, out, _ = run(capsys, "generate", "sequential", "--pages", "256", "-o", str(path))
+    assert code == 0 and "256 pages" in out
+    return path
+
+
+def test_simulate_json_has_the_promised_keys_and_model_numbers(trace, capsys):
+    code, out, _ = run(capsys, "simulate", str(trace), "--json", "-p", "none", "-p", "fixed:16")
+    rows = json.loads(out)
+    assert code == 0 and [r["policy"] for r in rows] == ["none", "fixed:16"]
+    for key in ("policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
+                "reuses", "extra_pages_peak", "predicted_us"):
+        assert key in rows[0]
+    none, fixed = rows
+    # 256 zero fills, then the child copies every page: one fault per 16 pages with fixed:16
+    assert (none["zero_fills"], none["cow_copies"]) == (256, 256)
+    assert (fixed["cow_copies"], fixed["ahead_copies"], fixed["ahead_waste"]) == (16, 240, 0)
+
+
+def test_simulate_prints_a_table(trace, capsys):
+    code, out, _ = run(capsys, "simulate", str(trace), "-p", "none", "-p", "around:8")
+    assert code == 0 and "around:8" in out and "predicted" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "{trace}", "-p", "bogus"], "unknown policy 'bogus'"),
+    (["simulate", "{trace}", "-p", "fixed:0"], "window must be 1"),
+    (["simulate", "{trace}", "-p", "fixed:513"], "window must be 1"),
+    (["simulate", "{trace}", "-p", "around:12"], "power of two"),
+    (["simulate", "{trace}", "-p", "ccow:512,2"], "threshold"),
+    (["simulate", "{trace}", "-p", "fixed:x"], "not a whole number"),
+    (["simulate", "/nonexistent/t.parquet"], "no such trace file"),
+    (["simulate", "{foreign}"], "not a Parquet file"),
+    (["simulate"], "Missing argument"),
+    (["generate", "nonsense", "-o", "{out}"], "unknown pattern"),
+    (["generate", "zipf:abc", "-o", "{out}"], "not a valid float"),
+    (["generate", "random", "--pages", "0", "-o", "{out}"], "--pages"),
+    (["simulate", "{trace}", "--costs", "{foreign}"], "calibration"),
+])
+def test_bad_input_gets_one_line_and_exit_status_2(trace, tmp_path, capsys, argv, message):
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("not a trace")
+    argv = [a.format(trace=trace, foreign=foreign, out=tmp_path / "o.parquet") for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("cowahead: error:") and message in err, err
+    assert "Traceback" not in err and out == ""

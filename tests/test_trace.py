@@ -1,0 +1,120 @@
+"""The trace file: round trip, metadata, atomic writes, and clear errors on bad files."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cowahead.errors import CowaheadError
+from cowahead.trace import COLUMNS, TraceFile, read_trace, write_trace
+from cowahead.trace.generators import PATTERNS, generate
+from cowahead.trace.parquet import METADATA_KEY
+
+
+def test_round_trip_keeps_every_column_and_the_metadata(tmp_path):
+    trace = generate("bgsave", pages=64, seed=3)
+    write_trace(trace, tmp_path / "t.parquet")
+    back = read_trace(tmp_path / "t.parquet")
+    for name in COLUMNS:
+        assert np.array_equal(back.columns[name], trace.columns[name]), name
+        assert back.columns[name].dtype == COLUMNS[name]
+    for key in ("format", "version", "page_size", "source", "host", "kernel", "command", "created", "kinds"):
+        assert key in back.metadata
+    assert back.metadata["source"] == "generate:bgsave" and back.metadata["seed"] == 3
+
+
+def test_chunks_concatenate_to_the_whole_trace(tmp_path, monkeypatch):
+    monkeypatch.setattr("cowahead.trace.parquet.ROW_GROUP_ROWS", 100)
+    trace = generate("random", pages=256)
+    write_trace(trace, tmp_path / "t.parquet")
+    chunks = list(TraceFile(tmp_path / "t.parquet").iter_chunks())
+    assert len(chunks) == -(-len(trace) // 100)
+    assert np.array_equal(np.concatenate([c["address"] for c in chunks]), trace.columns["address"])
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_generators_are_seeded_and_deterministic(name):
+    a, b, c = generate(name, 128, seed=1), generate(name, 128, seed=1), generate(name, 128, seed=2)
+    assert all(np.array_equal(a.columns[k], b.columns[k]) for k in COLUMNS)
+    if name not in ("sequential", "strided"):
+        assert not all(np.array_equal(a.columns[k], c.columns[k]) for k in COLUMNS)
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(OSError):
+        write_trace(generate("sequential", 8), tmp_path / "t.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_trace_survives_a_failed_overwrite(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    write_trace(generate("sequential", 8), path)
+    before = path.read_bytes()
+    monkeypatch.setattr(pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        write_trace(generate("random", 8), path)
+    assert path.read_bytes() == before
+
+
+def _error(path) -> str:
+    with pytest.raises(CowaheadError) as e:
+        read_trace(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_missing_file(tmp_path):
+    assert "no such trace file" in _error(tmp_path / "nope.parquet")
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_trace(generate("sequential", 256), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert "truncated" in _error(path)
+
+
+def test_foreign_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")
+    assert "not a Parquet file" in _error(path)
+
+
+def test_foreign_parquet_file(tmp_path):
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3]}), path)
+    assert "not a cowahead trace" in _error(path)
+
+
+def _rewrite_metadata(src, dst, change):
+    table = pq.read_table(src)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    change(meta)
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()}), dst)
+
+
+def test_newer_format_version(tmp_path):
+    write_trace(generate("sequential", 8), tmp_path / "a.parquet")
+    _rewrite_metadata(tmp_path / "a.parquet", tmp_path / "b.parquet", lambda m: m.update(version=99))
+    assert "version 99" in _error(tmp_path / "b.parquet")
+
+
+def test_wrong_column_type(tmp_path):
+    write_trace(generate("sequential", 8), tmp_path / "a.parquet")
+    table = pq.read_table(tmp_path / "a.parquet")
+    table = table.set_column(table.schema.get_field_index("pid"), "pid", table.column("pid").cast(pa.string()))
+    pq.write_table(table, tmp_path / "b.parquet")
+    assert "column 'pid'" in _error(tmp_path / "b.parquet")
+
+
+def test_unknown_event_kind(tmp_path):
+    trace = generate("sequential", 8)
+    trace.columns["kind"][3] = 42
+    write_trace(trace, tmp_path / "t.parquet")
+    assert "unknown event kind code 42" in _error(tmp_path / "t.parquet")
