@@ -37,12 +37,16 @@ class CcowPolicy(Policy):
         self.name = "ccow" if default else f"ccow:{region_pages},{threshold:g}"
 
     def on_fork(self, parent: Mm) -> None:
+        # The two pieces of a VMA split by munmap share one Coverage: count every
+        # piece first, then roll each Coverage over once, or one piece's counts are lost.
+        coverages: dict[int, Coverage] = {}
         for vma in parent.vmas:
-            coverage = self._coverage(vma)
+            coverage = coverages.setdefault(id(self._coverage(vma)), self._coverage(vma))
             for page in parent.ptes_in(vma.start, vma.end):
                 if parent.ptes[page].ahead == Ahead.HIT:
                     region = page // self.region_pages
                     coverage.current[region] = coverage.current.get(region, 0) + 1
+        for coverage in coverages.values():
             coverage.last, coverage.current = coverage.current, {}
 
     def window(self, fault: WpFault) -> range:
