@@ -10,7 +10,7 @@ from .trace.trace import Trace
 
 # The keys `simulate --json` promises, in table order.
 KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
-        "reuses", "extra_pages_peak", "predicted_us"]
+        "reuses", "extra_pages_peak", "predicted_us", "pages_copied"]
 
 
 def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
@@ -18,7 +18,8 @@ def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
     row = {"policy": policy, "faults": c["faults"], "cow_copies": c["cow_copy"],
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
            "zero_fills": c["zero_fill"], "reuses": c["reuse"], "extra_pages_peak": c["extra_pages_peak"],
-           "predicted_us": round(costs.predict_us(counters), 3)}
+           "predicted_us": round(costs.predict_us(counters), 3),
+           "pages_copied": c["cow_copy"] + c["ahead_copies"]}
     row.update({k: v for k, v in c.items() if k not in row})
     return row
 

@@ -28,12 +28,12 @@ class ResultsTable:
 def results_table(rows: list[dict], title: str = "") -> ResultsTable:
     base = next((r for r in rows if r["policy"] == "none"), None)
     t = Table(title=title)
-    for name in ["policy", "faults", "Δ faults", "COW copies", "ahead copies", "ahead hits", "ahead waste",
+    for name in ["policy", "faults", "Δ faults", "COW copies", "ahead copies", "pages copied", "ahead hits", "ahead waste",
                  "zero fills", "reuses", "extra pages peak", "predicted µs", "Δ time"]:
         t.add_column(name, justify="left" if name == "policy" else "right")
     for r in rows:
         t.add_row(r["policy"], f"{r['faults']:,}", _delta(r["faults"], base and base["faults"]),
-                  f"{r['cow_copies']:,}", f"{r['ahead_copies']:,}", f"{r['ahead_hits']:,}", f"{r['ahead_waste']:,}",
+                  f"{r['cow_copies']:,}", f"{r['ahead_copies']:,}", f"{r['pages_copied']:,}", f"{r['ahead_hits']:,}", f"{r['ahead_waste']:,}",
                   f"{r['zero_fills']:,}", f"{r['reuses']:,}", f"{r['extra_pages_peak']:,}",
                   f"{r['predicted_us']:,.1f}", _delta(r["predicted_us"], base and base["predicted_us"]))
     return ResultsTable(t)
