@@ -11,9 +11,9 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import generate, simulate
+from . import generate, record, simulate
 
-COMMANDS = [generate.command, simulate.command]
+COMMANDS = [generate.command, simulate.command, record.command]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

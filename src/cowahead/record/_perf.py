@@ -1,0 +1,148 @@
+"""Kernel-facing: drive ``perf record`` and ``perf script``.
+
+Nothing here knows the trace format; it starts perf, forwards an interrupt
+to it, and turns perf's failures into one-line user errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CowaheadError
+
+# What perf records. Faults: the x86 exception tracepoints (user mode, and
+# kernel mode for copy_to_user and friends touching user pages). Processes:
+# fork/exec/exit, and task_newtask for its clone_flags (threads and vfork
+# children share their parent's address space). Layout: perf's own MMAP2
+# side-band records (-d adds data and anonymous mmaps), plus the syscalls
+# that remove or move memory, which perf has no side-band record for.
+TRACEPOINTS = (
+    "exceptions:page_fault_user",
+    "exceptions:page_fault_kernel",
+    "sched:sched_process_fork",
+    "sched:sched_process_exec",
+    "sched:sched_process_exit",
+    "task:task_newtask",
+    "syscalls:sys_enter_munmap",
+    "syscalls:sys_enter_brk",
+    "syscalls:sys_exit_brk",
+    "syscalls:sys_enter_mremap",
+    "syscalls:sys_exit_mremap",
+    "syscalls:sys_enter_madvise",
+)
+
+# Fixed fields for `perf script`: the converter parses exactly this layout.
+SCRIPT_FIELDS = "pid,tid,time,event,trace"
+
+# Ring buffer pages per CPU: faults come in bursts of tens of thousands.
+MMAP_PAGES = "1024"
+
+PERF_PACKAGE = "linux-perf"
+PARANOID_SYSCTL = "kernel.perf_event_paranoid"
+
+
+@dataclass
+class PerfRun:
+    """How one ``perf record`` ended."""
+    returncode: int
+    interrupted: bool
+    stderr: str
+
+
+def perf_binary() -> str:
+    path = shutil.which("perf")
+    if path is None:
+        raise CowaheadError(f"perf not found; install the Debian package {PERF_PACKAGE} (apt-get install {PERF_PACKAGE})")
+    return path
+
+
+def check_permission() -> None:
+    """Tracepoints need root (CAP_PERFMON) or kernel.perf_event_paranoid = -1."""
+    if os.geteuid() == 0:
+        return
+    try:
+        level = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+    except (OSError, ValueError):
+        return
+    if level > -1:
+        raise CowaheadError(f"not permitted to record kernel tracepoints: run as root or set sysctl {PARANOID_SYSCTL}=-1 (now {level})")
+
+
+def record_args(perf_data: Path, pid: int | None, command: list[str]) -> list[str]:
+    args = [perf_binary(), "record", "--quiet", "--data", "--no-buildid", "--no-buildid-cache",
+            "--no-bpf-event", "--mmap-pages", MMAP_PAGES, "-o", str(perf_data)]
+    for tracepoint in TRACEPOINTS:
+        args += ["-e", tracepoint]
+    if pid is not None:
+        return args + ["--pid", str(pid)]
+    return args + ["--", *command]
+
+
+def start_record(perf_data: Path, pid: int | None, command: list[str]) -> subprocess.Popen:
+    """Start perf record; the caller waits with :func:`wait_record`."""
+    check_permission()
+    args = record_args(perf_data, pid, command)
+    # perf gets its own stderr pipe so that its errors can be translated;
+    # the workload's stdout stays the user's.
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True, errors="replace")
+
+
+def wait_record(process: subprocess.Popen) -> PerfRun:
+    """Wait for perf; a SIGINT to us is forwarded to perf, which flushes and stops.
+
+    perf on SIGINT stops its workload (SIGTERM) and still writes a complete
+    perf.data, so an interrupted run is converted like any other.
+    """
+    interrupted = False
+
+    def forward(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, forward)
+    try:
+        _, stderr = process.communicate()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run = PerfRun(process.returncode, interrupted, stderr or "")
+    _raise_setup_errors(run)
+    return run
+
+
+def stop_record(process: subprocess.Popen) -> None:
+    """For --pid recordings the caller decides when to stop: SIGINT, as perf expects."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+
+
+def _raise_setup_errors(run: PerfRun) -> None:
+    """perf's own failures (before any workload ran) become one-line errors."""
+    text = run.stderr
+    if "perf_event_paranoid" in text or "No permission" in text or "Permission denied" in text and "perf" in text:
+        raise CowaheadError(f"not permitted to record kernel tracepoints: run as root or set sysctl {PARANOID_SYSCTL}=-1")
+    if "event syntax error" in text or "unknown tracepoint" in text:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        raise CowaheadError(f"perf cannot open a tracepoint this kernel should have: {first.strip()}")
+    if "Couldn't run the workload" in text or "failed to exec" in text.lower():
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        raise CowaheadError(f"perf could not start the command: {first.strip()}")
+    if "No such process" in text or "Couldn't find" in text and "pid" in text.lower():
+        raise CowaheadError("no such process to attach to")
+
+
+def script(perf_data: Path, out: Path) -> None:
+    """Print every sample with fixed fields, and perf's side-band records, to ``out``."""
+    args = [perf_binary(), "script", "-i", str(perf_data), "--ns", "-F", SCRIPT_FIELDS,
+            "--show-mmap-events", "--show-task-events"]
+    with open(out, "wb") as sink:
+        done = subprocess.run(args, stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace")
+    if done.returncode != 0:
+        first = next((line for line in done.stderr.splitlines() if "not valid for" not in line and line.strip()), "")
+        raise CowaheadError(f"perf script failed on {perf_data}: {first.strip() or f'exit {done.returncode}'}")
