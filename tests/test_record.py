@@ -1,0 +1,227 @@
+"""Recording real programs with perf: exact COW faults, interrupts, crashes.
+
+These run perf on the real kernel. They skip, saying why, where perf is
+missing or tracepoints are not permitted; everything else must pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cowahead.cli.main import main
+from cowahead.model import Kernel
+from cowahead.policies import parse_policy
+from cowahead.record import _convert
+from cowahead.trace import PAGE_SIZE, EventKind, read_trace
+
+K, M = 200, 137        # the child writes K known pages of a K+M page mapping
+COW = 0x7              # x86 error code: present | write | user
+
+WORKLOAD = textwrap.dedent(f"""
+    import mmap, os, sys
+    K, M, PAGE = {K}, {M}, {PAGE_SIZE}
+    region = mmap.mmap(-1, (K + M) * PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for page in range(K + M):              # K + M zero-fill faults
+        region[page * PAGE] = 1
+    written = [page for page in range(K + M) if page % 5 != 4][:K]
+    child = os.fork()
+    if child == 0:
+        for page in written:               # K COW faults, one per page
+            region[page * PAGE + 8] = 2
+        os._exit(0)
+    os.waitpid(child, 0)
+    """)
+WRITTEN = [page for page in range(K + M) if page % 5 != 4][:K]
+
+
+def perf_unavailable() -> str | None:
+    if shutil.which("perf") is None:
+        return "perf is not installed (Debian package linux-perf)"
+    if os.geteuid() != 0 and Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip() != "-1":
+        return "kernel tracepoints need root or sysctl kernel.perf_event_paranoid=-1"
+    probe = subprocess.run(["perf", "record", "-q", "-o", "/dev/null", "-e", "exceptions:page_fault_user", "--", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"perf cannot record exceptions:page_fault_user here: {probe.stderr.strip()[:120]}"
+    return None
+
+
+needs_perf = pytest.mark.skipif(perf_unavailable() is not None, reason=str(perf_unavailable()))
+
+
+def the_region(trace) -> tuple[int, int]:
+    """The workload's mapping: the one private anonymous MMAP of exactly K + M pages."""
+    c = trace.columns
+    mmaps = np.flatnonzero((c["kind"] == EventKind.MMAP) & (c["length"] == (K + M) * PAGE_SIZE) & (c["arg"] == 0))
+    assert len(mmaps) == 1, f"expected one {K + M}-page anonymous mapping, found {len(mmaps)}"
+    return int(c["address"][mmaps[0]]), int(c["pid"][mmaps[0]])
+
+
+@pytest.fixture
+def workload(tmp_path) -> Path:
+    path = tmp_path / "workload.py"
+    path.write_text(WORKLOAD)
+    return path
+
+
+# ----- the fixed workload: exactly K COW faults -------------------------------------------------
+
+@needs_perf
+def test_child_writes_give_exactly_k_cow_faults(tmp_path, workload):
+    out = tmp_path / "fork.parquet"
+    assert main(["record", "-o", str(out), "--", sys.executable, str(workload)]) == 0
+    trace = read_trace(out)
+    start, parent = the_region(trace)
+    c = trace.columns
+    inside = (c["address"] >= start) & (c["address"] < start + (K + M) * PAGE_SIZE)
+    faults = inside & ((c["kind"] == EventKind.WRITE) | (c["kind"] == EventKind.READ))
+    forks = c["arg"][(c["kind"] == EventKind.FORK) & (c["pid"] == parent)]
+    assert len(forks) == 1
+    child = int(forks[0])
+    cow = faults & (c["arg"] == COW)
+    assert int(cow.sum()) == K
+    assert set(c["pid"][cow].tolist()) == {child}
+    pages = sorted(((c["address"][cow] - start) // PAGE_SIZE).tolist())
+    assert pages == WRITTEN
+    # and the parent's fill: one write fault on a not-present page per page
+    fill = faults & (c["pid"] == parent) & (c["arg"] == 0x6)
+    assert int(fill.sum()) == K + M
+    assert trace.metadata["thp"]["enabled"] in ("always", "madvise", "never")
+    assert trace.metadata["conversion"]["outside_vma"] == 0
+
+
+@needs_perf
+def test_the_model_classifies_the_recorded_faults(tmp_path, workload):
+    out = tmp_path / "fork.parquet"
+    assert main(["record", "-o", str(out), "--", sys.executable, str(workload)]) == 0
+    trace = read_trace(out)
+    start, _ = the_region(trace)
+    kernel = Kernel(parse_policy("none"), log_faults=True)
+    kernel.replay(trace)
+    first = start // PAGE_SIZE
+    in_region = [(pid, kind) for _, pid, page, kind in kernel.fault_log if first <= page < first + K + M]
+    assert sum(kind == "cow_copy" for _, kind in in_region) == K
+    assert sum(kind == "zero_fill" for _, kind in in_region) == K + M
+
+
+# ----- interrupts and crashes keep a valid trace -------------------------------------------------------
+
+LONG_RUNNING = textwrap.dedent("""
+    import mmap, os, sys, time
+    region = mmap.mmap(-1, 64 * 4096, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for page in range(64):
+        region[page * 4096] = 1
+    print("ready", flush=True)
+    time.sleep(60)
+    """)
+
+
+@needs_perf
+def test_sigint_mid_run_keeps_a_valid_trace(tmp_path):
+    script = tmp_path / "long.py"
+    script.write_text(LONG_RUNNING)
+    out = tmp_path / "interrupted.parquet"
+    proc = subprocess.Popen([sys.executable, "-m", "cowahead.cli.main", "record", "-o", str(out), "--",
+                             sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and str(out) in stderr
+    trace = read_trace(out)
+    assert trace.metadata["interrupted"] is True
+    assert int((trace.columns["kind"] == EventKind.WRITE).sum()) >= 64
+
+
+@needs_perf
+def test_crashing_command_keeps_its_trace_and_fails(tmp_path):
+    out = tmp_path / "crash.parquet"
+    crash = "import mmap, os, signal; r = mmap.mmap(-1, 16 * 4096); r[0] = 1; os.kill(os.getpid(), signal.SIGSEGV)"
+    proc = subprocess.run([sys.executable, "-m", "cowahead.cli.main", "record", "-o", str(out), "--",
+                           sys.executable, "-c", crash], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGSEGV, proc.stderr
+    assert "signal 11" in proc.stderr and "kept" in proc.stderr
+    trace = read_trace(out)
+    assert trace.metadata["exit_status"] != 0
+    assert int((trace.columns["kind"] == EventKind.EXIT).sum()) >= 1
+
+
+@needs_perf
+def test_exit_status_of_the_command_is_passed_on(tmp_path):
+    out = tmp_path / "exit3.parquet"
+    proc = subprocess.run([sys.executable, "-m", "cowahead.cli.main", "record", "-o", str(out), "--", "sh", "-c", "exit 3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert read_trace(out).metadata["exit_status"] == 3
+
+
+# ----- errors: one line, naming the fix ---------------------------------------------------------------
+
+def test_perf_missing_names_the_debian_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "linux-perf" in err
+
+
+def test_not_permitted_names_the_sysctl(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    paranoid = Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip()
+    if paranoid == "-1":
+        pytest.skip("kernel.perf_event_paranoid is -1 here: an unprivileged user may record")
+    if shutil.which("perf") is None:
+        pytest.skip("perf is not installed (Debian package linux-perf)")
+    assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "kernel.perf_event_paranoid" in err
+
+
+# ----- conversion, without perf ---------------------------------------------------------------------------
+
+def test_hex_decoding_is_exact():
+    import pyarrow as pa
+    values = [0, 1, 0x7, 0x7F3C43F2DB70, 0x7FFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF]
+    decoded = _convert.hex_to_uint64(pa.array([f"{v:x}" for v in values]))
+    assert decoded.tolist() == values
+
+
+def test_converter_follows_fork_vfork_threads_and_layout(tmp_path):
+    text = textwrap.dedent("""\
+         100/100   1.000000000: PERF_RECORD_COMM exec: prog:100/100
+         100/100   1.000000001: PERF_RECORD_MMAP2 100/100: [0x10000(0x4000) @ 0 00:00 0 0]: rw-p //anon
+         100/100   1.000000002:   exceptions:page_fault_user: address=0x10008 ip=0x1 error_code=0x6
+         100/100   1.000000003: PERF_RECORD_MMAP2 100/100: [0x10000(0x8000) @ 0 00:00 0 0]: rw-p //anon
+         100/100   1.000000004:            task:task_newtask: pid=101 comm=prog clone_flags=1200011 oom_score_adj=0
+         100/100   1.000000005:            task:task_newtask: pid=102 comm=prog clone_flags=3d0f00 oom_score_adj=0
+         100/100   1.000000006:            task:task_newtask: pid=103 comm=prog clone_flags=4111 oom_score_adj=0
+         101/101   1.000000007:   exceptions:page_fault_user: address=0x10008 ip=0x1 error_code=0x7
+         100/102   1.000000008:   exceptions:page_fault_user: address=0x11000 ip=0x1 error_code=0x6
+         103/103   1.000000009:   exceptions:page_fault_user: address=0x12000 ip=0x1 error_code=0x4
+         103/103   1.000000010: PERF_RECORD_COMM exec: true:103/103
+         101/101   1.000000011:    syscalls:sys_enter_munmap: addr: 0x00014000, len: 0x00004000
+         101/101   1.000000012:   exceptions:page_fault_user: address=0x16000 ip=0x1 error_code=0x6
+         101/101   1.000000013:   sched:sched_process_exit: comm=prog pid=101 prio=120 group_dead=true
+        """)
+    path = tmp_path / "perf.txt"
+    path.write_text(text)
+    conv = _convert.convert(path)
+    c = conv.columns
+    kinds = [EventKind(k).name for k in c["kind"]]
+    assert kinds == ["EXEC", "MMAP", "WRITE", "MMAP", "FORK", "WRITE", "WRITE", "READ", "EXEC", "MUNMAP", "WRITE", "EXIT"]
+    # the second MMAP2 grew the VMA: only the new part is mapped, the faulted page stays
+    assert (int(c["address"][3]), int(c["length"][3])) == (0x14000, 0x4000)
+    assert c["pid"].tolist() == [100, 100, 100, 100, 100, 101, 100, 100, 103, 101, 101, 101]
+    assert conv.threads == 1 and conv.vfork_children == 1
+    assert conv.outside_vma == 1   # 0x16000 after the child unmapped it
+    assert conv.faults_by_error_code == {"0x4": 1, "0x6": 3, "0x7": 1}
