@@ -11,9 +11,9 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import generate, record, simulate
+from . import generate, record, report, simulate, validate
 
-COMMANDS = [generate.command, simulate.command, record.command]
+COMMANDS = [generate.command, simulate.command, record.command, validate.command, report.command]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +28,7 @@ for _command in COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cowahead.main(args=argv, prog_name="cowahead", standalone_mode=False)
+        status = cowahead.main(args=argv, prog_name="cowahead", standalone_mode=False)
     except CowaheadError as e:
         print(f"cowahead: error: {e}", file=sys.stderr)
         return 2
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.Abort):
         print("cowahead: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0  # a verb's click.exceptions.Exit(code), e.g. validate's 1
 
 
 if __name__ == "__main__":

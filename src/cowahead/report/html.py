@@ -1,0 +1,126 @@
+"""The HTML report: one page that opens from disk, PNG plots beside it.
+
+Built only from a results document (``results.json``), so ``cowahead
+report`` can rebuild it later without the traces.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from . import plots
+from .summary import best_per_family
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plots img { max-width: 35em; width: 100%; border: 1px solid #ddd; }
+.worse { color: #b00; } .better { color: #070; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+SUMMARY_COLUMNS = [("policy", "best window"), ("faults_change_pct", "faults vs none"),
+                   ("ahead_copies", "pages copied ahead"), ("ahead_waste", "waste (never written)"),
+                   ("extra_copies", "extra copies vs none"), ("extra_pages_peak", "extra pages, peak"),
+                   ("predicted_change_pct", "predicted time vs none"), ("real_change_pct", "real time vs none")]
+
+ROW_COLUMNS = ["policy", "faults", "cow_copies", "ahead_copies", "pages_copied", "ahead_hits", "ahead_waste",
+               "zero_fills", "reuses", "extra_pages_peak", "predicted_us"]
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    """Write ``index.html`` and its PNGs into ``out_dir``; return the page's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [_workload_section(w, out_dir) for w in results["workloads"]]
+    page = "\n".join([
+        "<!doctype html><html><head><meta charset='utf-8'><title>cowahead report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>cowahead report</h1>",
+        f"<p>{html.escape(results.get('created', ''))} · <code>{html.escape(results.get('command', ''))}</code></p>",
+        _overview(results),
+        *sections,
+        "<h2 id='calibration'>Cost model used</h2>", _key_values(results.get("costs", {})),
+        "<h2 id='machine'>Machine and versions</h2>", _key_values({**results.get("machine", {}),
+                                                                 **results.get("versions", {})}),
+        "</body></html>",
+    ])
+    path = out_dir / "index.html"
+    path.write_text(page)
+    return path
+
+
+def _overview(results: dict) -> str:
+    items = "".join(f"<li><a href='#{_slug(w['name'])}'>{html.escape(w['name'])}</a></li>"
+                    for w in results["workloads"])
+    return f"<h2>Workloads</h2><ul>{items}</ul>"
+
+
+def _workload_section(workload: dict, out_dir: Path) -> str:
+    slug = _slug(workload["name"])
+    images = [plots.tradeoff(workload["rows"], f"{workload['name']}: faults saved vs extra memory",
+                             out_dir / f"{slug}-tradeoff.png")]
+    if workload.get("heatmap"):
+        images.append(plots.heatmap(workload["heatmap"], f"{workload['name']}: {workload['heatmap'].get('what', '')}",
+                                    out_dir / f"{slug}-heatmap.png"))
+    summaries = best_per_family(workload["rows"])
+    real = (workload.get("real") or {}).get("change_pct", {})
+    for s in summaries:
+        s["real_change_pct"] = real.get(s["policy"])
+    return "\n".join([
+        f"<h2 id='{slug}'>{html.escape(workload['name'])}</h2>",
+        f"<p>{html.escape(workload.get('description', ''))} Source <code>{html.escape(workload.get('source', ''))}</code>, "
+        f"{workload.get('events', 0):,} events.</p>",
+        _notes(workload),
+        "<h3>Best window per policy</h3>", _summary_table(summaries),
+        "<div class='plots'>" + "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in images) + "</div>",
+        "<details><summary>Every policy and window</summary>", _rows_table(workload["rows"]), "</details>",
+    ])
+
+
+def _notes(workload: dict) -> str:
+    notes = workload.get("notes") or []
+    return "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+
+
+def _summary_table(summaries: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in SUMMARY_COLUMNS)
+    body = "".join("<tr><td>" + html.escape(s["family"]) + "</td>" +
+                   "".join(f"<td>{_cell(key, s.get(key))}</td>" for key, _ in SUMMARY_COLUMNS) + "</tr>"
+                   for s in summaries)
+    return f"<table class='summary'><tr><th>policy</th>{head}</tr>{body}</table>"
+
+
+def _rows_table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in ROW_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c, r.get(c))}</td>" for c in ROW_COLUMNS) + "</tr>" for r in rows)
+    return f"<table class='rows'><tr>{head}</tr>{body}</table>"
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key.endswith("_pct"):
+        css = "better" if value < 0 else "worse" if value > 0 else ""
+        return f"<span class='{css}'>{value:+.1f}%</span>"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def _key_values(data: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+                   for k, v in data.items())
+    return f"<table>{rows}</table>"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -1,0 +1,72 @@
+"""PNG plots of results: the trade-off per workload, and the fault heatmap."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FAMILY_COLOURS = {"fixed": "tab:blue", "around": "tab:orange", "adaptive": "tab:green", "ccow": "tab:purple",
+                  "oracle": "black"}
+
+
+def family(policy: str) -> str:
+    return re.split(r"[:]", policy)[0]
+
+
+def tradeoff(rows: list[dict], title: str, path: Path) -> Path:
+    """Faults saved (% of none) against extra resident pages (peak), one curve per policy family."""
+    base = next(r for r in rows if r["policy"] == "none")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for name, colour in FAMILY_COLOURS.items():
+        points = sorted((r["extra_pages_peak"], _saved(r, base), r["policy"]) for r in rows if family(r["policy"]) == name)
+        if not points:
+            continue
+        xs, ys, labels = zip(*points)
+        style = dict(linestyle="--", marker="s", label=f"{name} (frontier)") if name == "oracle" else \
+            dict(marker="o", label=name)
+        ax.plot(xs, ys, color=colour, **style)
+        for x, y, label in points[-1:]:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("extra resident pages, peak (pages copied ahead, not yet written)")
+    ax.set_ylabel("faults saved vs none (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _saved(row: dict, base: dict) -> float:
+    return 100.0 * (base["faults"] - row["faults"]) / base["faults"] if base["faults"] else 0.0
+
+
+def heatmap(data: dict, title: str, path: Path) -> Path:
+    """Accesses by time (x) and address (y), on a log colour scale, VMA boundaries marked."""
+    counts = np.array(data["counts"], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    t0, t1 = data["time_ns"]
+    image = ax.imshow(np.log1p(counts), origin="lower", aspect="auto", cmap="magma",
+                      extent=[t0 / 1e6, t1 / 1e6, 0, data["pages"]])
+    edge = 0
+    for start, end in data["vmas"][:-1]:
+        edge += end - start
+        ax.axhline(edge, color="cyan", linewidth=0.6)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("page offset (VMAs end to end)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=f"log(1 + {data.get('what', 'accesses')})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,76 @@
+"""The results document ``evaluate`` writes and ``report`` reads: versioned JSON with metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from ..errors import CowaheadError
+
+FORMAT = "cowahead-results"
+VERSION = 1
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(),
+            "thp": _read("/sys/kernel/mm/transparent_hugepage/enabled")}
+
+
+def versions() -> dict:
+    names = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": sys.version.split()[0], **found}
+
+
+def new_results(costs: dict) -> dict:
+    return {"format": FORMAT, "version": VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(["cowahead", *sys.argv[1:]]),
+            "machine": machine(), "versions": versions(), "costs": costs, "workloads": []}
+
+
+def save_results(results: dict, path: Path) -> None:
+    """Atomic: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_results(path: Path) -> dict:
+    try:
+        results = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CowaheadError(f"{path}: no such results file; make one with `cowahead evaluate -o DIR`") from None
+    except (OSError, ValueError) as e:
+        raise CowaheadError(f"{path}: not a readable results file ({e.__class__.__name__})") from None
+    if not isinstance(results, dict) or results.get("format") != FORMAT:
+        raise CowaheadError(f"{path}: not a cowahead results file (format is not {FORMAT})")
+    if results.get("version") != VERSION:
+        raise CowaheadError(f"{path}: results version {results.get('version')}, this cowahead reads {VERSION}")
+    return results
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
