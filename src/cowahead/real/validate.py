@@ -1,0 +1,61 @@
+"""Every generator under every policy, run in the model and on the running kernel, page for page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import CowaheadError
+from ..trace.generators import PATTERNS, generate
+from . import linux
+from .plan import build_plan
+from .runner import run_plan
+from .truth import Comparison, compare
+
+POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
+QUICK_POLICIES = ["none", "fixed:16", "adaptive"]
+PAGES, QUICK_PAGES = 1024, 256
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    patterns: list[str]
+    policies: list[str]
+    pages: int
+    seed: int = 0
+
+
+def settings(quick: bool, pages: int | None, policies: list[str], seed: int) -> ValidateSettings:
+    return ValidateSettings(list(PATTERNS), policies or (QUICK_POLICIES if quick else POLICIES),
+                            pages or (QUICK_PAGES if quick else PAGES), seed)
+
+
+def check_support(policies: list[str]) -> tuple[list[str], list[str]]:
+    """The policies this machine can validate, and one-line warnings; raises if it can validate none.
+
+    Without visible PFNs (not root) a COW copy cannot be told from a reuse:
+    no number would be right, so nothing runs. Without MADV_POPULATE_WRITE
+    only ``none`` can run for real (the degraded mode).
+    """
+    support = linux.probe_support()
+    if not support.pfns_visible:
+        raise CowaheadError(support.problems[0])
+    if support.populate_write:
+        return policies, []
+    kept = [p for p in policies if p == "none"]
+    if not kept:
+        raise CowaheadError(support.problems[-1])
+    return kept, [support.problems[-1] + f"; degraded: validating 'none' only, skipping {len(policies) - 1}"]
+
+
+def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | None = None) -> list[Comparison]:
+    zero_pfn = linux.probe_support().zero_pfn
+    results = []
+    for pattern in config.patterns:
+        trace = generate(pattern, config.pages, config.seed)
+        for policy in config.policies:
+            result = compare(run_plan(build_plan(trace, policy), measure=True), zero_pfn)
+            results.append(result)
+            if on_done:
+                on_done(result)
+    return results
