@@ -1,0 +1,769 @@
+"""The compiled fault path: the reference model (model/kernel.py) on numpy arrays.
+
+This is the one sanctioned duplicate of the reference model. Every function
+here mirrors one there, under the same name, and must count exactly what it
+counts; tests/test_engine.py holds the two equal. Differences are only of
+representation:
+
+* pages are *dense indices* into the trace's page space (``page_space``):
+  only pages a read or write touches can ever be present, so PTEs live in
+  ``pte_frame[slot, d]`` / ``pte_flags[slot, d]``;
+* an address space is a *slot* (reused after exit); VMAs, backing objects
+  (shmem, page cache), frames and policy states live in pools with free
+  lists. Splitting a VMA edits it in place: counters never depend on which
+  VMA object survives;
+* every frame is mapped at one page only (fork maps at the same address, a
+  backing object's offset is fixed to its first mapping), so a backing
+  object's frames are a segment indexed by dense page.
+
+A pool that might overflow during an event is checked before the event;
+``replay_chunk`` then stops and returns the event's index so the caller can
+grow the pools (state.py) and call again from there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Event kinds (trace/events.py EventKind) and VMA kinds (VmaKind).
+MMAP, MUNMAP, DONTNEED, READ, WRITE, FORK, EXEC, EXIT = 0, 1, 2, 3, 4, 5, 6, 7
+PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = 0, 1, 2
+
+# Frame kinds (model/memory.py FrameKind); frame 0 is the shared zero page.
+ANON, ZERO, FILE, SHMEM = 0, 1, 2, 3
+ZERO_FRAME = 0
+F_MAP, F_REF, F_KIND = 0, 1, 2
+
+# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states.
+PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
+
+# Counters, in model/counters.py field order (checked at import by engine/__init__).
+(C_EVENTS, C_ZERO_FILL, C_ZERO_PAGE, C_MAP, C_COW_COPY, C_REUSE, C_OUTSIDE_VMA, C_AHEAD_COPIES,
+ C_AHEAD_REUSES, C_AHEAD_BATCHES, C_AHEAD_HITS, C_AHEAD_WASTE, C_EXTRA_PAGES, C_EXTRA_PAGES_PEAK,
+ C_EXTRA_PAGES_FINAL, C_RESIDENT, C_RESIDENT_PEAK) = range(17)
+N_COUNTERS = 17
+
+# Slot (address space) fields.
+S_VMA_HEAD, S_VMA_CACHE, S_FORKED, S_NVMAS = 0, 1, 2, 3
+N_SLOT_FIELDS = 4
+
+# VMA fields: raw page range, dense range, kind, backing, anon_vma, policy state, list link.
+V_START, V_END, V_DLO, V_DHI, V_KIND, V_BACKING, V_ANON, V_PSTATE, V_NEXT = range(9)
+N_VMA_FIELDS = 9
+
+# Backing object fields: users, dense range of its first mapping, frame segment.
+B_USERS, B_DLO, B_DHI, B_SEG = range(4)
+N_BACKING_FIELDS = 4
+
+# Policy state fields (adaptive RampState and ccow Coverage share one pool).
+P_REF, P_NEXT_EXPECTED, P_WINDOW, P_MISS, P_LAST_DLO, P_LAST_DHI, P_SEG, P_RLO, P_RLEN, P_ROLLED = range(10)
+N_PSTATE_FIELDS = 10
+
+# Scalars: free-stack tops, bump pointers, live counts, what the caller must grow.
+(SC_FRAMES_FREE, SC_VMAS_FREE, SC_BACKINGS_FREE, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_BK_BUMP, SC_COV_BUMP,
+ SC_BK_LIVE_FRAMES, SC_FORKS, SC_NEED_FRAMES, SC_NEED_VMAS, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES,
+ SC_NEED_PSTATES, SC_NEED_COV, SC_NEED_SLOTS) = range(16)
+N_SCALARS = 16
+
+# Policies.
+POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
+PTRS_PER_PTE = 512
+MMAP_LOTSAMISS = 100
+MAX_AHEAD_PER_FAULT = PTRS_PER_PTE + 1  # the faulting page and at most a page table more
+
+# ----- pools -------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _pop(free, sc, top):
+    sc[top] -= 1
+    return free[sc[top]]
+
+
+@njit(cache=True, inline="always")
+def _push(free, sc, top, item):
+    free[sc[top]] = item
+    sc[top] += 1
+
+
+# ----- frames ------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def alloc_frame(st, kind):
+    f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
+    st.frames[f, F_MAP] = 0
+    st.frames[f, F_REF] = 0
+    st.frames[f, F_KIND] = kind
+    c = st.counters
+    c[C_RESIDENT] += 1
+    if c[C_RESIDENT] > c[C_RESIDENT_PEAK]:
+        c[C_RESIDENT_PEAK] = c[C_RESIDENT]
+    return f
+
+
+@njit(cache=True)
+def put_frame(st, f, unmap):
+    if f == ZERO_FRAME:
+        return
+    if unmap:
+        st.frames[f, F_MAP] -= 1
+    st.frames[f, F_REF] -= 1
+    if st.frames[f, F_REF] == 0:
+        _push(st.frame_free, st.sc, SC_FRAMES_FREE, f)
+        st.counters[C_RESIDENT] -= 1
+
+
+@njit(cache=True, inline="always")
+def wp_can_reuse(st, f):
+    """Only an anonymous frame mapped once and referenced once may be reused."""
+    fr = st.frames
+    return f != ZERO_FRAME and fr[f, F_KIND] == ANON and fr[f, F_MAP] == 1 and fr[f, F_REF] == 1
+
+
+@njit(cache=True)
+def map_frame(st, s, d, f, writable):
+    """A new PTE: writable ones start dirty, as the model's _map_frame."""
+    if f != ZERO_FRAME:
+        st.frames[f, F_MAP] += 1
+        st.frames[f, F_REF] += 1
+    st.pte_frame[s, d] = f
+    st.pte_flags[s, d] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
+
+
+@njit(cache=True, inline="always")
+def settle_ahead(st, s, d):
+    """An ahead copy leaving its PTE unwritten was waste."""
+    if st.pte_flags[s, d] & PENDING:
+        st.counters[C_AHEAD_WASTE] += 1
+        st.counters[C_EXTRA_PAGES] -= 1
+
+
+@njit(cache=True)
+def zap_pte_range(st, s, dlo, dhi):
+    for d in range(dlo, dhi):
+        if st.pte_flags[s, d] & PRESENT:
+            settle_ahead(st, s, d)
+            st.pte_flags[s, d] = 0
+            put_frame(st, st.pte_frame[s, d], True)
+
+
+# ----- page space --------------------------------------------------------------------
+
+
+@njit(cache=True)
+def dense_index(pages, direct_base, page):
+    """First dense index whose page is >= ``page`` (searchsorted, or an offset when dense)."""
+    n = pages.shape[0]
+    if direct_base >= 0:
+        d = page - direct_base
+        return 0 if d < 0 else (n if d > n else d)
+    return np.searchsorted(pages, page)
+
+
+# ----- policy states -----------------------------------------------------------------
+
+
+@njit(cache=True)
+def pstate_new(st, v):
+    q = _pop(st.pstate_free, st.sc, SC_PSTATES_FREE)
+    ps = st.pstates
+    ps[q, P_REF] = 1
+    ps[q, P_NEXT_EXPECTED] = -1
+    ps[q, P_WINDOW] = 0
+    ps[q, P_MISS] = 0
+    ps[q, P_LAST_DLO] = 0
+    ps[q, P_LAST_DHI] = 0
+    ps[q, P_ROLLED] = -1
+    # ccow: one counter pair per region overlapping the VMA now (it can only shrink).
+    dlo, dhi = st.vmas[v, V_DLO], st.vmas[v, V_DHI]
+    rlo, rlen = 0, 0
+    if st.policy[0] == POL_CCOW and dlo < dhi:
+        rlo = st.region_of[dlo]
+        rlen = st.region_of[dhi - 1] + 1 - rlo
+    seg = st.sc[SC_COV_BUMP]
+    st.sc[SC_COV_BUMP] += rlen
+    st.coverage[:, seg:seg + rlen] = 0
+    ps[q, P_SEG] = seg
+    ps[q, P_RLO] = rlo
+    ps[q, P_RLEN] = rlen
+    st.vmas[v, V_PSTATE] = q
+    return q
+
+
+@njit(cache=True)
+def pstate_of(st, v):
+    q = st.vmas[v, V_PSTATE]
+    if q < 0:
+        q = pstate_new(st, v)
+    return q
+
+
+@njit(cache=True)
+def pstate_put(st, q):
+    if q < 0:
+        return
+    st.pstates[q, P_REF] -= 1
+    if st.pstates[q, P_REF] == 0:
+        _push(st.pstate_free, st.sc, SC_PSTATES_FREE, q)
+
+
+# ----- backing objects ---------------------------------------------------------------
+
+
+@njit(cache=True)
+def backing_new(st, dlo, dhi):
+    b = _pop(st.backing_free, st.sc, SC_BACKINGS_FREE)
+    seg = st.sc[SC_BK_BUMP]
+    st.sc[SC_BK_BUMP] += dhi - dlo
+    st.backing_frames[seg:seg + dhi - dlo] = -1
+    st.backings[b, B_USERS] = 1
+    st.backings[b, B_DLO] = dlo
+    st.backings[b, B_DHI] = dhi
+    st.backings[b, B_SEG] = seg
+    return b
+
+
+@njit(cache=True)
+def drop_user(st, b):
+    """A VMA stops using ``b``; with the last one the object and its frames go."""
+    if b < 0:
+        return
+    bk = st.backings
+    bk[b, B_USERS] -= 1
+    if bk[b, B_USERS] > 0:
+        return
+    seg, dlo = bk[b, B_SEG], bk[b, B_DLO]
+    for i in range(seg, seg + bk[b, B_DHI] - dlo):
+        f = st.backing_frames[i]
+        if f >= 0:
+            put_frame(st, f, False)
+            st.backing_frames[i] = -1
+            st.sc[SC_BK_LIVE_FRAMES] -= 1
+    _push(st.backing_free, st.sc, SC_BACKINGS_FREE, b)
+
+
+@njit(cache=True)
+def backing_frame(st, v, d, kind):
+    """The shmem or page-cache frame of page ``d``; allocated with the object's own reference."""
+    b = st.vmas[v, V_BACKING]
+    i = st.backings[b, B_SEG] + d - st.backings[b, B_DLO]
+    f = st.backing_frames[i]
+    if f < 0:
+        f = alloc_frame(st, kind)
+        st.frames[f, F_REF] += 1
+        st.backing_frames[i] = f
+        st.sc[SC_BK_LIVE_FRAMES] += 1
+    return f
+
+
+# ----- VMAs --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def vma_new(st, s, start, end, kind, backing, anon, pstate):
+    v = _pop(st.vma_free, st.sc, SC_VMAS_FREE)
+    vm = st.vmas
+    vm[v, V_START] = start
+    vm[v, V_END] = end
+    vm[v, V_DLO] = dense_index(st.pages, st.direct_base, start)
+    vm[v, V_DHI] = dense_index(st.pages, st.direct_base, end)
+    vm[v, V_KIND] = kind
+    vm[v, V_BACKING] = backing
+    vm[v, V_ANON] = anon
+    vm[v, V_PSTATE] = pstate
+    if pstate >= 0:
+        st.pstates[pstate, P_REF] += 1
+    vm[v, V_NEXT] = st.slots[s, S_VMA_HEAD]
+    st.slots[s, S_VMA_HEAD] = v
+    st.slots[s, S_NVMAS] += 1
+    return v
+
+
+@njit(cache=True)
+def vma_remove(st, s, v):
+    vm = st.vmas
+    prev, cur = -1, st.slots[s, S_VMA_HEAD]
+    while cur != v:
+        prev, cur = cur, vm[cur, V_NEXT]
+    if prev < 0:
+        st.slots[s, S_VMA_HEAD] = vm[v, V_NEXT]
+    else:
+        vm[prev, V_NEXT] = vm[v, V_NEXT]
+    st.slots[s, S_NVMAS] -= 1
+    st.slots[s, S_VMA_CACHE] = -1
+    pstate_put(st, vm[v, V_PSTATE])
+    _push(st.vma_free, st.sc, SC_VMAS_FREE, v)
+
+
+@njit(cache=True)
+def find_vma(st, s, d):
+    """The VMA holding dense page ``d`` (dense bounds compare like raw ones), or -1."""
+    vm = st.vmas
+    v = st.slots[s, S_VMA_CACHE]
+    if v >= 0 and vm[v, V_DLO] <= d < vm[v, V_DHI]:
+        return v
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        if vm[v, V_DLO] <= d < vm[v, V_DHI]:
+            st.slots[s, S_VMA_CACHE] = v
+            return v
+        v = vm[v, V_NEXT]
+    return -1
+
+
+@njit(cache=True)
+def unmap_vma_range(st, s, v, start, end):
+    """Zap [start, end) of ``v`` and keep what remains on either side (in place)."""
+    vm = st.vmas
+    dlo = dense_index(st.pages, st.direct_base, start)
+    dhi = dense_index(st.pages, st.direct_base, end)
+    zap_pte_range(st, s, dlo, dhi)
+    left = vm[v, V_START] < start
+    right = end < vm[v, V_END]
+    if left and right:
+        # users: +1 +1 -1 for the two pieces and the old VMA, as in the model
+        vma_new(st, s, end, vm[v, V_END], vm[v, V_KIND], vm[v, V_BACKING], vm[v, V_ANON], vm[v, V_PSTATE])
+        if vm[v, V_BACKING] >= 0:
+            st.backings[vm[v, V_BACKING], B_USERS] += 1
+        vm[v, V_END] = start
+        vm[v, V_DHI] = dlo
+    elif left:
+        vm[v, V_END] = start
+        vm[v, V_DHI] = dlo
+    elif right:
+        vm[v, V_START] = end
+        vm[v, V_DLO] = dhi
+    else:
+        b = vm[v, V_BACKING]
+        vma_remove(st, s, v)
+        drop_user(st, b)
+
+
+@njit(cache=True)
+def munmap(st, s, start, end):
+    vm = st.vmas
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        nxt = vm[v, V_NEXT]  # pieces split off go to the list head, never revisited
+        if vm[v, V_START] < end and start < vm[v, V_END]:
+            unmap_vma_range(st, s, v, max(vm[v, V_START], start), min(vm[v, V_END], end))
+        v = nxt
+
+
+@njit(cache=True)
+def madvise_dontneed(st, s, start, end):
+    vm = st.vmas
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        if vm[v, V_START] < end and start < vm[v, V_END]:
+            zap_pte_range(st, s, dense_index(st.pages, st.direct_base, max(vm[v, V_START], start)),
+                          dense_index(st.pages, st.direct_base, min(vm[v, V_END], end)))
+        v = vm[v, V_NEXT]
+
+
+@njit(cache=True)
+def mmap(st, s, start, end, kind):
+    """MAP_FIXED semantics: whatever was mapped in the range goes first."""
+    munmap(st, s, start, end)
+    backing = -1
+    if kind != PRIVATE_ANON:
+        backing = backing_new(st, dense_index(st.pages, st.direct_base, start),
+                              dense_index(st.pages, st.direct_base, end))
+    vma_new(st, s, start, end, kind, backing, 0, -1)
+
+
+# ----- processes ---------------------------------------------------------------------
+
+
+@njit(cache=True)
+def mm_of(st, pid):
+    s = st.slot_of[pid]
+    if s < 0:
+        s = _pop(st.slot_free, st.sc, SC_SLOTS_FREE)
+        st.slot_of[pid] = s
+        st.slots[s, S_VMA_HEAD] = -1
+        st.slots[s, S_VMA_CACHE] = -1
+        st.slots[s, S_FORKED] = 0
+        st.slots[s, S_NVMAS] = 0
+    return s
+
+
+@njit(cache=True)
+def exit_mmap(st, s):
+    vm = st.vmas
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        nxt = vm[v, V_NEXT]
+        unmap_vma_range(st, s, v, vm[v, V_START], vm[v, V_END])
+        v = nxt
+
+
+@njit(cache=True)
+def do_exit(st, pid):
+    s = st.slot_of[pid]
+    if s >= 0:
+        exit_mmap(st, s)
+        st.slot_of[pid] = -1
+        _push(st.slot_free, st.sc, SC_SLOTS_FREE, s)
+
+
+@njit(cache=True)
+def do_exec(st, pid):
+    s = mm_of(st, pid)
+    exit_mmap(st, s)
+    st.slots[s, S_FORKED] = 0
+
+
+@njit(cache=True)
+def ccow_on_fork(st, s):
+    """Count the parent's written ahead copies per region, then roll each history over once."""
+    vm, ps, cov = st.vmas, st.pstates, st.coverage
+    st.sc[SC_FORKS] += 1
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        q = pstate_of(st, v)
+        seg, rlo = ps[q, P_SEG], ps[q, P_RLO]
+        for d in range(vm[v, V_DLO], vm[v, V_DHI]):
+            if st.pte_flags[s, d] & HIT:
+                cov[0, seg + st.region_of[d] - rlo] += 1
+        v = vm[v, V_NEXT]
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        q = vm[v, V_PSTATE]
+        if ps[q, P_ROLLED] != st.sc[SC_FORKS]:
+            ps[q, P_ROLLED] = st.sc[SC_FORKS]
+            seg, n = ps[q, P_SEG], ps[q, P_RLEN]
+            cov[1, seg:seg + n] = cov[0, seg:seg + n]
+            cov[0, seg:seg + n] = 0
+        v = vm[v, V_NEXT]
+
+
+@njit(cache=True)
+def copy_pte_range(st, sp, sc, dlo, dhi):
+    """Private pages become shared and write-protected in both; ahead states end."""
+    flags = st.pte_flags
+    for d in range(dlo, dhi):
+        fl = flags[sp, d]
+        if fl & PRESENT:
+            settle_ahead(st, sp, d)
+            flags[sp, d] = fl & (PRESENT | DIRTY)
+            f = st.pte_frame[sp, d]
+            if f != ZERO_FRAME:
+                st.frames[f, F_MAP] += 1
+                st.frames[f, F_REF] += 1
+            st.pte_frame[sc, d] = f
+            flags[sc, d] = fl & (PRESENT | DIRTY)
+
+
+@njit(cache=True)
+def do_fork(st, parent, child):
+    """dup_mmap: copy VMAs; private pages become shared and write-protected."""
+    sp = mm_of(st, parent)
+    if child == parent:
+        # The model exits the pid and leaves it a fresh, empty address space.
+        do_exit(st, child)
+        mm_of(st, child)
+        return
+    if st.slot_of[child] >= 0:
+        do_exit(st, child)  # the pid was reused without an exit event
+    if st.policy[0] == POL_CCOW:
+        ccow_on_fork(st, sp)
+    st.slots[sp, S_FORKED] = 1
+    sc = mm_of(st, child)
+    vm = st.vmas
+    v = st.slots[sp, S_VMA_HEAD]
+    while v >= 0:
+        b = vm[v, V_BACKING]
+        if b >= 0:
+            st.backings[b, B_USERS] += 1
+        c = vma_new(st, sc, vm[v, V_START], vm[v, V_END], vm[v, V_KIND], b, vm[v, V_ANON], -1)
+        if vm[v, V_KIND] != SHARED_ANON and vm[v, V_ANON]:
+            copy_pte_range(st, sp, sc, vm[c, V_DLO], vm[c, V_DHI])
+        v = vm[v, V_NEXT]
+
+
+# ----- the fault path ----------------------------------------------------------------
+
+
+@njit(cache=True)
+def wp_page_copy(st, s, v, d):
+    """Copy the old frame into a new exclusive one and map it writable."""
+    old = st.pte_frame[s, d]
+    new = alloc_frame(st, ANON)
+    st.vmas[v, V_ANON] = 1
+    put_frame(st, old, True)
+    map_frame(st, s, d, new, True)
+
+
+@njit(cache=True)
+def break_cow_ahead(st, s, v, q):
+    """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
+    fl = st.pte_flags[s, q]
+    if not (fl & PRESENT) or (fl & WRITABLE):
+        return 0
+    c = st.counters
+    if wp_can_reuse(st, st.pte_frame[s, q]):
+        st.pte_flags[s, q] = fl | WRITABLE
+        c[C_AHEAD_REUSES] += 1
+        return 1
+    wp_page_copy(st, s, v, q)
+    st.pte_flags[s, q] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+    c[C_AHEAD_COPIES] += 1
+    c[C_EXTRA_PAGES] += 1
+    if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
+        c[C_EXTRA_PAGES_PEAK] = c[C_EXTRA_PAGES]
+    return 1
+
+
+@njit(cache=True, inline="always")
+def _breakable(st, s, q):
+    return (st.pte_flags[s, q] & (PRESENT | WRITABLE)) == PRESENT
+
+
+@njit(cache=True)
+def written_next(st, pid, q, now):
+    """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)"""
+    key = pid * st.pages.shape[0] + q
+    j = np.searchsorted(st.oracle_keys, key)
+    if j == st.oracle_keys.shape[0] or st.oracle_keys[j] != key:
+        return False
+    c, end = st.oracle_cursor[j], st.oracle_start[j + 1]
+    while c < end and st.oracle_time[c] < now:
+        c += 1
+    st.oracle_cursor[j] = c
+    return c < end and st.oracle_last_drop[c] < now
+
+
+@njit(cache=True)
+def next_window(window, max_pages):
+    """get_init_ra_size / get_next_ra_size of mm/readahead.c."""
+    if window == 0:
+        return min(4, max_pages)
+    if window < max_pages // 16:
+        return 4 * window
+    if window <= max_pages // 2:
+        return 2 * window
+    return max_pages
+
+
+@njit(cache=True)
+def adaptive_window(st, s, v, d):
+    """Learn from the dirty bits of the last window, ramp or reset; returns the dense window end."""
+    ps = st.pstates
+    q = pstate_of(st, v)
+    miss = ps[q, P_MISS]
+    for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
+        fl = st.pte_flags[s, a]
+        if (fl & (PRESENT | WRITABLE)) != (PRESENT | WRITABLE):
+            continue  # unmapped, or never copied: nothing to learn
+        if fl & DIRTY:
+            miss = max(0, miss - 1)
+        else:
+            miss += 1
+    p = st.pages[d]
+    window = ps[q, P_WINDOW]
+    if p == ps[q, P_NEXT_EXPECTED]:
+        miss = max(0, miss - 1)
+        window = next_window(window, st.policy[1])
+    else:
+        window = 0
+    if miss > MMAP_LOTSAMISS:
+        window = 0
+    stop = min(p + 1 + window, st.vmas[v, V_END])
+    end = d + 1
+    while end < st.pages.shape[0] and st.pages[end] < stop:
+        end += 1
+    ps[q, P_MISS] = miss
+    ps[q, P_WINDOW] = window
+    ps[q, P_NEXT_EXPECTED] = stop
+    ps[q, P_LAST_DLO] = d + 1
+    ps[q, P_LAST_DHI] = end
+    return end
+
+
+@njit(cache=True)
+def cow_ahead(st, s, v, d, pid, now):
+    """Break COW on the policy's window; each page gets the faulting page's exclusivity check."""
+    pol = st.policy[0]
+    if pol == POL_NONE:
+        return
+    pages, vm = st.pages, st.vmas
+    n = pages.shape[0]
+    p = pages[d]
+    done = 0
+    if pol == POL_FIXED or pol == POL_ORACLE:
+        limit = min(p + st.policy[1], vm[v, V_END])
+        q = d + 1
+        while q < n and pages[q] < limit:
+            if pol == POL_FIXED or (_breakable(st, s, q) and written_next(st, pid, q, now)):
+                done += break_cow_ahead(st, s, v, q)
+            q += 1
+    elif pol == POL_AROUND:
+        size = st.policy[1]
+        aligned = p - p % size
+        table = p - p % PTRS_PER_PTE
+        start = max(aligned, vm[v, V_START], table)
+        end = min(aligned + size, vm[v, V_END], table + PTRS_PER_PTE)
+        q = d
+        while q > 0 and pages[q - 1] >= start:
+            q -= 1
+        while q < n and pages[q] < end:
+            if q != d:
+                done += break_cow_ahead(st, s, v, q)
+            q += 1
+    elif pol == POL_ADAPTIVE:
+        for q in range(d + 1, adaptive_window(st, s, v, d)):
+            done += break_cow_ahead(st, s, v, q)
+    elif pol == POL_CCOW:
+        q = pstate_of(st, v)
+        r = st.region_of[d]
+        i = st.pstates[q, P_SEG] + r - st.pstates[q, P_RLO]
+        st.coverage[0, i] += 1
+        if st.slots[s, S_FORKED] and st.coverage[1, i] >= st.policy[2]:
+            for a in range(max(st.region_start[r], vm[v, V_DLO]), min(st.region_start[r + 1], vm[v, V_DHI])):
+                done += break_cow_ahead(st, s, v, a)
+    if done:
+        st.counters[C_AHEAD_BATCHES] += 1
+
+
+@njit(cache=True)
+def handle_mm_fault(st, s, v, d, write, pid, now):
+    c = st.counters
+    kind = st.vmas[v, V_KIND]
+    fl = st.pte_flags[s, d]
+    if not (fl & PRESENT):
+        if kind == PRIVATE_ANON:  # do_anonymous_page
+            if not write:
+                c[C_ZERO_PAGE] += 1
+                map_frame(st, s, d, ZERO_FRAME, False)
+            else:
+                c[C_ZERO_FILL] += 1
+                st.vmas[v, V_ANON] = 1
+                map_frame(st, s, d, alloc_frame(st, ANON), True)
+        elif kind == SHARED_ANON:  # do_shared_fault
+            b = st.vmas[v, V_BACKING]
+            if st.backing_frames[st.backings[b, B_SEG] + d - st.backings[b, B_DLO]] < 0:
+                c[C_ZERO_FILL] += 1
+            else:
+                c[C_MAP] += 1
+            map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
+        elif write:  # do_cow_fault
+            c[C_COW_COPY] += 1
+            st.vmas[v, V_ANON] = 1
+            backing_frame(st, v, d, FILE)
+            map_frame(st, s, d, alloc_frame(st, ANON), True)
+        else:  # do_read_fault
+            c[C_MAP] += 1
+            map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
+        return
+    # do_wp_page
+    if kind == SHARED_ANON or wp_can_reuse(st, st.pte_frame[s, d]):
+        c[C_REUSE] += 1
+        st.pte_flags[s, d] = fl | WRITABLE
+        return
+    c[C_COW_COPY] += 1
+    wp_page_copy(st, s, v, d)
+    cow_ahead(st, s, v, d, pid, now)
+
+
+@njit(cache=True)
+def access(st, s, d, write, pid, now):
+    """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
+    fl = st.pte_flags[s, d]
+    if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
+        v = find_vma(st, s, d)  # a present PTE always lies in a VMA
+        if v < 0:
+            st.counters[C_OUTSIDE_VMA] += 1
+            return
+        handle_mm_fault(st, s, v, d, write, pid, now)
+        fl = st.pte_flags[s, d]
+    if write:  # _store
+        if fl & PENDING:
+            st.counters[C_AHEAD_HITS] += 1
+            st.counters[C_EXTRA_PAGES] -= 1
+            fl = (fl & ~PENDING) | HIT
+        st.pte_flags[s, d] = fl | DIRTY
+
+
+# ----- replay ------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def headroom(st, kind, pid, npages, start, stop):
+    """Is every pool big enough for the worst this event can do? If not, say how much is needed."""
+    sc = st.sc
+    slots = 2 if kind == FORK else 1
+    frames = vmas = backings = bk_frames = pstates = cov = 0
+    nvmas = 0
+    s = st.slot_of[pid]
+    if s >= 0:
+        nvmas = st.slots[s, S_NVMAS]
+    if kind == READ or kind == WRITE:
+        frames = min(MAX_AHEAD_PER_FAULT * npages,
+                     st.pte_frame.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
+        pstates = npages + 1
+        cov = st.region_start.shape[0] + npages + 1
+    elif kind == FORK:
+        vmas = nvmas + 1
+        pstates = nvmas + 1
+        cov = st.region_start.shape[0] + nvmas + 1
+    elif kind == MMAP or kind == MUNMAP:
+        vmas = 2
+        if kind == MMAP:
+            backings = 1
+            bk_frames = (dense_index(st.pages, st.direct_base, stop)
+                         - dense_index(st.pages, st.direct_base, start))
+    if st.policy[0] != POL_CCOW:
+        cov = 0
+    ok = (sc[SC_SLOTS_FREE] >= slots and sc[SC_FRAMES_FREE] >= frames and sc[SC_VMAS_FREE] >= vmas
+          and sc[SC_BACKINGS_FREE] >= backings and st.backing_frames.shape[0] - sc[SC_BK_BUMP] >= bk_frames
+          and sc[SC_PSTATES_FREE] >= pstates and st.coverage.shape[1] - sc[SC_COV_BUMP] >= cov)
+    if not ok:
+        sc[SC_NEED_SLOTS] = slots
+        sc[SC_NEED_FRAMES] = frames
+        sc[SC_NEED_VMAS] = vmas
+        sc[SC_NEED_BACKINGS] = backings
+        sc[SC_NEED_BK_FRAMES] = bk_frames
+        sc[SC_NEED_PSTATES] = pstates
+        sc[SC_NEED_COV] = cov
+    return ok
+
+
+@njit(cache=True)
+def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume):
+    """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
+    n = kind.shape[0]
+    c = st.counters
+    for i in range(resume, n):
+        k = kind[i]
+        p = pid[i]
+        if not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
+            return i
+        c[C_EVENTS] += 1
+        if k == WRITE or k == READ:
+            s = mm_of(st, p)
+            for d in range(dlo[i], dhi[i]):
+                access(st, s, d, k == WRITE, p, first_index + i)
+        elif k == FORK:
+            do_fork(st, p, arg[i])
+        elif k == EXEC:
+            do_exec(st, p)
+        elif k == EXIT:
+            do_exit(st, p)
+        elif k == MMAP:
+            mmap(st, mm_of(st, p), start[i], stop[i], arg[i])
+        elif k == MUNMAP:
+            munmap(st, mm_of(st, p), start[i], stop[i])
+        elif k == DONTNEED:
+            madvise_dontneed(st, mm_of(st, p), start[i], stop[i])
+    return n
+
+
+@njit(cache=True)
+def finish(st):
+    """End of trace: ahead copies still unwritten count as waste."""
+    c = st.counters
+    c[C_EXTRA_PAGES_FINAL] = c[C_EXTRA_PAGES]
+    c[C_AHEAD_WASTE] += c[C_EXTRA_PAGES]

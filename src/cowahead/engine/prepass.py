@@ -1,0 +1,234 @@
+"""Passes over a trace before replay: its page space, its pids, and the oracle's future.
+
+All passes stream the trace chunk by chunk (Parquet row groups). The page
+space is the set of pages a read or write touches — the only pages that can
+ever be present — either as one dense run ``[base, base + n)`` when the span
+is small (an offset is cheaper than a search) or as the sorted unique set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+from numba import njit
+
+from ..trace.events import COLUMNS, PAGE_SHIFT
+from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
+from ..trace.trace import Trace
+from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, READ, WRITE, dense_index
+
+TraceSource = Union[Trace, TraceFile, str, Path]
+
+# A span of at most this many pages (32 GiB) is indexed by offset, not by search.
+DIRECT_SPAN = 1 << 23
+
+
+def iter_chunks(source: TraceSource) -> Iterator[dict[str, np.ndarray]]:
+    """The trace's columns in chunks: a file's row groups, or slices of an in-memory trace."""
+    if isinstance(source, (str, Path)):
+        source = TraceFile(source)
+    if isinstance(source, TraceFile):
+        yield from source.iter_chunks()
+        return
+    for lo in range(0, len(source), ROW_GROUP_ROWS):
+        yield {k: source.columns[k][lo:lo + ROW_GROUP_ROWS] for k in COLUMNS}
+
+
+@dataclass(frozen=True)
+class PageSpace:
+    pages: np.ndarray      # int64 page number of each dense index, ascending
+    direct_base: int       # pages[0] when pages is one dense run, else -1
+    pids: np.ndarray       # int64 sorted unique pids (event pids and fork children)
+    events: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One chunk in the engine's terms: pid indices, raw page ranges, dense page ranges."""
+    kind: np.ndarray
+    pid: np.ndarray
+    arg: np.ndarray    # a fork's child pid index; else the event's arg
+    start: np.ndarray  # first page
+    stop: np.ndarray   # one past the last page
+    dlo: np.ndarray    # dense range of a read or write (0, 0 for other events)
+    dhi: np.ndarray
+
+
+@njit(cache=True)
+def _scan_chunk(kind, pid, address, length, arg):
+    """Touched page bounds, pages touched, and the pids seen (runs collapsed)."""
+    lo, hi, touched = np.int64(1) << 62, np.int64(-1), np.int64(0)
+    seen = np.empty(2 * kind.shape[0], np.int64)
+    m = 0
+    last = np.int64(-1) << 40
+    for i in range(kind.shape[0]):
+        k = kind[i]
+        p = np.int64(pid[i])
+        if p != last:
+            seen[m] = p
+            m += 1
+            last = p
+        if k == FORK:
+            seen[m] = arg[i]
+            m += 1
+        elif k == READ or k == WRITE:
+            first = np.int64(address[i]) >> PAGE_SHIFT
+            end = ((np.int64(address[i]) + max(np.int64(length[i]), 1) - 1) >> PAGE_SHIFT) + 1
+            lo = min(lo, first)
+            hi = max(hi, end)
+            touched += end - first
+    return lo, hi, touched, seen[:m]
+
+
+@njit(cache=True)
+def _touched_pages(kind, address, length, total):
+    out = np.empty(total, np.int64)
+    m = 0
+    for i in range(kind.shape[0]):
+        if kind[i] == READ or kind[i] == WRITE:
+            first = np.int64(address[i]) >> PAGE_SHIFT
+            end = ((np.int64(address[i]) + max(np.int64(length[i]), 1) - 1) >> PAGE_SHIFT) + 1
+            for page in range(first, end):
+                out[m] = page
+                m += 1
+    return out[:m]
+
+
+def page_space(source: TraceSource) -> PageSpace:
+    lo, hi, events, touched = 1 << 62, -1, 0, []
+    pids = []
+    for chunk in iter_chunks(source):
+        c_lo, c_hi, c_touched, seen = _scan_chunk(chunk["kind"], chunk["pid"], chunk["address"],
+                                                  chunk["length"], chunk["arg"])
+        lo, hi = min(lo, c_lo), max(hi, c_hi)
+        pids.append(np.unique(seen))
+        touched.append(c_touched)
+        events += len(chunk["kind"])
+    pids_sorted = np.unique(np.concatenate(pids)) if pids else np.zeros(0, np.int64)
+    if hi < 0:
+        return PageSpace(np.zeros(0, np.int64), 0, pids_sorted, events)
+    if hi - lo <= DIRECT_SPAN:
+        return PageSpace(np.arange(lo, hi, dtype=np.int64), lo, pids_sorted, events)
+    unique = np.zeros(0, np.int64)
+    for chunk, total in zip(iter_chunks(source), touched):
+        unique = np.union1d(unique, np.unique(_touched_pages(chunk["kind"], chunk["address"], chunk["length"],
+                                                              total)))
+    return PageSpace(unique, -1, pids_sorted, events)
+
+
+@njit(cache=True)
+def _decode(kind, pid, address, length, arg, pids, pages, direct_base):
+    n = kind.shape[0]
+    out_pid = np.empty(n, np.int64)
+    out_arg = np.empty(n, np.int64)
+    start = np.empty(n, np.int64)
+    stop = np.empty(n, np.int64)
+    dlo = np.zeros(n, np.int64)
+    dhi = np.zeros(n, np.int64)
+    last_pid, last_index = np.int64(-1) << 40, np.int64(0)
+    for i in range(n):
+        p = np.int64(pid[i])
+        if p != last_pid:
+            last_pid, last_index = p, np.searchsorted(pids, p)
+        out_pid[i] = last_index
+        k = kind[i]
+        out_arg[i] = np.searchsorted(pids, arg[i]) if k == FORK else arg[i]
+        first = np.int64(address[i]) >> PAGE_SHIFT
+        end = ((np.int64(address[i]) + max(np.int64(length[i]), 1) - 1) >> PAGE_SHIFT) + 1
+        start[i] = first
+        stop[i] = end
+        if k == READ or k == WRITE:
+            dlo[i] = dense_index(pages, direct_base, first)
+            dhi[i] = dlo[i] + end - first
+    return out_pid, out_arg, start, stop, dlo, dhi
+
+
+def decode(chunk: dict[str, np.ndarray], space: PageSpace) -> Decoded:
+    pid, arg, start, stop, dlo, dhi = _decode(chunk["kind"], chunk["pid"], chunk["address"], chunk["length"],
+                                              chunk["arg"], space.pids, space.pages, space.direct_base)
+    return Decoded(chunk["kind"], pid, arg, start, stop, dlo, dhi)
+
+
+# ----- the oracle's future -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Future:
+    """Every write of each (pid, page) pair, in time order, with the last drop before it.
+
+    ``keys`` are sorted ``pid * pages + page``; the writes of pair j are
+    ``time[start[j]:start[j + 1]]``, and ``last_drop`` holds, for each, the
+    latest fork/exec/exit of the pid or mmap/munmap/dontneed of the page by
+    the pid before it. A write at ``w`` answers the oracle's question at
+    ``now <= w`` with yes exactly when ``last_drop < now`` (policies/oracle.py).
+    """
+    keys: np.ndarray
+    start: np.ndarray
+    time: np.ndarray
+    last_drop: np.ndarray
+
+
+@njit(cache=True)
+def _write_keys(kind, pid, dlo, dhi, npages):
+    total = 0
+    for i in range(kind.shape[0]):
+        if kind[i] == WRITE:
+            total += dhi[i] - dlo[i]
+    out = np.empty(total, np.int64)
+    m = 0
+    for i in range(kind.shape[0]):
+        if kind[i] == WRITE:
+            for d in range(dlo[i], dhi[i]):
+                out[m] = pid[i] * npages + d
+                m += 1
+    return out
+
+
+@njit(cache=True)
+def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, direct_base, keys, fill,
+                 last_barrier, last_drop_of_pair, time, last_drop):
+    npages = pages.shape[0]
+    for i in range(kind.shape[0]):
+        k = kind[i]
+        p = pid[i]
+        t = first_index + i
+        if k == WRITE:
+            for d in range(dlo[i], dhi[i]):
+                j = np.searchsorted(keys, p * npages + d)
+                time[fill[j]] = t
+                last_drop[fill[j]] = max(last_barrier[p], last_drop_of_pair[j])
+                fill[j] += 1
+        elif k == FORK:
+            last_barrier[p] = t
+            last_barrier[arg[i]] = t  # a reused child pid starts afresh
+        elif k == EXEC or k == EXIT:
+            last_barrier[p] = t
+        elif k == MMAP or k == MUNMAP or k == DONTNEED:
+            a = dense_index(pages, direct_base, start[i])
+            b = dense_index(pages, direct_base, stop[i])
+            for j in range(np.searchsorted(keys, p * npages + a), np.searchsorted(keys, p * npages + b)):
+                last_drop_of_pair[j] = t
+
+
+def future(source: TraceSource, space: PageSpace) -> Future:
+    npages = len(space.pages)
+    parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages)
+             for d in (decode(c, space) for c in iter_chunks(source))]
+    keys, counts = np.unique(np.concatenate(parts) if parts else np.zeros(0, np.int64), return_counts=True)
+    start = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    time = np.empty(start[-1], np.int64)
+    last_drop = np.empty(start[-1], np.int64)
+    fill = start[:-1].copy()
+    last_barrier = np.full(max(1, len(space.pids)), -1, np.int64)
+    last_drop_of_pair = np.full(len(keys), -1, np.int64)
+    first_index = 0
+    for chunk in iter_chunks(source):
+        d = decode(chunk, space)
+        _fill_future(d.kind, d.pid, d.arg, d.start, d.stop, d.dlo, d.dhi, first_index, space.pages,
+                     space.direct_base, keys, fill, last_barrier, last_drop_of_pair, time, last_drop)
+        first_index += len(d.kind)
+    return Future(keys, start, time, last_drop)

@@ -1,0 +1,167 @@
+"""The engine's state for one policy: numpy arrays in a NamedTuple, and how they grow.
+
+core.py reads and writes these arrays; when an event might overflow a pool,
+``replay_chunk`` stops before it and ``grow`` makes room (doubling), so
+memory follows what the trace keeps alive, not its length.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..policies import (AdaptivePolicy, AroundPolicy, CcowPolicy, FixedPolicy, NonePolicy, OraclePolicy,
+                        Policy)
+from . import core
+from .prepass import Future, PageSpace
+
+
+class State(NamedTuple):
+    pages: np.ndarray
+    direct_base: int
+    policy: np.ndarray        # kind, window (N or MAX), ccow threshold in pages
+    region_of: np.ndarray     # ccow: dense region of each dense page
+    region_start: np.ndarray  # ccow: first dense page of each dense region, and the end
+    pte_frame: np.ndarray     # [slot, page] frame index
+    pte_flags: np.ndarray     # [slot, page] PRESENT | WRITABLE | DIRTY | PENDING | HIT
+    slots: np.ndarray
+    slot_free: np.ndarray
+    slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
+    frames: np.ndarray
+    frame_free: np.ndarray
+    vmas: np.ndarray
+    vma_free: np.ndarray
+    backings: np.ndarray
+    backing_free: np.ndarray
+    backing_frames: np.ndarray
+    pstates: np.ndarray
+    pstate_free: np.ndarray
+    coverage: np.ndarray      # ccow: [current, last] counters per region, segments per state
+    sc: np.ndarray
+    counters: np.ndarray
+    oracle_keys: np.ndarray
+    oracle_start: np.ndarray
+    oracle_time: np.ndarray
+    oracle_last_drop: np.ndarray
+    oracle_cursor: np.ndarray
+
+
+def policy_params(policy: Policy) -> np.ndarray:
+    if isinstance(policy, NonePolicy):
+        return np.array([core.POL_NONE, 0, 0], np.int64)
+    if isinstance(policy, FixedPolicy):
+        return np.array([core.POL_FIXED, policy.pages, 0], np.int64)
+    if isinstance(policy, AroundPolicy):
+        return np.array([core.POL_AROUND, policy.pages, 0], np.int64)
+    if isinstance(policy, AdaptivePolicy):
+        return np.array([core.POL_ADAPTIVE, policy.max_pages, 0], np.int64)
+    if isinstance(policy, CcowPolicy):
+        return np.array([core.POL_CCOW, policy.region_pages, policy.threshold_pages], np.int64)
+    if isinstance(policy, OraclePolicy):
+        return np.array([core.POL_ORACLE, policy.pages, 0], np.int64)
+    raise TypeError(f"the engine has no implementation of policy {policy.name}")
+
+
+def _free_stack(capacity: int, first: int = 0) -> np.ndarray:
+    return np.arange(first, capacity, dtype=np.int64)
+
+
+def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if params[0] != core.POL_CCOW or len(space.pages) == 0:
+        return np.zeros(max(1, len(space.pages)), np.int64), np.zeros(1, np.int64)
+    raw = space.pages // params[1]
+    unique, region_of = np.unique(raw, return_inverse=True)
+    region_start = np.searchsorted(raw, np.append(unique, unique[-1] + 1)).astype(np.int64)
+    return region_of.astype(np.int64), region_start
+
+
+def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
+    params = policy_params(policy)
+    npages, npids = len(space.pages), max(1, len(space.pids))
+    slots, frames, vmas = 4, 1024, 64
+    region_of, region_start = _regions(space, params)
+    sc = np.zeros(core.N_SCALARS, np.int64)
+    sc[core.SC_SLOTS_FREE] = slots
+    sc[core.SC_FRAMES_FREE] = frames - 1  # frame 0 is the zero page
+    sc[core.SC_VMAS_FREE] = vmas
+    sc[core.SC_BACKINGS_FREE] = 16
+    sc[core.SC_PSTATES_FREE] = 64
+    frame_table = np.zeros((frames, 3), np.int32)
+    frame_table[core.ZERO_FRAME, core.F_KIND] = core.ZERO
+    if future is None or params[0] != core.POL_ORACLE:
+        empty = np.zeros(0, np.int64)
+        future = Future(empty, np.zeros(1, np.int64), empty, empty)
+    return State(
+        pages=space.pages, direct_base=int(space.direct_base), policy=params,
+        region_of=region_of, region_start=region_start,
+        pte_frame=np.zeros((slots, npages), np.int32), pte_flags=np.zeros((slots, npages), np.uint8),
+        slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
+        slot_of=np.full(npids, -1, np.int64),
+        frames=frame_table, frame_free=_free_stack(frames, 1).astype(np.int32),
+        vmas=np.zeros((vmas, core.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
+        backings=np.zeros((16, core.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
+        backing_frames=np.zeros(1024, np.int32),
+        pstates=np.zeros((64, core.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
+        coverage=np.zeros((2, 1024 if params[0] == core.POL_CCOW else 0), np.int32),
+        sc=sc, counters=np.zeros(core.N_COUNTERS, np.int64),
+        oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
+        oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(),
+    )
+
+
+def _grow_rows(table: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows,) + table.shape[1:], table.dtype)
+    out[:len(table)] = table
+    return out
+
+
+def _grow_free(free: np.ndarray, sc: np.ndarray, top: int, old: int, new: int) -> np.ndarray:
+    """The free stack with room for ``new`` items; the added indices old … new-1 go on top."""
+    out = np.zeros(new, free.dtype)
+    n = int(sc[top])
+    out[:n] = free[:n]
+    out[n:n + new - old] = np.arange(old, new)
+    sc[top] = n + new - old
+    return out
+
+
+def _capacity(current: int, free: int, need: int) -> int:
+    """Double until ``need`` more fit."""
+    capacity = current
+    while free + capacity - current < need:
+        capacity *= 2
+    return capacity
+
+
+def grow(st: State) -> State:
+    """Make room for what ``headroom`` asked for; returns the (partly) new state."""
+    sc, changes = st.sc, {}
+    old = len(st.slots)
+    new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]))
+    if new > old:
+        changes.update(pte_frame=_grow_rows(st.pte_frame, new), pte_flags=_grow_rows(st.pte_flags, new),
+                       slots=_grow_rows(st.slots, new),
+                       slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
+    for table, free, top, need in [("frames", "frame_free", core.SC_FRAMES_FREE, core.SC_NEED_FRAMES),
+                                   ("vmas", "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS),
+                                   ("backings", "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS),
+                                   ("pstates", "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES)]:
+        old = len(getattr(st, table))
+        new = _capacity(old, int(sc[top]), int(sc[need]))
+        if new > old:
+            changes[table] = _grow_rows(getattr(st, table), new)
+            changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
+    old = len(st.backing_frames)
+    new = _capacity(old, old - int(sc[core.SC_BK_BUMP]), int(sc[core.SC_NEED_BK_FRAMES]))
+    if new > old:
+        changes["backing_frames"] = _grow_rows(st.backing_frames, new)
+    old = st.coverage.shape[1]
+    new = _capacity(max(old, 1), max(old, 1) - int(sc[core.SC_COV_BUMP]), int(sc[core.SC_NEED_COV]))
+    if new > old:
+        coverage = np.zeros((2, new), np.int32)
+        coverage[:, :old] = st.coverage
+        changes["coverage"] = coverage
+    sc[core.SC_NEED_SLOTS:core.SC_NEED_SLOTS + 1] = 0
+    sc[core.SC_NEED_FRAMES:core.N_SCALARS] = 0
+    return st._replace(**changes)
