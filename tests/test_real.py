@@ -1,0 +1,117 @@
+"""Real runs on the running kernel: the model page for page, and memory integrity.
+
+Needs root (pagemap PFNs) and MADV_POPULATE_WRITE (Linux 5.14+); without
+them these tests skip and say why. The plan tests run anywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cowahead.cli.main import main
+from cowahead.real import linux
+from cowahead.real.plan import Op, build_plan
+from cowahead.real.runner import run_plan
+from cowahead.real.truth import compare
+from cowahead.real.validate import POLICIES, ValidateSettings, validate
+from cowahead.trace.generators import PARENT, PATTERNS, TraceBuilder, generate
+
+SUPPORT = linux.probe_support()
+needs_kernel = pytest.mark.skipif(not SUPPORT.ok, reason="; ".join(SUPPORT.problems) or "ok")
+
+
+def ahead_reuse_trace():
+    """The child copies pages 1-8, so the parent's frames 1-8 are exclusive but write-protected;
+    the parent's COW fault at page 0 under fixed:8 then reuses 1-7 without copying."""
+    b = TraceBuilder()
+    b.mmap(PARENT, 16)
+    b.writes(PARENT, range(16))
+    b.fork(PARENT, PARENT + 1)
+    b.writes(PARENT + 1, range(1, 8))
+    b.write(PARENT, 0)
+    b.writes(PARENT, range(1, 4))
+    b.exit(PARENT + 1)
+    b.exit(PARENT)
+    return b.trace({"pattern": "ahead-reuse"})
+
+
+# ----- plans (no kernel needed) ------------------------------------------------------------
+
+
+def test_plan_ends_a_batch_right_after_the_fault_that_copies_ahead():
+    plan = build_plan(generate("sequential", 64), "fixed:16")
+    child_steps = [s for s in plan.steps if s.pid == PARENT + 1]
+    assert [s.op for s in child_steps[:3]] == [Op.WRITE, Op.AHEAD, Op.WRITE]
+    assert child_steps[0].pages.tolist() == [0]
+    assert child_steps[1].pages.tolist() == list(range(1, 16))
+    assert child_steps[2].pages.tolist() == list(range(1, 16)) + [16]
+
+
+def test_plan_expects_each_process_to_hold_its_own_writes():
+    plan = build_plan(generate("sequential", 8), "none")
+    exits = {s.pid: s for s in plan.steps if s.op == Op.EXIT}
+    parent_values = exits[PARENT].expected
+    child_values = exits[PARENT + 1].expected
+    assert parent_values.tolist() == list(range(1, 9))
+    assert child_values.tolist() == list(range(9, 17))
+    assert plan.steps[-1].op == Op.EXIT and plan.steps[-1].pid == PARENT
+
+
+# ----- the running kernel ------------------------------------------------------------------
+
+
+@needs_kernel
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_generator_matches_the_model_page_for_page(policy):
+    results = validate(ValidateSettings(list(PATTERNS), [policy], pages=256))
+    problems = [f"{r.pattern} {r.policy}: {line}" for r in results
+                for line in r.mismatches + r.unexplained + r.integrity]
+    assert not problems, "\n".join(problems[:20])
+    assert all(r.model == r.real for r in results)
+
+
+@needs_kernel
+def test_user_space_cow_ahead_reuses_exclusive_pages_without_copying():
+    plan = build_plan(ahead_reuse_trace(), "fixed:8")
+    assert sum(1 for *_, kind in plan.model_log if kind == "ahead_reuses") == 7
+    result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
+    assert result.ok, result.mismatches + result.unexplained + result.integrity
+    # the child: a COW copy at page 1 and 2-8 copied ahead; the parent: a copy at 0, 1-7 reused
+    assert result.real == {"zero_fill": 16, "cow_copy": 2, "ahead_copies": 7, "ahead_reuses": 7}
+
+
+@needs_kernel
+def test_a_wrong_model_is_caught_page_for_page():
+    plan = build_plan(generate("random", 64), "fixed:4")
+    index, pid, page, kind = next(e for e in plan.model_log if e[3] == "ahead_copies")
+    plan.model_log.remove((index, pid, page, kind))
+    plan.model_log.append((index, pid, page, "ahead_reuses"))
+    result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
+    assert not result.ok
+    assert result.mismatches == [f"event {index} pid {pid} page {page:#x}: model ahead_reuses, kernel ahead_copies"]
+
+
+@needs_kernel
+def test_one_wrong_byte_fails_the_integrity_check():
+    plan = build_plan(generate("sequential", 32), "fixed:4")
+    child_exit = next(s for s in plan.steps if s.op == Op.EXIT and s.pid == PARENT + 1)
+    child_exit.expected[5] ^= np.uint64(1 << 8)  # one byte of one page's value
+    result = run_plan(plan, measure=False)
+    assert result.integrity == [f"pid {PARENT + 1}: page +5: holds {int(child_exit.expected[5]) ^ 256}, "
+                                f"must hold {int(child_exit.expected[5])}"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("policy", POLICIES)
+def test_unmeasured_runs_keep_every_write_and_leak_none(policy):
+    for pattern in ("bgsave", "forkexec", "prefork"):
+        result = run_plan(build_plan(generate(pattern, 128, seed=3), policy), measure=False)
+        assert result.integrity == []
+        assert result.work_ns > 0
+
+
+@needs_kernel
+def test_validate_verb_exits_0_when_all_match(capsys):
+    assert main(["validate", "--quick", "--pages", "64"]) == 0
+    assert "24 of 24 runs match" in capsys.readouterr().out
