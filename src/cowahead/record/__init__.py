@@ -86,6 +86,7 @@ def metadata(command: list[str] | None, pid: int | None, run: _perf.PerfRun, con
         "tracepoints": list(_perf.TRACEPOINTS),
         "perf_version": _perf_version(),
         "thp": _procfs.thp_settings(),
+        "clock": "CLOCK_MONOTONIC",  # time_ns, as time.clock_gettime_ns(CLOCK_MONOTONIC) reads it
         "fault_arg": "x86_error_code",  # READ/WRITE arg: the page-fault error code; -1 for --pid snapshot pages
         "attached_pages": attached_pages,
         "exit_status": run.returncode,

@@ -39,6 +39,10 @@ TRACEPOINTS = (
 # Fixed fields for `perf script`: the converter parses exactly this layout.
 SCRIPT_FIELDS = "pid,tid,time,event,trace"
 
+# Timestamps on CLOCK_MONOTONIC, so that a workload can tell the trace, through
+# time.clock_gettime_ns(CLOCK_MONOTONIC), when its phases began and ended.
+CLOCK = "monotonic"
+
 # Ring buffer pages per CPU: faults come in bursts of tens of thousands.
 MMAP_PAGES = "1024"
 
@@ -75,7 +79,7 @@ def check_permission() -> None:
 
 def record_args(perf_data: Path, pid: int | None, command: list[str]) -> list[str]:
     args = [perf_binary(), "record", "--quiet", "--data", "--no-buildid", "--no-buildid-cache",
-            "--no-bpf-event", "--mmap-pages", MMAP_PAGES, "-o", str(perf_data)]
+            "--no-bpf-event", "--clockid", CLOCK, "--mmap-pages", MMAP_PAGES, "-o", str(perf_data)]
     for tracepoint in TRACEPOINTS:
         args += ["-e", tracepoint]
     if pid is not None:
