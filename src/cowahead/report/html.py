@@ -78,10 +78,24 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
         f"<p>{html.escape(workload.get('description', ''))} Source <code>{html.escape(workload.get('source', ''))}</code>, "
         f"{workload.get('events', 0):,} events.</p>",
         _notes(workload),
+        f"<p class='verdict'><b>{html.escape(verdict(summaries))}</b></p>",
         "<h3>Best window per policy</h3>", _summary_table(summaries),
         "<div class='plots'>" + "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in images) + "</div>",
         "<details><summary>Every policy and window</summary>", _rows_table(workload["rows"]), "</details>",
     ])
+
+
+def verdict(summaries: list[dict]) -> str:
+    """One sentence: does any realizable policy beat Linux today on predicted time?"""
+    realizable = [s for s in summaries if s["family"] != "oracle" and s["predicted_change_pct"] is not None]
+    if not realizable:
+        return "No realizable policy was replayed."
+    best = min(realizable, key=lambda s: s["predicted_change_pct"])
+    if best["predicted_change_pct"] < 0:
+        return (f"COW-ahead helps: {best['policy']} predicts {best['predicted_change_pct']:+.1f}% time, "
+                f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak.")
+    return (f"COW-ahead does not help here: the best realizable policy, {best['policy']}, "
+            f"predicts {best['predicted_change_pct']:+.1f}% time against none.")
 
 
 def _notes(workload: dict) -> str:
