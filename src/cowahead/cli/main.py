@@ -11,9 +11,10 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import generate, record, report, simulate, validate
+from . import calibrate, generate, record, report, simulate, validate
 
-COMMANDS = [generate.command, simulate.command, record.command, validate.command, report.command]
+COMMANDS = [generate.command, simulate.command, record.command, validate.command, calibrate.command,
+            report.command]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
