@@ -49,6 +49,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
         "<h2 id='calibration'>Cost model used</h2>", _key_values(results.get("costs", {})),
         "<h2 id='machine'>Machine and versions</h2>", _key_values({**results.get("machine", {}),
                                                                  **results.get("versions", {})}),
+        # Records each image's loaded width, so a headless browser can tell a broken image.
+        "<script>window.addEventListener('load', () => document.querySelectorAll('img')"
+        ".forEach(i => i.dataset.width = i.naturalWidth));</script>",
         "</body></html>",
     ])
     path = out_dir / "index.html"

@@ -1,0 +1,84 @@
+"""The HTML report, opened in headless Chromium as a reader would."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from cowahead.cli.main import main
+from cowahead.model.costs import CostModel
+from cowahead.report.heatmap import heatmap
+from cowahead.report.html import write_report
+from cowahead.report.results_file import load_results, new_results, save_results
+from cowahead.report.summary import best_per_family
+from cowahead.results import simulate_reference
+from cowahead.trace.generators import generate
+from dataclasses import asdict
+
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed; ./scripts/setup installs it")
+POLICIES = ["none", "fixed:4", "fixed:32", "around:16", "adaptive", "ccow", "oracle:4", "oracle:32"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[dict, Path]:
+    results = new_results(asdict(CostModel()))
+    for pattern in ("sequential", "random"):
+        trace = generate(pattern, 512, seed=1)
+        results["workloads"].append({"name": pattern, "source": trace.metadata["source"], "events": len(trace),
+                                     "rows": simulate_reference(trace, POLICIES, CostModel()),
+                                     "heatmap": heatmap(trace)})
+    path = tmp_path_factory.mktemp("results") / "results.json"
+    save_results(results, path)
+    return results, path
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_verb_rebuilds_the_page_from_results(results, tmp_path, capsys):
+    _, path = results
+    assert main(["report", str(path), "-o", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "index.html").exists()
+    pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert pngs == ["random-heatmap.png", "random-tradeoff.png", "sequential-heatmap.png", "sequential-tradeoff.png"]
+
+
+def test_report_verb_rejects_a_foreign_file(tmp_path, capsys):
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    assert main(["report", str(tmp_path / "x.json"), "-o", str(tmp_path / "r")]) == 2
+    assert "not a cowahead results file" in capsys.readouterr().err
+
+
+@needs_chromium
+def test_chromium_shows_the_plots_and_the_numbers_of_results_json(results, tmp_path):
+    data, path = results
+    page = write_report(load_results(path), tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    run = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,3000", f"--screenshot={shot}",
+                   page.as_uri())
+    assert shot.exists(), run.stderr[-2000:]
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] == 3000 and pixels.std() > 0.05  # not a blank page
+    for png in (tmp_path / "report").glob("*.png"):
+        image = mpimg.imread(png)
+        assert image.shape[0] > 200 and image.std() > 0.05, png  # a drawn plot, not an empty canvas
+    dom = chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=5000", "--dump-dom",
+                   page.as_uri()).stdout
+    widths = [int(w) for w in re.findall(r'data-width="(\d+)"', dom)]
+    assert len(widths) == 4 and min(widths) > 200, widths  # every image loaded
+    for workload in data["workloads"]:
+        for summary in best_per_family(workload["rows"]):
+            assert f"<td>{summary['policy']}</td>" in dom
+            assert f"{summary['ahead_copies']:,}" in dom
+            assert f"{summary['faults_change_pct']:+.1f}%" in dom
+        for row in workload["rows"]:
+            assert f"{row['faults']:,}" in dom and f"{row['predicted_us']:,.1f}" in dom
