@@ -11,10 +11,10 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import calibrate, generate, record, report, simulate, validate
+from . import calibrate, generate, record, report, scenario, simulate, validate
 
 COMMANDS = [generate.command, simulate.command, record.command, validate.command, calibrate.command,
-            report.command]
+            report.command, scenario.command]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -480,7 +480,10 @@ def _count_outside(procs: _Processes, pid: np.ndarray, line: np.ndarray, address
             return 0
         return vmas.setdefault(space, Vmas()).outside(address[rows[done:end]])
 
+    layout_kinds = (EventKind.MMAP, EventKind.MUNMAP, EventKind.EXEC, EventKind.EXIT, EventKind.FORK)
     for event in procs.events:
+        if event.kind not in layout_kinds:
+            continue  # --pid snapshot pages and DONTNEED leave the VMAs as they are
         space = event.pid
         outside += check_until(space, event.line)
         if event.kind == EventKind.MMAP:

@@ -1,0 +1,28 @@
+"""Real third-party programs, each started, loaded, recorded and stopped by its scenario.
+
+One module per scenario, each with ``NAME``, ``SUMMARY`` and
+``run(output, progress=None) -> ScenarioResult``: with an output path it
+records into that trace and holds the trace's faults against the program's
+own counters; with ``None`` it runs the same workload unrecorded (for the
+overhead benchmark).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..errors import CowaheadError
+from . import forkexec, python_forkpool, redis_bgsave
+from ._common import TOLERANCE, Comparison, ScenarioResult
+
+SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (redis_bgsave, python_forkpool, forkexec)}
+
+
+def scenario(name: str) -> ModuleType:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise CowaheadError(f"no scenario {name!r}; the scenarios are: {', '.join(SCENARIOS)}") from None
+
+
+__all__ = ["SCENARIOS", "scenario", "Comparison", "ScenarioResult", "TOLERANCE"]

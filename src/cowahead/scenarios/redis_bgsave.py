@@ -1,0 +1,182 @@
+"""``redis-bgsave``: Debian's redis-server snapshotting while redis-benchmark writes.
+
+A private redis-server (loopback, a free port, a temporary directory, no
+persistence of its own) is filled by redis-benchmark, then recorded by
+attaching to it (``record --pid``: its pages so far come from pagemap)
+while a second redis-benchmark keeps overwriting values and BGSAVE forks
+the child that writes the RDB file. The program's own counter is INFO's
+``rdb_last_cow_size``: the child's Private_Dirty bytes (smaps) at the end
+of the save, which is one page per COW copy made by either process while
+the child lived, plus the child's own new pages.
+
+The trace side therefore replays the recording through the reference model
+(policy none) and counts, between the fork and the child's exit, COW
+copies by the server and the child plus zero-fill faults of the child.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CowaheadError
+from ..trace import PAGE_SIZE, EventKind
+from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask, model_faults
+
+NAME = "redis-bgsave"
+SUMMARY = "Debian redis-server BGSAVE under redis-benchmark writes; checked against INFO rdb_last_cow_size"
+KEYS = 300_000
+VALUE_BYTES = 256
+FILL_REQUESTS = 1_000_000
+WRITES_BEFORE_SAVE = 0.5  # seconds of benchmark writes before BGSAVE, so the save runs under load
+PACKAGE = "redis-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A redis-server of our own, on loopback, in a temporary directory."""
+
+    def __init__(self, directory: Path) -> None:
+        for tool in ("redis-server", "redis-cli", "redis-benchmark"):
+            if shutil.which(tool) is None:
+                raise CowaheadError(f"{tool} not found; install the Debian package {PACKAGE} (scripts/setup does)")
+        self.port = _free_port()
+        self.directory = directory
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
+             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--logfile", str(directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while self.cli("PING") != "PONG":
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise CowaheadError(f"redis-server did not start on port {self.port}; see {directory / 'redis.log'}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+                              capture_output=True, text=True, timeout=60)
+        return done.stdout.strip()
+
+    def info(self, section: str) -> dict[str, str]:
+        lines = self.cli("INFO", section).splitlines()
+        return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+    def benchmark(self, requests: int, wait: bool) -> subprocess.Popen:
+        """redis-benchmark SETs of random keys in 0..KEYS-1, pipelined."""
+        process = subprocess.Popen(
+            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.port), "-t", "set", "-r", str(KEYS),
+             "-d", str(VALUE_BYTES), "-n", str(requests), "-P", "16", "-c", "4", "-q"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait:
+            process.wait()
+        return process
+
+    def bgsave(self) -> dict[str, str]:
+        """BGSAVE and wait for the child to finish; INFO persistence afterwards."""
+        before = int(self.info("persistence").get("rdb_saves", "0") or 0)
+        if "started" not in self.cli("BGSAVE"):
+            raise CowaheadError("redis-server refused BGSAVE")
+        deadline = time.monotonic() + 300
+        while True:
+            info = self.info("persistence")
+            if info.get("rdb_bgsave_in_progress") == "0" and int(info.get("rdb_saves", "0") or 0) > before:
+                return info
+            if time.monotonic() > deadline:
+                raise CowaheadError("BGSAVE did not finish in 5 minutes")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.cli("SHUTDOWN", "NOSAVE")
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def run(output: Path | None, progress=None) -> ScenarioResult:
+    clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="cowahead-redis-") as tmp:
+        redis = Redis(Path(tmp))
+        writer = None
+        recorder = None
+        try:
+            with clock.time("fill"):
+                redis.benchmark(FILL_REQUESTS, wait=True)
+            memory = redis.info("memory")
+            if output is not None:
+                recorder = Recorder(output)
+                recorder.start(pid=redis.pid)
+                time.sleep(1.0)  # perf attaches to every thread before the load starts
+            if progress:
+                progress("record", None, None)
+            with clock.time("workload"):
+                writer = redis.benchmark(100_000_000, wait=False)
+                time.sleep(WRITES_BEFORE_SAVE)
+                with clock.time("bgsave"):
+                    info = redis.bgsave()
+            writer.terminate()
+            writer.wait()
+            if recorder is not None:
+                recorder.stop()
+                recording = recorder.finish(progress)
+            else:
+                recording = None
+        finally:
+            if writer is not None and writer.poll() is None:
+                writer.kill()
+            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
+                recorder.stop()
+            redis.stop()
+    result = ScenarioResult(NAME, output, recording, seconds={"workload": clock.seconds["bgsave"], **clock.seconds})
+    cow_bytes = int(info.get("rdb_last_cow_size", "0"))
+    result.details.update({"rdb_last_cow_size": cow_bytes, "rdb_last_cow_pages": cow_bytes / PAGE_SIZE,
+                           "used_memory": int(memory.get("used_memory", "0")), "keys": KEYS,
+                           "value_bytes": VALUE_BYTES, "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status")})
+    if recording is None:
+        return result
+    _compare(result, recording, redis.pid, cow_bytes)
+    add_to_trace(output, recording, result)
+    return result
+
+
+def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> None:
+    trace = recording.trace
+    c = trace.columns
+    forks = np.flatnonzero((c["kind"] == EventKind.FORK) & (c["pid"] == server))
+    if len(forks) != 1:
+        raise CowaheadError(f"expected one fork of redis-server in the trace, found {len(forks)}")
+    fork = int(forks[0])
+    child = int(c["arg"][fork])
+    exits = np.flatnonzero((c["kind"] == EventKind.EXIT) & (c["pid"] == child))
+    end = int(exits[0]) if len(exits) else len(trace)
+    log = model_faults(trace)
+    during = [(pid, kind) for index, pid, _, kind in log if fork < index < end]
+    copies = sum(kind == "cow_copy" and pid in (server, child) for pid, kind in during)
+    child_new = sum(kind == "zero_fill" and pid == child for pid, kind in during)
+    t0, t1 = int(c["time_ns"][fork]), int(c["time_ns"][end - 1])
+    raw = int(fault_mask(trace, [server, child], t0, t1, (COW,)).sum())
+    result.comparisons.append(Comparison(
+        "pages the BGSAVE child ends up owning", copies + child_new, cow_bytes / PAGE_SIZE, "pages",
+        "trace: model (policy none) COW copies by server and child + child zero-fills, fork to child exit; "
+        "program: INFO rdb_last_cow_size / 4096 (the child's Private_Dirty at the end of the save)"))
+    result.details.update({"child": child, "model_cow_copies": copies, "model_child_zero_fills": child_new,
+                           "trace_cow_0x7_faults_during_save": raw,
+                           "bgsave_child_life_ms": (t1 - t0) / 1e6})
