@@ -15,6 +15,7 @@ import numpy as np
 
 from ..model.counters import FIELD_NAMES, Counters
 from ..policies import OraclePolicy, parse_policy
+from ..trace.parquet import ROW_GROUP_ROWS
 from . import core
 from .prepass import PageSpace, TraceSource, decode, future, iter_chunks, page_space
 from .state import State, grow, new_state
@@ -39,14 +40,19 @@ def to_counters(st: State) -> Counters:
     return Counters(**{name: int(v) for name, v in zip(FIELD_NAMES, st.counters)})
 
 
-def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace | None = None) -> list[Counters]:
-    """Replay ``source`` (a Trace, TraceFile or path) under each policy string; counters in order."""
+def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace | None = None,
+                  chunk_rows: int = ROW_GROUP_ROWS) -> list[Counters]:
+    """Replay ``source`` (a Trace, TraceFile or path) under each policy string; counters in order.
+
+    ``space`` skips the page-space pre-pass when the caller already has it;
+    ``chunk_rows`` sets the chunk size of an in-memory trace (a file's row groups are its chunks).
+    """
     parsed = [parse_policy(p) for p in policies]
-    space = space or page_space(source)
-    oracle_future = future(source, space) if any(isinstance(p, OraclePolicy) for p in parsed) else None
+    space = space or page_space(source, chunk_rows)
+    oracle_future = future(source, space, chunk_rows) if any(isinstance(p, OraclePolicy) for p in parsed) else None
     states = [new_state(space, p, oracle_future) for p in parsed]
     first_index = 0
-    for chunk in iter_chunks(source):
+    for chunk in iter_chunks(source, chunk_rows):
         d = decode(chunk, space)
         states = [replay_chunk(st, d, first_index) for st in states]
         first_index += len(d.kind)

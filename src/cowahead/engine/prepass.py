@@ -26,15 +26,15 @@ TraceSource = Union[Trace, TraceFile, str, Path]
 DIRECT_SPAN = 1 << 23
 
 
-def iter_chunks(source: TraceSource) -> Iterator[dict[str, np.ndarray]]:
-    """The trace's columns in chunks: a file's row groups, or slices of an in-memory trace."""
+def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[dict[str, np.ndarray]]:
+    """The trace's columns in chunks: a file's row groups, or ``rows``-event slices of an in-memory trace."""
     if isinstance(source, (str, Path)):
         source = TraceFile(source)
     if isinstance(source, TraceFile):
         yield from source.iter_chunks()
         return
-    for lo in range(0, len(source), ROW_GROUP_ROWS):
-        yield {k: source.columns[k][lo:lo + ROW_GROUP_ROWS] for k in COLUMNS}
+    for lo in range(0, len(source), rows):
+        yield {k: source.columns[k][lo:lo + rows] for k in COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,10 @@ def _touched_pages(kind, address, length, total):
     return out[:m]
 
 
-def page_space(source: TraceSource) -> PageSpace:
+def page_space(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> PageSpace:
     lo, hi, events, touched = 1 << 62, -1, 0, []
     pids = []
-    for chunk in iter_chunks(source):
+    for chunk in iter_chunks(source, rows):
         c_lo, c_hi, c_touched, seen = _scan_chunk(chunk["kind"], chunk["pid"], chunk["address"],
                                                   chunk["length"], chunk["arg"])
         lo, hi = min(lo, c_lo), max(hi, c_hi)
@@ -113,7 +113,7 @@ def page_space(source: TraceSource) -> PageSpace:
     if hi - lo <= DIRECT_SPAN:
         return PageSpace(np.arange(lo, hi, dtype=np.int64), lo, pids_sorted, events)
     unique = np.zeros(0, np.int64)
-    for chunk, total in zip(iter_chunks(source), touched):
+    for chunk, total in zip(iter_chunks(source, rows), touched):
         unique = np.union1d(unique, np.unique(_touched_pages(chunk["kind"], chunk["address"], chunk["length"],
                                                               total)))
     return PageSpace(unique, -1, pids_sorted, events)
@@ -213,10 +213,10 @@ def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, dire
                 last_drop_of_pair[j] = t
 
 
-def future(source: TraceSource, space: PageSpace) -> Future:
+def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) -> Future:
     npages = len(space.pages)
     parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages)
-             for d in (decode(c, space) for c in iter_chunks(source))]
+             for d in (decode(c, space) for c in iter_chunks(source, rows))]
     keys, counts = np.unique(np.concatenate(parts) if parts else np.zeros(0, np.int64), return_counts=True)
     start = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(counts, out=start[1:])
@@ -226,7 +226,7 @@ def future(source: TraceSource, space: PageSpace) -> Future:
     last_barrier = np.full(max(1, len(space.pids)), -1, np.int64)
     last_drop_of_pair = np.full(len(keys), -1, np.int64)
     first_index = 0
-    for chunk in iter_chunks(source):
+    for chunk in iter_chunks(source, rows):
         d = decode(chunk, space)
         _fill_future(d.kind, d.pid, d.arg, d.start, d.stop, d.dlo, d.dhi, first_index, space.pages,
                      space.direct_base, keys, fill, last_barrier, last_drop_of_pair, time, last_drop)
