@@ -71,14 +71,22 @@ class Plan:
     model_log: list[tuple[int, int, int, str]]
     counters: Counters
     pids: list[int] = field(default_factory=list)
+    cuts: set[tuple[int, int]] = field(default_factory=set)  # (event index, page) of each fault copying ahead
 
 
-def build_plan(trace: Trace, policy: str) -> Plan:
+def build_plan(trace: Trace, policy: str, cuts: set[tuple[int, int]] | frozenset = frozenset()) -> Plan:
+    """The steps of ``trace`` under ``policy``.
+
+    ``cuts`` ends batches after these (event index, page) accesses as if a
+    window were copied there: another plan's ``cuts`` make a `none` run
+    with the very same numpy calls, so that timing compares the madvise
+    calls alone and not the harness's per-call overhead.
+    """
     events = list(trace.events())
     if not events:
         raise CowaheadError("the trace has no events")
     span_start, span_stop = _span(events)
-    builder = _Builder(span_start, span_stop - span_start)
+    builder = _Builder(span_start, span_stop - span_start, cuts)
     kernel = Kernel(parse_policy(policy), log_faults=True)
     kernel.policy.prepare(trace)
     for index, event in enumerate(events):
@@ -91,7 +99,7 @@ def build_plan(trace: Trace, policy: str) -> Plan:
     log = [entry for entry in kernel.fault_log if entry[3] in COMPARED_KINDS]
     return Plan(kernel.policy.name, str(trace.metadata.get("pattern", trace.metadata.get("source", "?"))),
                 span_start, span_stop - span_start, events[0].pid, builder.steps, log, counters,
-                builder.created)
+                builder.created, builder.ahead_points)
 
 
 def _span(events: list[Event]) -> tuple[int, int]:
@@ -139,7 +147,9 @@ def _ahead_by_trigger(entries: list[tuple[int, int, int, str]]) -> dict[int, lis
 class _Builder:
     """Appends steps; tracks what each process must hold, independently of the model."""
 
-    def __init__(self, span_start: int, span_pages: int) -> None:
+    def __init__(self, span_start: int, span_pages: int, cuts: set[tuple[int, int]] | frozenset) -> None:
+        self.cuts = cuts
+        self.ahead_points: set[tuple[int, int]] = set()
         self.span_start = span_start
         self.span_pages = span_pages
         self.steps: list[Step] = []
@@ -194,6 +204,9 @@ class _Builder:
                     self.memory[pid][page - self.span_start] = event.arg
                 if page in ahead:
                     self._single(pid, Op.AHEAD, np.array(ahead[page], np.int64) - self.span_start, index)
+                    self.ahead_points.add((index, page))
+                elif (index, page) in self.cuts:
+                    self._flush()
         elif kind == EventKind.FORK:
             self._process(pid)
             child = event.arg
