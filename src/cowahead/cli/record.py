@@ -68,6 +68,9 @@ def command(output: str, pid: int | None, keep_perf_data: str | None, command: t
     if rec.conversion.outside_vma:
         click.echo(f"note: {rec.conversion.outside_vma} faults fall outside every VMA the recording saw; "
                    "they stay in the trace and the model counts them as outside_vma", err=True)
+    if rec.conversion.lost_samples:
+        click.echo(f"warning: perf lost {rec.conversion.lost_samples} samples (ring buffer overflow); "
+                   "the trace misses those faults", err=True)
     if rec.interrupted:
         click.echo(f"cowahead: interrupted; the trace of what ran is kept in {output}", err=True)
         sys.exit(130)

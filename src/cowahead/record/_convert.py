@@ -128,6 +128,7 @@ class Conversion:
     processes: int = 0
     threads: int = 0
     vfork_children: int = 0
+    lost_samples: int = 0   # perf's ring buffer overflowed: events missing from the trace
     unparsed_lines: int = 0
     unparsed_examples: list[str] = field(default_factory=list)
 
@@ -227,6 +228,9 @@ def parse_other(line: str) -> tuple[int, int, int, str, dict] | None:
     if rest.startswith("PERF_RECORD_COMM exec"):
         m = _COMM_EXEC.search(rest)
         return (int(m["pid"]), int(m["tid"]), time_ns, "exec", {}) if m else None
+    if rest.startswith("PERF_RECORD_LOST"):
+        numbers = re.findall(r"(?:lost|LOST)[^0-9]*(\d+)", rest)
+        return pid, tid, time_ns, "lost", {"lost": int(numbers[-1]) if numbers else 1}
     if rest.startswith("PERF_RECORD_"):
         return pid, tid, time_ns, "sideband", {}
     name, _, args = rest.partition(": ")
@@ -391,14 +395,17 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
         if event.kind == EventKind.MMAP:
             procs.vmas_of(event.pid).insert(event.address, event.address + event.length, event.arg)
     fault_parts: list[dict[str, np.ndarray]] = []
-    unparsed, examples = 0, []
+    unparsed, examples, lost = 0, [], 0
     for first, lines in read_lines(path, progress):
         mask, faults, rest = parse_faults(lines)
         faults["line"] = np.flatnonzero(mask) + first
         fault_parts.append(faults)
         for offset, text in zip(np.flatnonzero(rest), pc.filter(lines, pa.array(rest)).to_pylist()):
             parsed = parse_other(text)
-            if parsed is None or parsed[3] == "sideband" and "PERF_RECORD_" not in text:
+            if parsed is not None and parsed[3] == "lost":
+                lost += parsed[4]["lost"]
+                continue
+            if parsed is None:
                 unparsed += 1
                 if len(examples) < 3:
                     examples.append(text.strip()[:160])
@@ -412,7 +419,9 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
                     examples.append(text.strip()[:160])
     faults = {k: np.concatenate([p[k] for p in fault_parts]) if fault_parts else np.empty(0)
               for k in ("pid", "time_ns", "user", "address", "error_code", "line")}
-    return _assemble(procs, faults, unparsed, examples)
+    conv = _assemble(procs, faults, unparsed, examples)
+    conv.lost_samples = lost
+    return conv
 
 
 def _assemble(procs: _Processes, faults: dict[str, np.ndarray], unparsed: int, examples: list[str]) -> Conversion:

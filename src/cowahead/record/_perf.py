@@ -144,7 +144,7 @@ def _raise_setup_errors(run: PerfRun) -> None:
 def script(perf_data: Path, out: Path) -> None:
     """Print every sample with fixed fields, and perf's side-band records, to ``out``."""
     args = [perf_binary(), "script", "-i", str(perf_data), "--ns", "-F", SCRIPT_FIELDS,
-            "--show-mmap-events", "--show-task-events"]
+            "--show-mmap-events", "--show-task-events", "--show-lost-events"]
     with open(out, "wb") as sink:
         done = subprocess.run(args, stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace")
     if done.returncode != 0:
