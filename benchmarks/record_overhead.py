@@ -1,6 +1,7 @@
 """What recording costs: wall time recorded / not recorded, per workload.
 
-Workloads: a generator-like program (the `sequential` pattern as a real
+Workloads: `startup` (recording `true`: perf's fixed cost of opening and
+closing its tracepoints, which longer runs amortize), a generator-like program (the `sequential` pattern as a real
 process: map N pages, write each, fork, the child writes each again, for R
 rounds) and every scenario (cowahead.scenarios). Each round runs every
 workload once unrecorded and once recorded, in alternating order, so that
@@ -61,10 +62,7 @@ SEQUENTIAL = textwrap.dedent("""
     """)
 
 
-def run_sequential(output: Path | None, pages: int, rounds: int, workdir: Path) -> dict:
-    program = workdir / "sequential.py"
-    program.write_text(SEQUENTIAL)
-    command = [sys.executable, str(program), str(pages), str(rounds)]
+def run_program(command: list[str], output: Path | None) -> dict:
     if output is None:
         t = time.monotonic()
         subprocess.run(command, check=True)
@@ -99,10 +97,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pages", type=int, default=16384, help="pages per round of the sequential workload")
-    parser.add_argument("--rounds", type=int, default=8, help="fork rounds of the sequential workload")
+    parser.add_argument("--rounds", type=int, default=24, help="fork rounds of the sequential workload")
     parser.add_argument("--only", nargs="*", help="workloads to run (sequential and scenario names)")
     args = parser.parse_args()
-    workloads = ["sequential", *SCENARIOS]
+    workloads = ["startup", "sequential", *SCENARIOS]
     if args.only:
         workloads = [w for w in workloads if w in args.only]
     console = Console(stderr=True)
@@ -114,8 +112,12 @@ def main() -> int:
                 order = ("plain", "recorded") if round_ % 2 else ("recorded", "plain")
                 for mode in order:
                     output = workdir / f"{w}.parquet" if mode == "recorded" else None
-                    if w == "sequential":
-                        row = run_sequential(output, args.pages, args.rounds, workdir)
+                    if w == "startup":
+                        row = run_program(["true"], output)
+                    elif w == "sequential":
+                        program = workdir / "sequential.py"
+                        program.write_text(SEQUENTIAL)
+                        row = run_program([sys.executable, str(program), str(args.pages), str(args.rounds)], output)
                     else:
                         row = run_scenario(w, output)
                     if round_ > 0:

@@ -40,10 +40,9 @@ import pyarrow.csv as pacsv
 from ..trace.events import COLUMNS, PAGE_SIZE, EventKind, VmaKind
 from ._procfs import vma_kind
 
-FAULT_PATTERN = (r"^\s*(?P<pid>\d+)/\s*(?P<tid>\d+)\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"
-                 r"exceptions:page_fault_(?P<mode>user|kernel): address=0x(?P<address>[0-9a-f]+) "
-                 r"ip=\S+ error_code=0x(?P<error_code>[0-9a-f]+)$")
-FAULT_MARK = "exceptions:page_fault_"
+# Few groups and no backtracking: RE2 extracts these fastest. Time has 9 decimals (--ns).
+FAULT_PATTERN = (r"^\s*(?P<pid>\d+)/\s*\d+\s+(?P<sec>\d+)\.(?P<nsec>\d+):\s+exceptions:page_fault_(?P<mode>user|kernel): "
+                 r"address=0x(?P<address>[0-9a-f]+) ip=\S+ error_code=0x(?P<error_code>[0-9a-f]+)$")
 USER_TOP = 1 << 47  # x86-64 user addresses lie below; kernel-mode faults above are not user memory
 
 ERROR_PRESENT, ERROR_WRITE, ERROR_USER = 0x1, 0x2, 0x4
@@ -186,18 +185,15 @@ def hex_to_uint64(strings: pa.Array) -> np.ndarray:
 
 
 def parse_faults(lines: pa.Array) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """(mask of fault lines, their columns, mask of lines left for the slow path)."""
-    is_fault = pc.fill_null(pc.match_substring(lines, FAULT_MARK), False)
-    fields = pc.extract_regex(pc.filter(lines, is_fault), FAULT_PATTERN)
-    parsed = fields.is_valid()
-    fields = pc.filter(fields, parsed)
-    mask = np.asarray(is_fault.to_numpy(zero_copy_only=False))
-    rows = np.flatnonzero(mask)
-    parsed_np = np.asarray(parsed.to_numpy(zero_copy_only=False))
-    rest = ~mask
-    rest[rows[~parsed_np]] = True  # fault lines in a layout we do not know: the slow path reports them
-    mask[rows[~parsed_np]] = False
-    col = {name: fields.field(name) for name in ("pid", "tid", "sec", "nsec", "mode", "address", "error_code")}
+    """(mask of fault lines, their columns, mask of lines left for the slow path).
+
+    One vectorised regex pass over every line: other lines fail on their
+    first characters after the timestamp and come back as nulls.
+    """
+    fields = pc.extract_regex(lines, FAULT_PATTERN)
+    mask = np.asarray(fields.is_valid().to_numpy(zero_copy_only=False))
+    fields = fields.filter(pa.array(mask))
+    col = {name: fields.field(name) for name in ("pid", "sec", "nsec", "mode", "address", "error_code")}
     out = {
         "pid": pc.cast(col["pid"], pa.int32()).to_numpy(),
         "time_ns": (pc.cast(col["sec"], pa.int64()).to_numpy() * 1_000_000_000
@@ -206,7 +202,7 @@ def parse_faults(lines: pa.Array) -> tuple[np.ndarray, dict[str, np.ndarray], np
         "address": hex_to_uint64(col["address"]),
         "error_code": hex_to_uint64(col["error_code"]).astype(np.int64),
     }
-    return mask, out, rest
+    return mask, out, ~mask
 
 
 # ----- the slow path: side-band records and process/memory tracepoints ---------------------------
@@ -395,7 +391,7 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
         if event.kind == EventKind.MMAP:
             procs.vmas_of(event.pid).insert(event.address, event.address + event.length, event.arg)
     fault_parts: list[dict[str, np.ndarray]] = []
-    unparsed, examples, lost = 0, [], 0
+    unparsed, examples, lost, symbolic = 0, [], 0, 0
     for first, lines in read_lines(path, progress):
         mask, faults, rest = parse_faults(lines)
         faults["line"] = np.flatnonzero(mask) + first
@@ -411,6 +407,9 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
                     examples.append(text.strip()[:160])
                 continue
             pid, tid, t, what, f = parsed
+            if what == "page_fault_kernel" and not f.get("address", "").startswith("0x"):
+                symbolic += 1  # a kernel address, printed as a symbol: not user memory
+                continue
             try:
                 procs.handle(first + int(offset), pid, tid, t, what, f)
             except (KeyError, ValueError):
@@ -421,6 +420,8 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
               for k in ("pid", "time_ns", "user", "address", "error_code", "line")}
     conv = _assemble(procs, faults, unparsed, examples)
     conv.lost_samples = lost
+    conv.kernel_faults += symbolic
+    conv.kernel_faults_outside_user += symbolic
     return conv
 
 
