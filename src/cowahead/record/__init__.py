@@ -80,7 +80,7 @@ def snapshot(pid: int) -> list[_Layout]:
 def metadata(command: list[str] | None, pid: int | None, run: _perf.PerfRun, conv: Conversion,
              attached_pages: int) -> dict:
     return {
-        "source": "perf",
+        "source": "record",
         "recorded_command": command or [],
         "recorded_pid": pid,
         "tracepoints": list(_perf.TRACEPOINTS),

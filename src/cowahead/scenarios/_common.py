@@ -81,6 +81,7 @@ def model_faults(trace: Trace) -> list[tuple[int, int, int, str]]:
 
 def add_to_trace(output: Path, recording: Recording, result: ScenarioResult) -> None:
     """Keep the scenario's comparisons with its trace."""
+    recording.trace.metadata["source"] = f"scenario:{result.name}"
     recording.trace.metadata["scenario"] = result.as_dict()
     write_trace(recording.trace, output)
 
