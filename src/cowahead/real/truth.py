@@ -14,7 +14,8 @@ Per page at its first touch in a step, from pagemap before and after:
   happen at a process's first steps (Python's own first-use allocations on
   COW-shared heap pages); they are counted as noise, not as page faults.
 
-AHEAD steps (MADV_POPULATE_WRITE) are read the same way into
+Every page faulted writable must then be exclusively mapped (pagemap bit
+56). AHEAD steps (MADV_POPULATE_WRITE) are read the same way into
 *ahead_copies* and *ahead_reuses*. The result is a fault log in the model's
 own format, (event index, pid, page, kind), compared as a multiset.
 """
@@ -88,6 +89,11 @@ def _classify_process(process: ProcessRecord, span_start: int, zero_pfn: int, tr
                 f"pid {process.pid} step {op.step} ({op.op}, {len(op.pages)} pages from +{int(op.pages[0])}): "
                 f"{op.minflt} minor faults, pagemap accounts for {counted} "
                 f"({Counter(k for k in kinds if k)})")
+        shared = [page for page, kind, is_exclusive in zip(op.pages.tolist(), kinds, linux.exclusive(op.after))
+                  if kind and kind != "zero_page" and not is_exclusive]
+        if shared:  # a page this process just faulted writable must be mapped by it alone (bit 56)
+            truth.unexplained.append(f"pid {process.pid} step {op.step}: pages {shared[:8]} faulted writable "
+                                     "but pagemap does not show them exclusive")
         if op.op in (Op.WRITE.value, Op.AHEAD.value):
             written.update(op.pages.tolist())
 
