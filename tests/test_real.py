@@ -15,7 +15,8 @@ from cowahead.real.plan import Op, build_plan
 from cowahead.real.runner import run_plan
 from cowahead.real.truth import compare
 from cowahead.real.validate import POLICIES, ValidateSettings, validate
-from cowahead.trace.generators import PARENT, PATTERNS, TraceBuilder, generate
+from cowahead.trace.events import PAGE_SIZE, EventKind
+from cowahead.trace.generators import BASE, PARENT, PATTERNS, TraceBuilder, generate
 
 SUPPORT = linux.probe_support()
 needs_kernel = pytest.mark.skipif(not SUPPORT.ok, reason="; ".join(SUPPORT.problems) or "ok")
@@ -115,3 +116,33 @@ def test_unmeasured_runs_keep_every_write_and_leak_none(policy):
 def test_validate_verb_exits_0_when_all_match(capsys):
     assert main(["validate", "--quick", "--pages", "64"]) == 0
     assert "24 of 24 runs match" in capsys.readouterr().out
+
+
+def zero_page_and_unmap_trace():
+    """Reads of fresh pages map the zero page; a write after it copies; DONTNEED and munmap drop pages."""
+    b = TraceBuilder()
+    b.mmap(PARENT, 32)
+    for page in range(8):
+        b.read(PARENT, page)
+    b.writes(PARENT, range(0, 16))
+    b.fork(PARENT, PARENT + 1)
+    b.read(PARENT + 1, 20)
+    b.writes(PARENT + 1, [20, 3])
+    b.add(PARENT + 1, EventKind.DONTNEED, BASE + 4 * PAGE_SIZE, 4 * PAGE_SIZE)
+    b.writes(PARENT + 1, [4, 5])
+    b.add(PARENT, EventKind.MUNMAP, BASE + 8 * PAGE_SIZE, 8 * PAGE_SIZE)
+    b.writes(PARENT, [1, 2])
+    b.exec(PARENT + 1)
+    b.exit(PARENT + 1)
+    b.writes(PARENT, [6, 7])
+    b.exit(PARENT)
+    return b.trace({"pattern": "zero-page-unmap"})
+
+
+@needs_kernel
+@pytest.mark.parametrize("policy", ["none", "fixed:8"])
+def test_zero_page_dontneed_munmap_and_exec_match_the_model(policy):
+    plan = build_plan(zero_page_and_unmap_trace(), policy)
+    result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
+    assert result.ok, result.mismatches + result.unexplained + result.integrity
+    assert result.real == result.model and result.real["zero_page"] == 9
