@@ -146,3 +146,16 @@ def test_zero_page_dontneed_munmap_and_exec_match_the_model(policy):
     result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
     assert result.ok, result.mismatches + result.unexplained + result.integrity
     assert result.real == result.model and result.real["zero_page"] == 9
+
+
+@needs_kernel
+def test_after_the_child_is_gone_the_parent_reuses_every_page():
+    from cowahead.real.subtleties import child_exit
+    assert child_exit(128, wait=True)["copies"] == 0
+
+
+@needs_kernel
+def test_pagemap_exclusive_bit_follows_the_child_copies():
+    from cowahead.real.subtleties import exclusive_bit
+    result = exclusive_bit(64)
+    assert result["child_copies"] == 32 and result["parent_exclusive_are_the_written_ones"]
