@@ -159,3 +159,26 @@ def test_pagemap_exclusive_bit_follows_the_child_copies():
     from cowahead.real.subtleties import exclusive_bit
     result = exclusive_bit(64)
     assert result["child_copies"] == 32 and result["parent_exclusive_are_the_written_ones"]
+
+
+def two_snapshots_trace():
+    """Two fork intervals: the parent rewrites 90% of a 512-page region during the first,
+    so at its first COW fault of the second ccow copies the region's shared pages at once."""
+    b = TraceBuilder()
+    b.mmap(PARENT, 512)
+    b.writes(PARENT, range(512))
+    for child in (PARENT + 1, PARENT + 2):
+        b.fork(PARENT, child)
+        b.writes(PARENT, range(0, 460))
+        b.exit(child)
+    b.exit(PARENT)
+    return b.trace({"pattern": "two-snapshots"})
+
+
+@needs_kernel
+def test_ccow_copies_a_covered_region_at_once_on_the_kernel():
+    plan = build_plan(two_snapshots_trace(), "ccow")
+    assert plan.counters.ahead_copies == 511
+    result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
+    assert result.ok, result.mismatches + result.unexplained + result.integrity
+    assert result.real == result.model
