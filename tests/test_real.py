@@ -182,3 +182,24 @@ def test_ccow_copies_a_covered_region_at_once_on_the_kernel():
     result = compare(run_plan(plan, measure=True), SUPPORT.zero_pfn)
     assert result.ok, result.mismatches + result.unexplained + result.integrity
     assert result.real == result.model
+
+
+# ----- degraded modes (simulated: any machine) -----------------------------------------------
+
+
+def test_without_visible_pfns_validate_says_so_in_one_line_and_exits_2(monkeypatch, capsys):
+    blind = linux.Support(False, True, 0, ("pagemap shows PFN 0 (needs root / CAP_SYS_ADMIN): no copies",))
+    monkeypatch.setattr(linux, "probe_support", lambda: blind)
+    assert main(["validate", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["cowahead: error: pagemap shows PFN 0 (needs root / CAP_SYS_ADMIN): no copies"]
+
+
+def test_without_populate_write_only_none_is_validated_and_a_warning_says_so(monkeypatch):
+    from cowahead.real.validate import check_support
+    old = linux.Support(True, False, 1, ("madvise(MADV_POPULATE_WRITE) failed: not supported",))
+    monkeypatch.setattr(linux, "probe_support", lambda: old)
+    kept, warnings = check_support(["none", "fixed:16", "ccow"])
+    assert kept == ["none"]
+    assert warnings == ["madvise(MADV_POPULATE_WRITE) failed: not supported; degraded: validating 'none' only, "
+                        "skipping 2"]

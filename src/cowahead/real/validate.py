@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CowaheadError
+from ..policies import parse_policy
 from ..trace.generators import PATTERNS, generate
 from . import linux
 from .plan import build_plan
@@ -26,6 +27,9 @@ class ValidateSettings:
 
 
 def settings(quick: bool, pages: int | None, policies: list[str], seed: int) -> ValidateSettings:
+    """Bad policy names fail here, before any process is forked."""
+    for policy in policies:
+        parse_policy(policy)
     return ValidateSettings(list(PATTERNS), policies or (QUICK_POLICIES if quick else POLICIES),
                             pages or (QUICK_PAGES if quick else PAGES), seed)
 
