@@ -11,10 +11,10 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import calibrate, generate, record, report, scenario, simulate, validate
+from . import calibrate, generate, kernel, record, report, scenario, simulate, validate
 
 COMMANDS = [generate.command, simulate.command, record.command, validate.command, calibrate.command,
-            report.command, scenario.command]
+            report.command, scenario.command, kernel.command]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

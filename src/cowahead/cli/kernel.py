@@ -1,0 +1,69 @@
+"""``cowahead kernel build|run|check``: COW-ahead in Linux's own fault path, in a TCG guest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import CowaheadError
+from ..kernel.kbuild import DEFAULT_BUILD_DIR, PATCH, build, built_kernel
+from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
+
+build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path),
+                                default=DEFAULT_BUILD_DIR, show_default=True,
+                                help="Where the kernel tree, its config and build.log live (never the repo).")
+
+
+@click.group("kernel")
+def command() -> None:
+    """Build, boot and check the COW-ahead kernel (Debian linux-source-6.1) under QEMU TCG."""
+
+
+@command.command("build")
+@build_dir_option
+@click.option("--patch", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=PATCH,
+              show_default=True)
+@click.option("--jobs", "-j", type=int, default=None, help="make -j; default: every CPU (run under nice -n 19).")
+def build_command(build_dir: Path, patch: Path, jobs: int | None) -> None:
+    """Extract, patch, configure (vng --kconfig) and build bzImage; incremental."""
+    result = build(build_dir, patch, jobs)
+    click.echo(f"{result.bzimage}  ({result.seconds:.0f} s, {len(result.warnings)} warnings, log {result.log})")
+
+
+@command.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--kernel", "kernel", type=click.Path(exists=True, path_type=Path), default=None,
+              help="bzImage or vmlinuz; default: the built one in --build-dir, else /boot's stock kernel.")
+@build_dir_option
+@click.option("--cow-ahead", type=int, default=None, help="vm.cow_ahead_pages to set first (0 … 512).")
+@click.option("--policy", type=click.Choice(POLICIES), default=None, help="vm.cow_ahead_policy to set first.")
+@click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
+@click.option("--memory", default="1G", show_default=True)
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds for the whole boot.")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
+def run_command(kernel: Path | None, build_dir: Path, cow_ahead: int | None, policy: str | None, icount: bool,
+                memory: str, timeout: float, cmd: tuple[str, ...]) -> None:
+    """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
+    kernel = kernel or built_kernel(build_dir) or stock_kernel()
+    if kernel is None:
+        raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
+    result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    sys.exit(result.returncode)
+
+
+@command.command("check")
+@build_dir_option
+@click.option("--skip-build", is_flag=True, help="Use the kernel already built in --build-dir.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for kernel-<date>.json; default benchmarks/results.")
+def check_command(build_dir: Path, skip_build: bool, out_dir: Path | None) -> None:
+    """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
+    from ..kernel.check import RESULTS_DIR, check
+    try:
+        path = check(build_dir, skip_build, out_dir or RESULTS_DIR, log=lambda m: click.echo(m, err=True))
+    except FileNotFoundError as e:
+        raise CowaheadError(str(e)) from None
+    click.echo(str(path))

@@ -1,0 +1,121 @@
+"""Run one command in a QEMU guest booted with virtme-ng, over the host's root file system.
+
+Nested KVM does not boot guests on this machine kind, so the guest always runs
+under QEMU's TCG (``vng --disable-kvm``). The guest sees the host's files
+(read-only, with a writable overlay on /tmp and friends), so programs and
+Python from the host run unchanged inside it. ``vng`` passes the guest
+command's stdout, stderr and exit status back.
+
+Under ``icount`` (``-icount shift=0``) one virtual nanosecond is one guest
+instruction, so guest clocks count instructions deterministically; QEMU runs
+icount guests on one vCPU, so ``cpus`` is forced to 1 there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CowaheadError
+
+POLICIES = ("fixed", "around", "adaptive")
+SYSCTL_PAGES = "/proc/sys/vm/cow_ahead_pages"
+SYSCTL_POLICY = "/proc/sys/vm/cow_ahead_policy"
+DEFAULT_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    """What the guest command printed and how it ended; ``seconds`` is host wall time of the whole boot."""
+    command: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def vng_path() -> str:
+    """The ``vng`` executable: beside this Python first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / "vng"
+    if here.exists():
+        return str(here)
+    found = shutil.which("vng")
+    if found is None:
+        raise CowaheadError("vng (virtme-ng) is not installed; run scripts/setup")
+    return found
+
+
+def qemu_available() -> bool:
+    return shutil.which("qemu-system-x86_64") is not None
+
+
+def stock_kernel() -> Path | None:
+    """The newest Debian kernel image in /boot (linux-image-amd64), if any."""
+    images = sorted(glob.glob("/boot/vmlinuz-*"))
+    return Path(images[-1]) if images else None
+
+
+def guest_script(command: list[str], cow_ahead: int | None, policy: str | None) -> str:
+    """The shell line the guest runs: set the COW-ahead sysctls, then exec the command."""
+    sets = []
+    if policy is not None:
+        if policy not in POLICIES:
+            raise CowaheadError(f"kernel policy '{policy}' is not one of {', '.join(POLICIES)}")
+        sets.append(f"echo {policy} > {SYSCTL_POLICY}")
+    if cow_ahead is not None:
+        if not 0 <= cow_ahead <= 512:
+            raise CowaheadError(f"--cow-ahead must be 0 … 512 pages (one page table), not {cow_ahead}")
+        sets.append(f"echo {cow_ahead} > {SYSCTL_PAGES}")
+    script = ""
+    if sets:
+        # A kernel without the patch has no such files: say so instead of running unpatched.
+        script = (f"[ -w {SYSCTL_PAGES} ] || {{ echo 'cowahead: this kernel has no {SYSCTL_PAGES}' >&2; exit 125; }}; "
+                  + " && ".join(sets) + " && ")
+    return script + "exec " + shlex.join(command)
+
+
+def vng_command(kernel: Path, script: str, icount: bool = False, cpus: int = 1, memory: str = "1G",
+                cwd: Path | None = None) -> list[str]:
+    args = [vng_path(), "--run", str(kernel), "--disable-kvm", "--cpus", str(1 if icount else cpus),
+            "--memory", memory]
+    if cwd is not None:
+        args += ["--cwd", str(cwd)]
+    if icount:
+        args.append("--qemu-opts=-icount shift=0")
+    args += ["--exec", script]
+    return args
+
+
+def run_in_guest(kernel: Path, command: list[str], cow_ahead: int | None = None, policy: str | None = None,
+                 icount: bool = False, cpus: int = 1, memory: str = "1G",
+                 timeout: float = DEFAULT_TIMEOUT_S) -> GuestResult:
+    """Boot ``kernel`` under TCG, run ``command`` as root in the guest and return its output and status.
+
+    ``cow_ahead`` and ``policy`` set vm.cow_ahead_pages and vm.cow_ahead_policy first (patched kernels
+    only; exit status 125 if the kernel lacks them).
+    """
+    kernel = Path(kernel)
+    if not kernel.exists():
+        raise CowaheadError(f"kernel {kernel} does not exist")
+    if not qemu_available():
+        raise CowaheadError("qemu-system-x86_64 is not installed; run scripts/setup")
+    if not command:
+        raise CowaheadError("no command to run in the guest (give it after --)")
+    args = vng_command(kernel, guest_script(command, cow_ahead, policy), icount, cpus, memory, Path.cwd())
+    env = dict(os.environ)
+    # vng runs its helpers (virtme-configkernel, virtme-ng-init) from PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    start = time.monotonic()
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CowaheadError(f"the guest did not finish within {timeout:.0f} s") from None
+    return GuestResult(args, done.returncode, done.stdout, done.stderr, time.monotonic() - start)

@@ -1,0 +1,126 @@
+"""The kernel harness: virtme-ng under QEMU TCG with Debian's stock kernel, the patch, the guest programs.
+
+The boot tests take about 30 s each under TCG; they skip, saying why, where
+QEMU, virtme-ng or the stock kernel (linux-image-amd64) is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cowahead.errors import CowaheadError
+from cowahead.kernel import kbuild
+from cowahead.kernel.guestprogs import compile_programs
+from cowahead.kernel.validate import child_stream, kernel_counters, model_counters, model_policy
+from cowahead.kernel.vm import guest_script, qemu_available, run_in_guest, stock_kernel, vng_path
+from cowahead.kernel.vmstat import parse_vmstat, vmstat_delta
+from cowahead.trace.generators import generate
+
+
+def _can_boot() -> str | None:
+    """Why a guest cannot boot here, or None."""
+    if not qemu_available():
+        return "qemu-system-x86_64 is not installed (Debian qemu-system-x86; scripts/setup)"
+    try:
+        vng_path()
+    except CowaheadError:
+        return "virtme-ng (vng) is not installed (pip; scripts/setup)"
+    if stock_kernel() is None:
+        return "no /boot/vmlinuz-* (Debian linux-image-amd64; scripts/setup)"
+    return None
+
+
+needs_guest = pytest.mark.skipif(_can_boot() is not None, reason=str(_can_boot()))
+
+
+def test_parse_vmstat_and_delta():
+    before = parse_vmstat("pgfault 10\npgreuse 2\nnonsense\n")
+    after = parse_vmstat("pgfault 25\npgreuse 2\ncow_fault_copy 3\n")
+    assert before == {"pgfault": 10, "pgreuse": 2}
+    assert vmstat_delta(before, after) == {"pgfault": 15, "pgreuse": 0}
+
+
+def test_guest_script_sets_sysctls_then_execs():
+    assert guest_script(["echo", "a b"], None, None) == "exec echo 'a b'"
+    script = guest_script(["true"], 16, "around")
+    assert "echo around > /proc/sys/vm/cow_ahead_policy && echo 16 > /proc/sys/vm/cow_ahead_pages" in script
+    assert "exit 125" in script and script.endswith("exec true")
+    with pytest.raises(CowaheadError):
+        guest_script(["true"], 513, None)
+    with pytest.raises(CowaheadError):
+        guest_script(["true"], 4, "ccow")
+
+
+def test_model_side_of_the_comparison():
+    trace = generate("sequential", pages=64)
+    assert child_stream(trace) == list(range(64))
+    assert model_policy("fixed", 0) == "none" and model_policy("around", 16) == "around:16"
+    assert model_counters(trace, "none") == {"cow_fault_copy": 64, "cow_ahead_copy": 0, "cow_ahead_reuse": 0,
+                                             "cow_ahead_unused": 0}
+    output = {"during": {"cow_fault_copy": 4, "cow_ahead_copy": 60, "cow_ahead_reuse": 0, "cow_ahead_unused": 0},
+              "unmap": {"cow_fault_copy": 0, "cow_ahead_copy": 0, "cow_ahead_reuse": 0, "cow_ahead_unused": 0}}
+    assert kernel_counters(output) == model_counters(trace, "fixed:16")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_guest_programs_run_on_the_host(tmp_path):
+    """The workload and the vmsplice check run on any kernel; without the patch its counters read -1."""
+    programs = compile_programs(tmp_path)
+    stream = tmp_path / "stream"
+    stream.write_text("\n".join(map(str, range(32))))
+    done = subprocess.run([programs["cow_workload"], "32", stream], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["writes"] == 32 and report["during"]["pgfault"] >= 32
+    assert subprocess.run([programs["vmsplice_leak"], "15"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not kbuild.SOURCE_TARBALL.exists(), reason="Debian linux-source-6.1 is not installed")
+def test_patch_applies_to_linux_source_6_1(tmp_path):
+    files = [line[len("+++ b/"):].split("\t")[0] for line in kbuild.PATCH.read_text().splitlines()
+             if line.startswith("+++ b/")]
+    assert "mm/memory.c" in files
+    subprocess.run(["tar", "xf", kbuild.SOURCE_TARBALL, "-C", tmp_path]
+                   + [f"{kbuild.TREE_NAME}/{f}" for f in files], check=True)
+    ok, output = kbuild.patch_applies(tmp_path / kbuild.TREE_NAME)
+    assert ok, output
+    assert "FAILED" not in output and "fuzz" not in output.lower() and "offset" not in output.lower()
+
+
+@needs_guest
+def test_stock_kernel_boots_runs_a_command_and_reads_vmstat(tmp_path):
+    """Debian's stock 6.1 under TCG: a command's output and exit status come back, /proc/vmstat is read."""
+    programs = compile_programs(tmp_path)
+    stream = tmp_path / "stream"
+    stream.write_text("\n".join(map(str, range(64))))
+    script = f"cat /proc/vmstat; echo '#'; {programs['cow_workload']} 64 {stream}; exit 3"
+    result = run_in_guest(stock_kernel(), ["sh", "-c", script], timeout=600)
+    assert result.returncode == 3, result.stderr[-2000:]
+    vmstat_text, _, workload = result.stdout.partition("#\n")
+    vmstat = parse_vmstat(vmstat_text)
+    assert vmstat["pgfault"] > 0 and "pgreuse" in vmstat
+    assert "cow_fault_copy" not in vmstat  # the stock kernel has no COW-ahead
+    report = json.loads(workload.strip().splitlines()[-1])
+    assert report["during"]["pgfault"] >= 64  # one COW fault per page the child writes
+    assert report["during"]["cow_fault_copy"] == -1
+
+
+def _patched_kernel() -> Path | None:
+    return kbuild.built_kernel()
+
+
+@needs_guest
+@pytest.mark.skipif(_patched_kernel() is None,
+                    reason=f"no patched kernel built in {kbuild.DEFAULT_BUILD_DIR} (cowahead kernel build; "
+                           "COWAHEAD_KBUILD chooses the directory)")
+def test_patched_kernel_has_the_controls_and_counters():
+    script = "cat /proc/sys/vm/cow_ahead_pages /proc/sys/vm/cow_ahead_policy; grep -E '^cow_' /proc/vmstat"
+    result = run_in_guest(_patched_kernel(), ["sh", "-c", script], cow_ahead=16, policy="around", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split()
+    assert lines[:2] == ["16", "around"]
+    assert {"cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse", "cow_ahead_unused"} <= set(lines)
