@@ -225,3 +225,62 @@ def test_converter_follows_fork_vfork_threads_and_layout(tmp_path):
     assert conv.threads == 1 and conv.vfork_children == 1
     assert conv.outside_vma == 1   # 0x16000 after the child unmapped it
     assert conv.faults_by_error_code == {"0x4": 1, "0x6": 3, "0x7": 1}
+
+
+# ----- attaching to a running process -------------------------------------------------------------------
+
+ATTACHED = textwrap.dedent(f"""
+    import ctypes, mmap, os, sys, time
+    K, M, PAGE = {K}, {M}, {PAGE_SIZE}
+    region = mmap.mmap(-1, (K + M) * PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for page in range(K + M):              # before perf attaches: only pagemap knows
+        region[page * PAGE] = 1
+    # /proc/PID/maps may show the region merged with a neighbour: say where it is
+    print("ready", ctypes.addressof(ctypes.c_char.from_buffer(region)), flush=True)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    written = [page for page in range(K + M) if page % 5 != 4][:K]
+    child = os.fork()
+    if child == 0:
+        for page in written:
+            region[page * PAGE + 8] = 2
+        os._exit(0)
+    os.waitpid(child, 0)
+    """)
+
+
+def wait_until_perf_writes(folder: Path, timeout: float = 60) -> None:
+    """perf has opened its events once it has written its header into the recorder's work folder."""
+    deadline = time.monotonic() + timeout
+    while not any(p.stat().st_size > 0 for p in folder.glob(".cowahead-record-*/perf.data")):
+        assert time.monotonic() < deadline, "perf did not start"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+@needs_perf
+def test_attach_with_pid_sees_earlier_pages_through_pagemap(tmp_path):
+    script, go, out = tmp_path / "attached.py", tmp_path / "go", tmp_path / "attached.parquet"
+    script.write_text(ATTACHED)
+    workload = subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE, text=True)
+    ready, address = workload.stdout.readline().split()
+    assert ready == "ready"
+    recorder = subprocess.Popen([sys.executable, "-m", "cowahead.cli.main", "record", "-o", str(out),
+                                 "--pid", str(workload.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_perf_writes(tmp_path)
+    go.touch()
+    workload.wait(timeout=60)
+    stdout, stderr = recorder.communicate(timeout=120)
+    assert recorder.returncode == 0, stderr
+    trace = read_trace(out)
+    assert trace.metadata["attached_pages"] >= K + M
+    start = int(address)
+    c = trace.columns
+    inside = (c["address"] >= start) & (c["address"] < start + (K + M) * PAGE_SIZE)
+    cow = inside & (c["kind"] == EventKind.WRITE) & (c["arg"] == COW)
+    assert int(cow.sum()) == K
+    kernel = Kernel(parse_policy("none"), log_faults=True)
+    kernel.replay(trace)
+    first = start // PAGE_SIZE
+    copies = [page for _, pid, page, kind in kernel.fault_log if kind == "cow_copy" and first <= page < first + K + M]
+    assert sorted(page - first for page in copies) == WRITTEN

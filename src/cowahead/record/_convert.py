@@ -50,7 +50,7 @@ CLONE_VM, CLONE_THREAD = 0x100, 0x10000
 MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED = 4, 9, 24
 
 _HEAD = re.compile(r"^\s*(?P<pid>-?\d+)/\s*(?P<tid>-?\d+)\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+(?P<rest>.*)$")
-_MMAP2 = re.compile(r"PERF_RECORD_MMAP2 -?\d+/-?\d+: \[0x(?P<start>[0-9a-f]+)\(0x(?P<len>[0-9a-f]+)\) @ \S+ .*?\]: "
+_MMAP2 = re.compile(r"PERF_RECORD_MMAP2 (?P<pid>-?\d+)/(?P<tid>-?\d+): \[0x(?P<start>[0-9a-f]+)\(0x(?P<len>[0-9a-f]+)\) @ \S+ .*?\]: "
                     r"(?P<perms>[-rwxps]{4}) (?P<name>.*)$")
 _COMM_EXEC = re.compile(r"PERF_RECORD_COMM exec: .*:(?P<pid>\d+)/(?P<tid>\d+)$")
 _FIELDS = re.compile(r"(\w+)[=:] ?(\S+?),?(?=\s|$)")
@@ -219,7 +219,8 @@ def parse_other(line: str) -> tuple[int, int, int, str, dict] | None:
         m = _MMAP2.search(rest)
         if m is None:
             return None
-        return pid, tid, time_ns, "mmap2", {"start": int(m["start"], 16), "len": int(m["len"], 16),
+        # The record's own pid: perf's synthesized records (--pid) carry none in the sample header.
+        return int(m["pid"]), int(m["tid"]), time_ns, "mmap2", {"start": int(m["start"], 16), "len": int(m["len"], 16),
                                              "perms": m["perms"], "name": m["name"]}
     if rest.startswith("PERF_RECORD_COMM exec"):
         m = _COMM_EXEC.search(rest)

@@ -138,7 +138,11 @@ def _raise_setup_errors(run: PerfRun) -> None:
         first = next((line for line in text.splitlines() if line.strip()), "")
         raise CowaheadError(f"perf could not start the command: {first.strip()}")
     if "No such process" in text or "Couldn't find" in text and "pid" in text.lower():
-        raise CowaheadError("no such process to attach to")
+        raise CowaheadError(f"no such process to attach to ({_first_line(text)})")
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def script(perf_data: Path, out: Path) -> None:
