@@ -203,3 +203,38 @@ def test_without_populate_write_only_none_is_validated_and_a_warning_says_so(mon
     assert kept == ["none"]
     assert warnings == ["madvise(MADV_POPULATE_WRITE) failed: not supported; degraded: validating 'none' only, "
                         "skipping 2"]
+
+
+def process_tree_trace(seed: int):
+    """A random tree of processes (forks from any live one, exits in any order, the root
+    included), reading and writing random runs of 128 pages."""
+    rng = np.random.default_rng(seed)
+    b = TraceBuilder()
+    b.mmap(PARENT, 128)
+    alive, next_pid = [PARENT], PARENT + 1
+    for _ in range(60):
+        pid, x = int(rng.choice(alive)), rng.random()
+        start = int(rng.integers(0, 120))
+        if x < 0.1 and len(alive) < 5:
+            b.fork(pid, next_pid)
+            alive.append(next_pid)
+            next_pid += 1
+        elif x < 0.15 and len(alive) > 1:
+            b.exit(pid)
+            alive.remove(pid)
+        elif x < 0.3:
+            for page in range(start, start + int(rng.integers(1, 8))):
+                b.read(pid, page)
+        else:
+            b.writes(pid, range(start, min(128, start + int(rng.integers(1, 12)))))
+    for pid in reversed(alive):
+        b.exit(pid)
+    return b.trace({"pattern": f"process-tree-{seed}"})
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("policy", ["none", "fixed:4", "around:16", "adaptive", "ccow:64,0.3", "oracle:16"])
+def test_random_process_trees_match_the_model_page_for_page(seed, policy):
+    result = compare(run_plan(build_plan(process_tree_trace(seed), policy), measure=True), SUPPORT.zero_pfn)
+    assert result.ok, result.mismatches + result.unexplained + result.integrity
