@@ -158,6 +158,9 @@ class Recorder:
             conv = convert(text, self.initial, stack_reserve(),
                            (lambda done, total: progress("convert", done, total)) if progress else None)
             seconds["convert"] = time.monotonic() - t
+            command_seconds = _command_life(conv.columns)
+            if command_seconds is not None:
+                seconds["command"] = command_seconds
             meta = metadata(self.command, self.pid, run, conv, sum(1 for e in self.initial if e.arg == -1))
             meta["seconds"] = seconds
             trace = Trace(conv.columns, meta)
@@ -165,6 +168,24 @@ class Recorder:
             return Recording(trace, conv, run.returncode, run.interrupted, self.perf_data.stat().st_size, seconds)
         finally:
             self._workdir.cleanup()
+
+
+def _command_life(columns: dict) -> float | None:
+    """Seconds from the command's exec to its exit, from the trace itself.
+
+    This is the recorded program's own wall time: perf's start-up before the
+    exec and its teardown after the exit (closing tracepoints, ~30 ms each
+    here) are not in it.
+    """
+    kind, pid, time_ns = columns["kind"], columns["pid"], columns["time_ns"]
+    execs = (kind == EventKind.EXEC).nonzero()[0]
+    if not len(execs):
+        return None
+    root = pid[execs[0]]
+    exits = ((kind == EventKind.EXIT) & (pid == root)).nonzero()[0]
+    if not len(exits):
+        return None
+    return float(time_ns[exits[-1]] - time_ns[execs[0]]) / 1e9
 
 
 def _first_line(text: str) -> str:

@@ -27,7 +27,10 @@ in their parent's address space and are written under its pid.
 from __future__ import annotations
 
 import bisect
+import os
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -383,6 +386,25 @@ def _page_up(n: int) -> int:
 
 # ----- putting it together ----------------------------------------------------------------------
 
+def _parsed_batches(path: Path, progress):
+    """(first line, lines, parse_faults(lines)) in file order, batches parsed on every core.
+
+    pyarrow's compute kernels release the GIL, so threads parse batches side by
+    side; a bounded window keeps memory at a few batches.
+    """
+    workers = max(os.cpu_count() or 1, 1)
+    with ThreadPoolExecutor(workers) as pool:
+        window: deque = deque()
+        for first, lines in read_lines(path, progress):
+            window.append((first, lines, pool.submit(parse_faults, lines)))
+            if len(window) > workers:
+                first_done, lines_done, future = window.popleft()
+                yield first_done, lines_done, future.result()
+        while window:
+            first_done, lines_done, future = window.popleft()
+            yield first_done, lines_done, future.result()
+
+
 def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int = 8 << 20,
             progress: Callable[[int, int], None] | None = None) -> Conversion:
     """Convert ``perf script`` output at ``path``; ``initial`` events come first (--pid snapshot)."""
@@ -393,8 +415,7 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
             procs.vmas_of(event.pid).insert(event.address, event.address + event.length, event.arg)
     fault_parts: list[dict[str, np.ndarray]] = []
     unparsed, examples, lost, symbolic = 0, [], 0, 0
-    for first, lines in read_lines(path, progress):
-        mask, faults, rest = parse_faults(lines)
+    for first, lines, (mask, faults, rest) in _parsed_batches(path, progress):
         faults["line"] = np.flatnonzero(mask) + first
         fault_parts.append(faults)
         for offset, text in zip(np.flatnonzero(rest), pc.filter(lines, pa.array(rest)).to_pylist()):

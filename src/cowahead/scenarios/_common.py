@@ -128,4 +128,5 @@ def run_command(command: list[str], output: Path | None, progress=None) -> tuple
     recording = recorder.finish(progress)
     if recording.returncode != 0:
         raise CowaheadError(f"scenario command failed with exit {recording.returncode} (trace kept in {output})")
-    return recording, recording.seconds["record"]
+    # The program's own life (exec to exit, from the trace): perf's start-up and teardown are not the program's.
+    return recording, recording.seconds.get("command", recording.seconds["record"])
