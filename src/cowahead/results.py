@@ -31,3 +31,10 @@ def replay_reference(trace: Trace, policy: str) -> Counters:
 
 def simulate_reference(trace: Trace, policies: list[str], costs: CostModel) -> list[dict]:
     return [result_row(parse_policy(p).name, replay_reference(trace, p), costs) for p in policies]
+
+
+def simulate_engine(source, policies: list[str], costs: CostModel) -> list[dict]:
+    """The same rows from the compiled engine; ``source`` is a Trace, a TraceFile or a path."""
+    from .engine import replay_engine  # numba loads only when the engine is used
+    names = [parse_policy(p).name for p in policies]
+    return [result_row(name, c, costs) for name, c in zip(names, replay_engine(source, policies))]

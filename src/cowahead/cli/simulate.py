@@ -7,10 +7,10 @@ import json
 import click
 
 from ..model.costs import CostModel
-from ..policies import SYNTAX
+from ..policies import SYNTAX, parse_policy
 from ..report.table import results_table
-from ..results import simulate_reference
-from ..trace import read_trace
+from ..results import simulate_engine, simulate_reference
+from ..trace import TraceFile
 
 DEFAULT_POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
 
@@ -20,11 +20,19 @@ DEFAULT_POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle
 @click.option("--policy", "-p", "policies", multiple=True, help="A policy; repeat for more. Default: a set of six.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of result objects instead of a table.")
 @click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
-def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: str | None) -> None:
+@click.option("--reference", is_flag=True,
+              help="Replay through the plain Python model instead of the compiled engine (same counters, slower).")
+def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: str | None, reference: bool) -> None:
     cost_model = CostModel.load(costs) if costs else CostModel()
-    trace = read_trace(trace_path)
-    rows = simulate_reference(trace, list(policies) or DEFAULT_POLICIES, cost_model)
+    trace = TraceFile(trace_path)
+    policies = list(policies) or DEFAULT_POLICIES
+    for p in policies:
+        parse_policy(p)  # a bad policy string fails before any replay
+    if reference:
+        rows = simulate_reference(trace.read(), policies, cost_model)
+    else:
+        rows = simulate_engine(trace, policies, cost_model)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        results_table(rows, title=f"{trace_path} ({len(trace)} events, {trace.metadata.get('source', '?')})").print()
+        results_table(rows, title=f"{trace_path} ({trace.num_events} events, {trace.metadata.get('source', '?')})").print()

@@ -72,16 +72,22 @@ PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
 MAX_AHEAD_PER_FAULT = PTRS_PER_PTE + 1  # the faulting page and at most a page table more
 
+# Compiled without numba's reference counting: every function here takes the whole
+# State tuple, and counting references to its arrays on each call cost ~1 µs per call.
+# Nothing here allocates an array, so nothing needs counting.
+jit = njit(cache=True, _nrt=False)
+jit_inline = njit(cache=True, _nrt=False, inline="always")
+
 # ----- pools -------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@jit_inline
 def _pop(free, sc, top):
     sc[top] -= 1
     return free[sc[top]]
 
 
-@njit(cache=True, inline="always")
+@jit_inline
 def _push(free, sc, top, item):
     free[sc[top]] = item
     sc[top] += 1
@@ -90,7 +96,7 @@ def _push(free, sc, top, item):
 # ----- frames ------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit_inline
 def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
     st.frames[f, F_MAP] = 0
@@ -103,7 +109,7 @@ def alloc_frame(st, kind):
     return f
 
 
-@njit(cache=True)
+@jit_inline
 def put_frame(st, f, unmap):
     if f == ZERO_FRAME:
         return
@@ -115,14 +121,14 @@ def put_frame(st, f, unmap):
         st.counters[C_RESIDENT] -= 1
 
 
-@njit(cache=True, inline="always")
+@jit_inline
 def wp_can_reuse(st, f):
     """Only an anonymous frame mapped once and referenced once may be reused."""
     fr = st.frames
     return f != ZERO_FRAME and fr[f, F_KIND] == ANON and fr[f, F_MAP] == 1 and fr[f, F_REF] == 1
 
 
-@njit(cache=True)
+@jit_inline
 def map_frame(st, s, d, f, writable):
     """A new PTE: writable ones start dirty, as the model's _map_frame."""
     if f != ZERO_FRAME:
@@ -132,7 +138,7 @@ def map_frame(st, s, d, f, writable):
     st.pte_flags[s, d] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
 
 
-@njit(cache=True, inline="always")
+@jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
     if st.pte_flags[s, d] & PENDING:
@@ -140,7 +146,7 @@ def settle_ahead(st, s, d):
         st.counters[C_EXTRA_PAGES] -= 1
 
 
-@njit(cache=True)
+@jit
 def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
         if st.pte_flags[s, d] & PRESENT:
@@ -152,7 +158,7 @@ def zap_pte_range(st, s, dlo, dhi):
 # ----- page space --------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def dense_index(pages, direct_base, page):
     """First dense index whose page is >= ``page`` (searchsorted, or an offset when dense)."""
     n = pages.shape[0]
@@ -165,7 +171,7 @@ def dense_index(pages, direct_base, page):
 # ----- policy states -----------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def pstate_new(st, v):
     q = _pop(st.pstate_free, st.sc, SC_PSTATES_FREE)
     ps = st.pstates
@@ -184,7 +190,9 @@ def pstate_new(st, v):
         rlen = st.region_of[dhi - 1] + 1 - rlo
     seg = st.sc[SC_COV_BUMP]
     st.sc[SC_COV_BUMP] += rlen
-    st.coverage[:, seg:seg + rlen] = 0
+    for i in range(seg, seg + rlen):
+        st.coverage[0, i] = 0
+        st.coverage[1, i] = 0
     ps[q, P_SEG] = seg
     ps[q, P_RLO] = rlo
     ps[q, P_RLEN] = rlen
@@ -192,7 +200,7 @@ def pstate_new(st, v):
     return q
 
 
-@njit(cache=True)
+@jit_inline
 def pstate_of(st, v):
     q = st.vmas[v, V_PSTATE]
     if q < 0:
@@ -200,7 +208,7 @@ def pstate_of(st, v):
     return q
 
 
-@njit(cache=True)
+@jit
 def pstate_put(st, q):
     if q < 0:
         return
@@ -212,12 +220,13 @@ def pstate_put(st, q):
 # ----- backing objects ---------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def backing_new(st, dlo, dhi):
     b = _pop(st.backing_free, st.sc, SC_BACKINGS_FREE)
     seg = st.sc[SC_BK_BUMP]
     st.sc[SC_BK_BUMP] += dhi - dlo
-    st.backing_frames[seg:seg + dhi - dlo] = -1
+    for i in range(seg, seg + dhi - dlo):
+        st.backing_frames[i] = -1
     st.backings[b, B_USERS] = 1
     st.backings[b, B_DLO] = dlo
     st.backings[b, B_DHI] = dhi
@@ -225,7 +234,7 @@ def backing_new(st, dlo, dhi):
     return b
 
 
-@njit(cache=True)
+@jit
 def drop_user(st, b):
     """A VMA stops using ``b``; with the last one the object and its frames go."""
     if b < 0:
@@ -244,7 +253,7 @@ def drop_user(st, b):
     _push(st.backing_free, st.sc, SC_BACKINGS_FREE, b)
 
 
-@njit(cache=True)
+@jit
 def backing_frame(st, v, d, kind):
     """The shmem or page-cache frame of page ``d``; allocated with the object's own reference."""
     b = st.vmas[v, V_BACKING]
@@ -261,7 +270,7 @@ def backing_frame(st, v, d, kind):
 # ----- VMAs --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def vma_new(st, s, start, end, kind, backing, anon, pstate):
     v = _pop(st.vma_free, st.sc, SC_VMAS_FREE)
     vm = st.vmas
@@ -281,7 +290,7 @@ def vma_new(st, s, start, end, kind, backing, anon, pstate):
     return v
 
 
-@njit(cache=True)
+@jit
 def vma_remove(st, s, v):
     vm = st.vmas
     prev, cur = -1, st.slots[s, S_VMA_HEAD]
@@ -297,7 +306,7 @@ def vma_remove(st, s, v):
     _push(st.vma_free, st.sc, SC_VMAS_FREE, v)
 
 
-@njit(cache=True)
+@jit_inline
 def find_vma(st, s, d):
     """The VMA holding dense page ``d`` (dense bounds compare like raw ones), or -1."""
     vm = st.vmas
@@ -313,7 +322,7 @@ def find_vma(st, s, d):
     return -1
 
 
-@njit(cache=True)
+@jit
 def unmap_vma_range(st, s, v, start, end):
     """Zap [start, end) of ``v`` and keep what remains on either side (in place)."""
     vm = st.vmas
@@ -341,7 +350,7 @@ def unmap_vma_range(st, s, v, start, end):
         drop_user(st, b)
 
 
-@njit(cache=True)
+@jit
 def munmap(st, s, start, end):
     vm = st.vmas
     v = st.slots[s, S_VMA_HEAD]
@@ -352,7 +361,7 @@ def munmap(st, s, start, end):
         v = nxt
 
 
-@njit(cache=True)
+@jit
 def madvise_dontneed(st, s, start, end):
     vm = st.vmas
     v = st.slots[s, S_VMA_HEAD]
@@ -363,7 +372,7 @@ def madvise_dontneed(st, s, start, end):
         v = vm[v, V_NEXT]
 
 
-@njit(cache=True)
+@jit
 def mmap(st, s, start, end, kind):
     """MAP_FIXED semantics: whatever was mapped in the range goes first."""
     munmap(st, s, start, end)
@@ -377,7 +386,7 @@ def mmap(st, s, start, end, kind):
 # ----- processes ---------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit_inline
 def mm_of(st, pid):
     s = st.slot_of[pid]
     if s < 0:
@@ -390,7 +399,7 @@ def mm_of(st, pid):
     return s
 
 
-@njit(cache=True)
+@jit
 def exit_mmap(st, s):
     vm = st.vmas
     v = st.slots[s, S_VMA_HEAD]
@@ -400,7 +409,7 @@ def exit_mmap(st, s):
         v = nxt
 
 
-@njit(cache=True)
+@jit
 def do_exit(st, pid):
     s = st.slot_of[pid]
     if s >= 0:
@@ -409,14 +418,14 @@ def do_exit(st, pid):
         _push(st.slot_free, st.sc, SC_SLOTS_FREE, s)
 
 
-@njit(cache=True)
+@jit
 def do_exec(st, pid):
     s = mm_of(st, pid)
     exit_mmap(st, s)
     st.slots[s, S_FORKED] = 0
 
 
-@njit(cache=True)
+@jit
 def ccow_on_fork(st, s):
     """Count the parent's written ahead copies per region, then roll each history over once."""
     vm, ps, cov = st.vmas, st.pstates, st.coverage
@@ -435,12 +444,13 @@ def ccow_on_fork(st, s):
         if ps[q, P_ROLLED] != st.sc[SC_FORKS]:
             ps[q, P_ROLLED] = st.sc[SC_FORKS]
             seg, n = ps[q, P_SEG], ps[q, P_RLEN]
-            cov[1, seg:seg + n] = cov[0, seg:seg + n]
-            cov[0, seg:seg + n] = 0
+            for i in range(seg, seg + n):
+                cov[1, i] = cov[0, i]
+                cov[0, i] = 0
         v = vm[v, V_NEXT]
 
 
-@njit(cache=True)
+@jit
 def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
     flags = st.pte_flags
@@ -457,7 +467,7 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
             flags[sc, d] = fl & (PRESENT | DIRTY)
 
 
-@njit(cache=True)
+@jit
 def do_fork(st, parent, child):
     """dup_mmap: copy VMAs; private pages become shared and write-protected."""
     sp = mm_of(st, parent)
@@ -487,7 +497,7 @@ def do_fork(st, parent, child):
 # ----- the fault path ----------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
     old = st.pte_frame[s, d]
@@ -497,7 +507,7 @@ def wp_page_copy(st, s, v, d):
     map_frame(st, s, d, new, True)
 
 
-@njit(cache=True)
+@jit_inline
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
     fl = st.pte_flags[s, q]
@@ -517,12 +527,12 @@ def break_cow_ahead(st, s, v, q):
     return 1
 
 
-@njit(cache=True, inline="always")
+@jit_inline
 def _breakable(st, s, q):
     return (st.pte_flags[s, q] & (PRESENT | WRITABLE)) == PRESENT
 
 
-@njit(cache=True)
+@jit_inline
 def written_next(st, pid, q, now):
     """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)"""
     key = pid * st.pages.shape[0] + q
@@ -536,7 +546,7 @@ def written_next(st, pid, q, now):
     return c < end and st.oracle_last_drop[c] < now
 
 
-@njit(cache=True)
+@jit_inline
 def next_window(window, max_pages):
     """get_init_ra_size / get_next_ra_size of mm/readahead.c."""
     if window == 0:
@@ -548,7 +558,7 @@ def next_window(window, max_pages):
     return max_pages
 
 
-@njit(cache=True)
+@jit_inline
 def adaptive_window(st, s, v, d):
     """Learn from the dirty bits of the last window, ramp or reset; returns the dense window end."""
     ps = st.pstates
@@ -583,7 +593,7 @@ def adaptive_window(st, s, v, d):
     return end
 
 
-@njit(cache=True)
+@jit_inline
 def cow_ahead(st, s, v, d, pid, now):
     """Break COW on the policy's window; each page gets the faulting page's exclusivity check."""
     pol = st.policy[0]
@@ -628,7 +638,7 @@ def cow_ahead(st, s, v, d, pid, now):
         st.counters[C_AHEAD_BATCHES] += 1
 
 
-@njit(cache=True)
+@jit_inline
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
     kind = st.vmas[v, V_KIND]
@@ -665,10 +675,11 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
-    cow_ahead(st, s, v, d, pid, now)
+    if st.policy[0] != POL_NONE:  # a call costs more than Linux's own path here
+        cow_ahead(st, s, v, d, pid, now)
 
 
-@njit(cache=True)
+@jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
     fl = st.pte_flags[s, d]
@@ -690,7 +701,7 @@ def access(st, s, d, write, pid, now):
 # ----- replay ------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit_inline
 def headroom(st, kind, pid, npages, start, stop):
     """Is every pool big enough for the worst this event can do? If not, say how much is needed."""
     sc = st.sc
@@ -731,7 +742,7 @@ def headroom(st, kind, pid, npages, start, stop):
     return ok
 
 
-@njit(cache=True)
+@jit
 def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume):
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
@@ -761,7 +772,7 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume)
     return n
 
 
-@njit(cache=True)
+@jit
 def finish(st):
     """End of trace: ahead copies still unwritten count as waste."""
     c = st.counters

@@ -79,7 +79,8 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     params = policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
-    slots, frames, vmas = 4, 1024, 64
+    # Room for two address spaces' worth of frames from the start: growing is a copy.
+    slots, frames, vmas = 4, 2 * npages + 1024, 64
     region_of, region_start = _regions(space, params)
     sc = np.zeros(core.N_SCALARS, np.int64)
     sc[core.SC_SLOTS_FREE] = slots
