@@ -284,3 +284,9 @@ def test_attach_with_pid_sees_earlier_pages_through_pagemap(tmp_path):
     first = start // PAGE_SIZE
     copies = [page for _, pid, page, kind in kernel.fault_log if kind == "cow_copy" and first <= page < first + K + M]
     assert sorted(page - first for page in copies) == WRITTEN
+
+
+def test_unknown_command_is_one_line(tmp_path, capsys):
+    assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "/nonexistent/command"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cowahead: error: /nonexistent/command: command not found"

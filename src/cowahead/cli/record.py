@@ -71,6 +71,9 @@ def command(output: str, pid: int | None, keep_perf_data: str | None, command: t
     if rec.conversion.lost_samples:
         click.echo(f"warning: perf lost {rec.conversion.lost_samples} samples (ring buffer overflow); "
                    "the trace misses those faults", err=True)
+    if rec.interrupted and pid is not None:
+        click.echo(f"cowahead: recording of process {pid} stopped (Ctrl-C); trace kept in {output}", err=True)
+        return  # Ctrl-C is how an attached recording normally ends
     if rec.interrupted:
         click.echo(f"cowahead: interrupted; the trace of what ran is kept in {output}", err=True)
         sys.exit(130)

@@ -125,6 +125,8 @@ class Recorder:
         if (command is None) == (pid is None):
             raise CowaheadError("give either --pid PID or a command after --, not both")
         self.command, self.pid = command, pid
+        if command is not None and shutil.which(command[0]) is None:
+            raise CowaheadError(f"{command[0]}: command not found")
         if pid is not None:
             self.initial = snapshot(pid)
         self.started = time.monotonic()
