@@ -286,6 +286,7 @@ def test_attach_with_pid_sees_earlier_pages_through_pagemap(tmp_path):
     assert sorted(page - first for page in copies) == WRITTEN
 
 
+@needs_perf
 def test_unknown_command_is_one_line(tmp_path, capsys):
     assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "/nonexistent/command"]) == 2
     err = capsys.readouterr().err.strip()

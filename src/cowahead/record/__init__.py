@@ -125,6 +125,8 @@ class Recorder:
         if (command is None) == (pid is None):
             raise CowaheadError("give either --pid PID or a command after --, not both")
         self.command, self.pid = command, pid
+        _perf.perf_binary()  # a missing perf is the first thing to say
+        _perf.check_permission()
         if command is not None and shutil.which(command[0]) is None:
             raise CowaheadError(f"{command[0]}: command not found")
         if pid is not None:
