@@ -1,0 +1,52 @@
+"""The sweep verb: range syntax, the grid over traces × policies, the results file."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from cowahead.cli.main import main
+from cowahead.engine import replay_engine
+from cowahead.errors import CowaheadError
+from cowahead.sweep import expand_policies
+from cowahead.trace import write_trace
+from cowahead.trace.generators import generate
+
+
+def test_a_range_expands_to_the_powers_of_two_inside_it():
+    assert expand_policies(["fixed:1..512"]) == [f"fixed:{1 << k}" for k in range(10)]
+    assert expand_policies(["ccow:3..20,0.5", "none"]) == ["ccow:4,0.5", "ccow:8,0.5", "ccow:16,0.5", "none"]
+
+
+@pytest.mark.parametrize("bad", ["fixed:1...8", "fixed:8..2", "fixed:a..b", "fixed:..8", "fixed:1..2..4",
+                                 "fixed:1..1024", "around:5..5", "nonsense:1..4"])
+def test_bad_ranges_are_one_line_errors(bad, tmp_path, capsys):
+    with pytest.raises(CowaheadError):
+        expand_policies([bad])
+    assert main(["sweep", "x.parquet", "-p", bad, "-o", str(tmp_path / "r.json")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_sweep_writes_every_trace_and_policy_with_metadata(tmp_path, suffix, capsys):
+    paths = []
+    for pattern in ["sequential", "forkexec"]:
+        paths.append(tmp_path / f"{pattern}.parquet")
+        write_trace(generate(pattern, pages=256), paths[-1])
+    out = tmp_path / f"results{suffix}"
+    assert main(["sweep", *map(str, paths), "-p", "fixed:1..16", "-p", "oracle:4", "-o", str(out), "-j", "2"]) == 0
+    if suffix == ".json":
+        doc = json.loads(out.read_text())
+        rows = {(w["name"], r["policy"]): r for w in doc["workloads"] for r in w["rows"]}
+        assert doc["machine"]["kernel"] and doc["versions"]["numba"] and doc["created"]
+    else:
+        table = pq.read_table(out)
+        doc = json.loads(table.schema.metadata[b"cowahead"])
+        rows = {(r["trace"], r["policy"]): r for r in table.to_pylist()}
+        assert doc["versions"]["numba"]
+    assert len(rows) == 2 * 7  # none is added as the baseline
+    fixed16 = replay_engine(paths[0], ["fixed:16"])[0]
+    assert rows["sequential", "fixed:16"]["ahead_copies"] == fixed16.ahead_copies > 0
+    assert "best window per family" in capsys.readouterr().out
