@@ -1,4 +1,4 @@
-"""User-space COW-ahead on the running kernel: wall time against `none`, per generator and policy.
+"""User-space COW-ahead on the running kernel: time against `none`, per generator and policy.
 
 Every generator's stream runs as real processes (cowahead.real), the model
 in lockstep telling which pages each policy copies ahead and when, and the
@@ -8,16 +8,18 @@ still checked after every run. Rounds run side by side: each round runs
 every generator under every policy once, so drift on a shared machine hits
 all of them alike; medians over the rounds.
 
-Two times per run:
+Times per run:
 - work: the time inside the memory operations (numpy writes/reads and the
-  madvise calls), summed over processes: what COW-ahead changes;
+  madvise calls), summed over processes: what COW-ahead changes; as CPU
+  time (user + system: time other tasks held the CPU left out, the stable
+  figure on a shared machine) and as wall time;
 - wall: the whole run, fork, process switches and exits included.
 
 A policy's ahead windows cut the stream into more numpy calls, each with
 ~10 µs of Python overhead that a program issuing the madvise would not pay
-in the same way. So `work_ratio` holds each policy against a `none` run cut
-into the very same numpy calls (only the madvise calls differ);
-`work_ratio_natural` and `wall_ratio` against plain `none`.
+in the same way. So `cpu_ratio` and `work_wall_ratio` hold each policy against a
+`none` run cut into the very same numpy calls (only the madvise calls
+differ); `cpu_ratio_natural` and `wall_ratio` against plain `none`.
 
     .venv/bin/python benchmarks/userspace_cowahead.py [--pages 4096] [--repeats 5]
 
@@ -61,12 +63,13 @@ def build_plans(pages: int, seed: int) -> dict[tuple[str, str], object]:
 
 
 def run_all(plans: dict, repeats: int, progress, task) -> dict[tuple[str, str], dict]:
-    times = {key: {"work_us": [], "wall_us": []} for key in plans}
+    times = {key: {"cpu_us": [], "work_us": [], "wall_us": []} for key in plans}
     for _ in range(repeats):
         for key, plan in plans.items():
             result = run_plan(plan, measure=False)
             if result.integrity:
                 raise SystemExit(f"{key}: memory integrity broken: {result.integrity[:3]}")
+            times[key]["cpu_us"].append(result.work_cpu_ns / 1000)
             times[key]["work_us"].append(result.work_ns / 1000)
             times[key]["wall_us"].append(result.wall_ns / 1000)
             progress.update(task, advance=1, description=f"{key[0]} {key[1]}", refresh=True)
@@ -81,22 +84,26 @@ def rows(runs: dict, costs: CostModel) -> list[dict]:
         base = runs[(pattern, "none")]
         same_calls = runs.get((pattern, f"none|{policy}"), base)
         c = run["plan"].counters
-        work, wall = statistics.median(run["work_us"]), statistics.median(run["wall_us"])
+        cpu, work, wall = (statistics.median(run[k]) for k in ("cpu_us", "work_us", "wall_us"))
         out.append({
             "pattern": pattern, "policy": policy,
-            "work_us": round(work, 1), "wall_us": round(wall, 1),
+            "cpu_us": round(cpu, 1), "work_us": round(work, 1), "wall_us": round(wall, 1),
+            "cpu_values_us": [round(v, 1) for v in run["cpu_us"]],
             "work_values_us": [round(v, 1) for v in run["work_us"]],
             "wall_values_us": [round(v, 1) for v in run["wall_us"]],
             "numpy_calls": sum(1 for s in run["plan"].steps if s.op.value in ("write", "read")),
             "madvise_windows": sum(1 for s in run["plan"].steps if s.op.value == "ahead"),
-            "none_same_calls_work_us": round(statistics.median(same_calls["work_us"]), 1),
-            "work_ratio": round(work / statistics.median(same_calls["work_us"]), 4),
-            "work_ratio_natural": round(work / statistics.median(base["work_us"]), 4),
+            "none_same_calls_cpu_us": round(statistics.median(same_calls["cpu_us"]), 1),
+            "cpu_ratio": round(cpu / statistics.median(same_calls["cpu_us"]), 4),
+            "work_wall_ratio": round(work / statistics.median(same_calls["work_us"]), 4),
+            "cpu_ratio_natural": round(cpu / statistics.median(base["cpu_us"]), 4),
             "wall_ratio": round(wall / statistics.median(base["wall_us"]), 4),
             "predicted_ratio": round(costs.predict_us(c) / costs.predict_us(base["plan"].counters), 4),
             "cow_faults": c.cow_copy, "ahead_copies": c.ahead_copies, "ahead_reuses": c.ahead_reuses,
             "ahead_hits": c.ahead_hits, "ahead_waste": c.ahead_waste, "extra_pages_peak": c.extra_pages_peak,
-            "work_spread": round(_iqr(run["work_us"]) / work, 4),
+            "cpu_spread": round(_iqr(run["cpu_us"]) / cpu, 4),
+            "same_calls_cpu_spread": round(_iqr(same_calls["cpu_us"]) / statistics.median(same_calls["cpu_us"]), 4),
+            "work_wall_spread": round(_iqr(run["work_us"]) / work, 4),
         })
     return out
 
@@ -109,19 +116,18 @@ def _iqr(values: list[float]) -> float:
 def verdicts(table: list[dict]) -> dict[str, list[str]]:
     """Plain sentences: where user-space COW-ahead loses, wins, or the noise hides which."""
     out: dict[str, list[str]] = {"loses": [], "wins": [], "inconclusive": []}
-    spread = {(r["pattern"], r["policy"]): r["work_spread"] for r in table}
     for r in table:
-        if r["policy"] == "none":
-            continue
-        noise = max(r["work_spread"], spread[(r["pattern"], "none")], 0.02)
-        line = (f"{r['pattern']} under {r['policy']}: {r['work_ratio'] - 1:+.0%} work time against none in the "
+        if r["policy"] == "none" or not (r["ahead_copies"] or r["ahead_reuses"]):
+            continue  # the very same run as none: any difference is noise
+        noise = max(r["cpu_spread"], r["same_calls_cpu_spread"], 0.02)
+        line = (f"{r['pattern']} under {r['policy']}: {r['cpu_ratio'] - 1:+.0%} CPU time against none in the "
                 f"same numpy calls ({r['ahead_copies']} pages copied ahead, {r['ahead_waste']} never written; "
                 f"IQR/median {noise:.0%})")
-        if r["work_ratio"] > 1 + noise:
+        if r["cpu_ratio"] > 1 + noise:
             out["loses"].append(line)
-        elif r["work_ratio"] < 1 - noise:
+        elif r["cpu_ratio"] < 1 - noise:
             out["wins"].append(line)
-        elif r["ahead_copies"]:
+        else:
             out["inconclusive"].append(line)
     return out
 
@@ -161,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(doc, indent=2) + "\n")
     out = Console() if Console().is_terminal else Console(width=150)
     show = Table(title=f"user-space COW-ahead, {args.pages} pages, medians of {args.repeats} ({output})")
-    for name in ("pattern", "policy", "work ms", "work/none", "work/none natural", "wall/none", "predicted/none",
-                 "cow faults", "ahead copies", "ahead waste", "windows", "IQR/median"):
+    for name in ("pattern", "policy", "CPU ms", "CPU/none", "wall/none", "CPU/none natural", "run wall/none",
+                 "predicted/none", "cow faults", "ahead copies", "ahead waste", "windows", "CPU IQR"):
         show.add_column(name, justify="left" if name in ("pattern", "policy") else "right")
     for r in table:
-        show.add_row(r["pattern"], r["policy"], f"{r['work_us'] / 1000:.2f}", f"{r['work_ratio']:.3f}",
-                     f"{r['work_ratio_natural']:.3f}", f"{r['wall_ratio']:.3f}", f"{r['predicted_ratio']:.3f}",
+        show.add_row(r["pattern"], r["policy"], f"{r['cpu_us'] / 1000:.2f}", f"{r['cpu_ratio']:.3f}",
+                     f"{r['work_wall_ratio']:.3f}", f"{r['cpu_ratio_natural']:.3f}", f"{r['wall_ratio']:.3f}",
+                     f"{r['predicted_ratio']:.3f}",
                      str(r["cow_faults"]), str(r["ahead_copies"]), str(r["ahead_waste"]), str(r["madvise_windows"]),
-                     f"{r['work_spread']:.0%}")
+                     f"{r['cpu_spread']:.0%}")
     out.print(show)
     for verdict, lines in doc["verdicts"].items():
         out.print(f"User-space COW-ahead {verdict} ({len(lines)}):")

@@ -30,13 +30,14 @@ FORMAT = "cowahead-calibration"
 VERSION = 1
 WINDOWS = [1 << k for k in range(10)]  # 1 … 512 pages: up to one page table
 SPREAD_WARN = 0.20  # interquartile range / median above this: too noisy to trust
-_RESULT = struct.Struct("dd")
+_RESULT = struct.Struct("ddd")  # CPU µs per page, wall µs per page, faults per page
 
 
 @dataclass
 class Measurement:
     name: str
-    values_us: list[float] = field(default_factory=list)   # per page, one per round
+    values_us: list[float] = field(default_factory=list)   # CPU time per page, one per round
+    wall_values_us: list[float] = field(default_factory=list)  # wall time per page, one per round
     warmup_us: float | None = None
     faults_per_page: list[float] = field(default_factory=list)
 
@@ -52,6 +53,8 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return {"median_us": round(self.median_us, 4), "values_us": [round(v, 4) for v in self.values_us],
+                "wall_median_us": round(statistics.median(self.wall_values_us), 4),
+                "wall_values_us": [round(v, 4) for v in self.wall_values_us],
                 "warmup_us": None if self.warmup_us is None else round(self.warmup_us, 4),
                 "spread": round(self.spread, 4),
                 "faults_per_page": round(statistics.median(self.faults_per_page), 3)}
@@ -60,12 +63,18 @@ class Measurement:
 # ----- one measurement: runs in a forked worker, returns (µs per page, faults per page) ---------
 
 
-def _timed(pages: int, action: Callable[[], object]) -> tuple[float, float]:
+def _timed(pages: int, action: Callable[[], object]) -> tuple[float, float, float]:
+    """CPU and wall µs per page, and minor faults per page, of ``action``.
+
+    CPU time (user + system of this single-threaded worker) leaves out the
+    time other tasks held the CPU: on a shared machine it is the stabler
+    figure, and on an idle one the two agree.
+    """
     faults = linux.minor_faults()
-    start = time.perf_counter_ns()
+    cpu, start = time.process_time_ns(), time.perf_counter_ns()
     action()
-    ns = time.perf_counter_ns() - start
-    return ns / 1000 / pages, (linux.minor_faults() - faults) / pages
+    wall, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu
+    return cpu / 1000 / pages, wall / 1000 / pages, (linux.minor_faults() - faults) / pages
 
 
 def _filled(pages: int) -> tuple[int, np.ndarray]:
@@ -75,7 +84,7 @@ def _filled(pages: int) -> tuple[int, np.ndarray]:
     return address, view
 
 
-def _after_fork_in_child(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float]]):
+def _after_fork_in_child(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float, float]]):
     """Map and fill N pages, fork; the child measures on the shared pages and reports."""
     address, view = _filled(pages)
     read_fd, write_fd = os.pipe()
@@ -92,7 +101,7 @@ def _after_fork_in_child(pages: int, measure: Callable[[int, np.ndarray], tuple[
     return _RESULT.unpack(data)
 
 
-def _after_child_exit(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float]]):
+def _after_child_exit(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float, float]]):
     """Map and fill N pages, fork a child that exits at once: the parent's PTEs are
     write-protected but every frame is exclusive again (a reuse on write)."""
     address, view = _filled(pages)
@@ -103,35 +112,35 @@ def _after_child_exit(pages: int, measure: Callable[[int, np.ndarray], tuple[flo
     return measure(address, view)
 
 
-def cow_fault(pages: int) -> tuple[float, float]:
+def cow_fault(pages: int) -> tuple[float, float, float]:
     values = np.arange(pages, dtype=np.uint64)
     return _after_fork_in_child(pages, lambda a, view: _timed(pages, lambda: view.__setitem__((slice(None), 0),
                                                                                                 values)))
 
 
-def zero_fill(pages: int) -> tuple[float, float]:
+def zero_fill(pages: int) -> tuple[float, float, float]:
     view = linux.uint64_pages(linux.mmap_anon(pages * PAGE_SIZE), pages)
     return _timed(pages, lambda: view.__setitem__((slice(None), 0), 2))
 
 
-def zero_page(pages: int) -> tuple[float, float]:
+def zero_page(pages: int) -> tuple[float, float, float]:
     view = linux.uint64_pages(linux.mmap_anon(pages * PAGE_SIZE), pages)
     return _timed(pages, lambda: view[:, 0].sum())
 
 
-def shared_first_touch(pages: int) -> tuple[float, float]:
+def shared_first_touch(pages: int) -> tuple[float, float, float]:
     import mmap
     shared = mmap.mmap(-1, pages * PAGE_SIZE)  # MAP_SHARED|MAP_ANONYMOUS: shmem, never COW
     view = np.frombuffer(shared, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
     return _timed(pages, lambda: view.__setitem__((slice(None), 0), 2))
 
 
-def reuse_fault(pages: int) -> tuple[float, float]:
+def reuse_fault(pages: int) -> tuple[float, float, float]:
     return _after_child_exit(pages, lambda a, view: _timed(pages, lambda: view.__setitem__((slice(None), 0), 3)))
 
 
-def populate_write_copy(window: int) -> Callable[[int], tuple[float, float]]:
-    def measure(pages: int) -> tuple[float, float]:
+def populate_write_copy(window: int) -> Callable[[int], tuple[float, float, float]]:
+    def measure(pages: int) -> tuple[float, float, float]:
         def calls(address: int) -> None:
             for first in range(0, pages, window):
                 linux.populate_write(address + first * PAGE_SIZE, min(window, pages - first) * PAGE_SIZE)
@@ -139,7 +148,7 @@ def populate_write_copy(window: int) -> Callable[[int], tuple[float, float]]:
     return measure
 
 
-def populate_write_reuse(pages: int) -> tuple[float, float]:
+def populate_write_reuse(pages: int) -> tuple[float, float, float]:
     window = WINDOWS[-1]
 
     def calls(address: int) -> None:
@@ -148,13 +157,13 @@ def populate_write_reuse(pages: int) -> tuple[float, float]:
     return _after_child_exit(pages, lambda address, view: _timed(pages, lambda: calls(address)))
 
 
-def memcpy(pages: int) -> tuple[float, float]:
+def memcpy(pages: int) -> tuple[float, float, float]:
     source = np.ones(pages * PAGE_SIZE // 8, np.uint64)
     target = np.ones_like(source)
     return _timed(pages, lambda: np.copyto(target, source))
 
 
-def measurements() -> dict[str, Callable[[int], tuple[float, float]]]:
+def measurements() -> dict[str, Callable[[int], tuple[float, float, float]]]:
     table = {"cow_fault": cow_fault, "zero_fill": zero_fill, "zero_page": zero_page,
              "shared_first_touch": shared_first_touch, "reuse_fault": reuse_fault}
     for window in WINDOWS:
@@ -164,7 +173,7 @@ def measurements() -> dict[str, Callable[[int], tuple[float, float]]]:
     return table
 
 
-def _in_worker(measure: Callable[[int], tuple[float, float]], pages: int) -> tuple[float, float]:
+def _in_worker(measure: Callable[[int], tuple[float, float, float]], pages: int) -> tuple[float, float, float]:
     read_fd, write_fd = os.pipe()
     worker = os.fork()
     if worker == 0:
@@ -190,11 +199,12 @@ def calibrate(pages: int, repeats: int, on_round: Callable[[int], None] | None =
     results = {name: Measurement(name) for name in table}
     for round_ in range(repeats + 1):
         for name, measure in table.items():
-            us, faults = _in_worker(measure, pages)
+            us, wall_us, faults = _in_worker(measure, pages)
             if round_ == 0:
                 results[name].warmup_us = us
             else:
                 results[name].values_us.append(us)
+                results[name].wall_values_us.append(wall_us)
                 results[name].faults_per_page.append(faults)
         if on_round:
             on_round(round_)
@@ -227,7 +237,8 @@ def cost_model(results: dict[str, Measurement], machine: str, date: str) -> Cost
         reuse_us=round(m["reuse_fault"], 3), ahead_copy_us=round(m["populate_write_512"], 3),
         ahead_reuse_us=round(m["populate_write_reuse_512"], 3),
         source=(f"cowahead calibrate on {machine}, {date}: medians of {len(results['cow_fault'].values_us)}, "
-                "numpy one write per page; ahead_* = MADV_POPULATE_WRITE in 512-page calls (user space)"))
+                "CPU time (user+system) per page, numpy one write per page; ahead_* = MADV_POPULATE_WRITE in "
+                "512-page calls (user space)"))
 
 
 def document(results: dict[str, Measurement], pages: int, repeats: int) -> dict:

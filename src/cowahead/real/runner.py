@@ -54,6 +54,7 @@ class OpRecord:
     indices: np.ndarray            # the event of each page's first touch
     ns: int
     minflt: int = 0
+    cpu_ns: int = 0                # user + system time of the step (time other tasks ran left out)
     before: np.ndarray | None = None  # pagemap entries (measure only)
     after: np.ndarray | None = None
 
@@ -78,6 +79,11 @@ class RunResult:
     def work_ns(self) -> int:
         """Time inside the workload's own memory operations, summed over processes."""
         return sum(op.ns for p in self.processes for op in p.ops if op.op != Op.FORK.value)
+
+    @property
+    def work_cpu_ns(self) -> int:
+        """CPU time (user + system) inside the workload's memory operations, summed over processes."""
+        return sum(op.cpu_ns for p in self.processes for op in p.ops if op.op != Op.FORK.value)
 
     @property
     def integrity(self) -> list[str]:
@@ -291,9 +297,9 @@ class _Process:
         if self.measure:
             self._rehearse(step, runs)
             before = self.pagemap.entries(self._address(low), high - low)
-            linux.minor_faults(), time.perf_counter_ns()  # their first allocations may fault: not in the count
+            linux.minor_faults(), time.process_time_ns(), time.perf_counter_ns()  # first allocations may fault
         faults = linux.minor_faults()
-        start = time.perf_counter_ns()
+        cpu, start = time.process_time_ns(), time.perf_counter_ns()
         if step.op == Op.WRITE:
             view[pages, 0] = values
         elif step.op == Op.READ:
@@ -301,9 +307,9 @@ class _Process:
         else:
             for address, length in runs:
                 linux.populate_write(address, length)
-        ns = time.perf_counter_ns() - start
+        ns, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu
         faults = linux.minor_faults() - faults
-        record = OpRecord(index, step.op.value, unique, first_index, ns, faults)
+        record = OpRecord(index, step.op.value, unique, first_index, ns, faults, cpu)
         if self.measure:
             after = self.pagemap.entries(self._address(low), high - low)
             record.before, record.after = before[unique - low], after[unique - low]
