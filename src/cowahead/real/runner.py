@@ -98,7 +98,7 @@ def run_plan(plan: Plan, measure: bool, timeout_s: float = 300.0) -> RunResult:
         start = time.perf_counter_ns()
         root = os.fork()
         if root == 0:
-            _Process(plan, pipes, done_w, Path(tmp), measure).run_root()  # never returns
+            _Process(plan, pipes, done_w, Path(tmp), measure, timeout_s).run_root()  # never returns
         try:
             index, _ = _wait_token(done_r, timeout_s)
             wall = time.perf_counter_ns() - start
@@ -145,7 +145,8 @@ class _Process:
     """One real process playing one trace pid (a fork turns it into the child's)."""
 
     def __init__(self, plan: Plan, pipes: dict[int, tuple[int, int]], done_w: int, out: Path,
-                 measure: bool) -> None:
+                 measure: bool, timeout_s: float) -> None:
+        self.timeout_s = timeout_s  # a process left waiting longer (its runner died) exits
         self.plan = plan
         self.pipes = pipes
         self.done_w = done_w
@@ -177,7 +178,7 @@ class _Process:
         steps = self.plan.steps
         while True:
             if index is None:
-                index, wait_pid = _wait_token(self.pipes[self.pid][0])
+                index, wait_pid = _wait_token(self.pipes[self.pid][0], self.timeout_s)
                 if index < 0:
                     os._exit(1)
                 if wait_pid:
