@@ -1,0 +1,233 @@
+"""Benchmark of the replay engine (a script, not a test).
+
+    .venv/bin/python benchmarks/engine.py [--pages 5000000] [--patterns random,sequential] [--runs 5]
+
+For each pattern it generates (once, cached) a trace of 2 × pages + 4 events
+and measures, as medians of ``--runs`` runs after one warm-up kept apart:
+
+* per policy, events/s of the engine's replay loop over decoded chunks, and
+  end to end (Parquet read, page-space pass, decode, oracle future, replay);
+* a numba loop that only reads the trace columns and counts events by kind,
+  and the engine's ratio to it;
+* libCacheSim 0.3.5 (PyPI) replaying the same page stream with LRU. Its
+  Python API has no prefetcher (no OBL), so this compares replay speed on
+  the same stream, not the same model;
+* a full sweep (six families × windows 1..512) through ``cowahead sweep``;
+* ``cowahead simulate`` on a small trace once numba's cache is warm.
+
+Results go to benchmarks/results/engine-<date>.json with the machine, the
+versions and every run's value; a spread (max−min)/median above 10 % is
+flagged, as the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from cowahead.engine import page_space, replay_chunk, replay_engine
+from cowahead.engine.core import finish
+from cowahead.engine.prepass import decode, future, iter_chunks
+from cowahead.engine.state import new_state
+from cowahead.policies import OraclePolicy, parse_policy
+from cowahead.trace import TraceFile, write_trace
+from cowahead.trace.events import PAGE_SHIFT
+from cowahead.trace.generators import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
+TARGETS = {"none_fixed_events_per_s": 50e6, "ratio_to_read_only": 0.3, "adaptive_ccow_events_per_s": 20e6,
+           "ratio_to_libcachesim": 2.0, "sweep_seconds": 120.0, "simulate_warm_seconds": 2.0}
+WIDE_SPREAD = 0.10
+
+
+@njit(cache=True)
+def read_only_loop(kind, pid, address, length):
+    """Read every column a replay reads and count events by kind: the floor of any replay."""
+    counts = np.zeros(8, np.int64)
+    pages = pids = 0
+    for i in range(kind.shape[0]):
+        counts[kind[i]] += 1
+        pids += pid[i]
+        pages += ((np.int64(address[i]) + max(np.int64(length[i]), 1) - 1) >> PAGE_SHIFT) \
+            - (np.int64(address[i]) >> PAGE_SHIFT) + 1
+    return counts, pages, pids
+
+
+def stats(values: list[float]) -> dict:
+    median = statistics.median(values)
+    spread = (max(values) - min(values)) / median if median else 0.0
+    return {"median": median, "min": min(values), "max": max(values), "spread": round(spread, 4),
+            "values": values, "wide_spread": spread > WIDE_SPREAD}
+
+
+def timed(fn, runs: int) -> tuple[dict, object]:
+    """One warm-up (kept apart, returned separately), then ``runs`` timed calls."""
+    t = time.perf_counter()
+    out = fn()
+    warmup = time.perf_counter() - t
+    values = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        values.append(time.perf_counter() - t)
+    return {"warmup_s": warmup, **stats(values)}, out
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "")
+    versions = {}
+    for name in ["cowahead", "numpy", "numba", "pyarrow", "libcachesim"]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": sys.version.split()[0], "versions": versions, "commit": commit,
+            "loadavg_start": os.getloadavg()}
+
+
+def trace_file(pattern: str, pages: int, cache: Path) -> Path:
+    path = cache / f"{pattern.replace(':', '_')}-{pages}.parquet"
+    if not path.exists():
+        print(f"generating {path} …", flush=True)
+        write_trace(generate(pattern, pages=pages, seed=0), path)
+    return path
+
+
+def bench_engine(path: Path, runs: int) -> dict:
+    trace = TraceFile(path).read()  # in memory: the loop's speed, not the disk's
+    events = len(trace)
+    space_t, space = timed(lambda: page_space(trace), runs)
+    decode_t, decoded = timed(lambda: [decode(c, space) for c in iter_chunks(trace)], runs)
+    columns = [(c["kind"], c["pid"], c["address"], c["length"]) for c in iter_chunks(trace)]
+    read_t, _ = timed(lambda: [read_only_loop(*c) for c in columns], runs)
+    read_rate = events / read_t["median"]
+    out = {"events": events, "pages": len(space.pages), "page_space": space_t, "decode": decode_t,
+           "read_only_loop": {**read_t, "events_per_s": read_rate}, "policies": {}}
+    for policy in POLICIES:
+        parsed = parse_policy(policy)
+        oracle_future = future(trace, space) if isinstance(parsed, OraclePolicy) else None
+
+        def replay():
+            st = new_state(space, parsed, oracle_future)
+            first = 0
+            for d in decoded:
+                st = replay_chunk(st, d, first)
+                first += len(d.kind)
+            finish(st)
+            return st
+
+        loop_t, _ = timed(replay, runs)
+        end_t, _ = timed(lambda: replay_engine(path, [policy]), max(1, runs // 2 + 1))
+        rate = events / loop_t["median"]
+        out["policies"][policy] = {"replay_loop": {**loop_t, "events_per_s": rate},
+                                   "ratio_to_read_only": rate / read_rate,
+                                   "end_to_end_from_file": {**end_t, "events_per_s": events / end_t["median"]}}
+        print(f"  {policy:10s} {rate / 1e6:7.1f} M events/s loop (spread {loop_t['spread']:.0%}), "
+              f"{events / end_t['median'] / 1e6:6.1f} M/s end to end, {rate / read_rate:.3f} of read-only",
+              flush=True)
+    print(f"  read-only loop {read_rate / 1e6:.0f} M events/s", flush=True)
+    return out
+
+
+def bench_libcachesim(path: Path, runs: int) -> dict:
+    """LRU over the trace's page stream (one request per page of each read and write)."""
+    import libcachesim as lcs
+    trace = TraceFile(path).read()
+    c = trace.columns
+    rw = (c["kind"] == 3) | (c["kind"] == 4)
+    first = (c["address"][rw] >> PAGE_SHIFT).astype(np.int64)
+    last = ((c["address"][rw] + np.maximum(c["length"][rw], 1) - 1) >> PAGE_SHIFT).astype(np.int64)
+    if np.any(last != first):
+        raise SystemExit("the libCacheSim comparison expects one page per event")
+    rec = np.zeros(len(first), np.dtype([("t", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]))
+    rec["t"] = np.arange(len(first))
+    rec["id"] = first
+    rec["size"] = 4096
+    rec["next"] = -1
+    unique = len(np.unique(first))
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = Path(tmp) / "pages.oracleGeneral"
+        rec.tofile(stream)
+
+        def run():
+            reader = lcs.TraceReader(str(stream), lcs.TraceType.ORACLE_GENERAL_TRACE)
+            return lcs.LRU(cache_size=unique // 2 * 4096).process_trace(reader)
+
+        run_t, miss = timed(run, runs)
+    rate = len(first) / run_t["median"]
+    print(f"  libCacheSim LRU {rate / 1e6:.1f} M requests/s (miss ratio {miss[0]:.3f})", flush=True)
+    return {"requests": int(len(first)), "cache_pages": unique // 2, "miss_ratio": miss[0],
+            **run_t, "requests_per_s": rate,
+            "note": "libCacheSim's Python API has no prefetcher (no OBL): LRU on the same page stream, "
+                    "C trace reader (oracleGeneral), reader creation included"}
+
+
+def cowahead(*args: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([str(ROOT / ".venv/bin/cowahead"), *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def bench_sweep(path: Path, runs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        values = [cowahead("sweep", str(path), "-o", f"{tmp}/sweep.json", "-j", "2") for _ in range(runs)]
+        policies = len(json.loads(Path(f"{tmp}/sweep.json").read_text())["sweep"]["policies"])
+    print(f"  sweep of {policies} policies: {statistics.median(values):.1f} s", flush=True)
+    return {"policies": policies, "jobs": 2, **stats(values)}
+
+
+def bench_simulate(runs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        small = f"{tmp}/bgsave.parquet"
+        cowahead("generate", "bgsave", "-o", small)
+        warmup = cowahead("simulate", small)
+        values = [cowahead("simulate", small) for _ in range(runs)]
+    print(f"  simulate (bgsave, 4096 pages, six policies) warm: {statistics.median(values):.2f} s", flush=True)
+    return {"trace": "bgsave, 4096 pages (22,534 events)", "warmup_s": warmup, **stats(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=5_000_000)
+    parser.add_argument("--patterns", default="random,sequential")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sweep-runs", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cowahead-bench")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    doc = {"format": "cowahead-benchmark", "version": 1, "benchmark": "engine",
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
+           "machine": machine(), "runs": args.runs, "targets": TARGETS, "patterns": {}}
+    doc["simulate_warm"] = bench_simulate(args.runs)
+    for pattern in args.patterns.split(","):
+        path = trace_file(pattern, args.pages, args.cache)
+        print(f"{pattern}: {path}", flush=True)
+        doc["patterns"][pattern] = {"engine": bench_engine(path, args.runs),
+                                    "libcachesim_lru": bench_libcachesim(path, args.runs)}
+    first = args.patterns.split(",")[0]
+    doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
+    doc["machine"]["loadavg_end"] = os.getloadavg()
+    out = ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
