@@ -82,3 +82,30 @@ def test_chromium_shows_the_plots_and_the_numbers_of_results_json(results, tmp_p
             assert f"{summary['faults_change_pct']:+.1f}%" in dom
         for row in workload["rows"]:
             assert f"{row['faults']:,}" in dom and f"{row['predicted_us']:,.1f}" in dom
+
+
+def test_evaluate_writes_results_and_a_report_that_agree(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "sequential", "random", "--quick", "--pages", "256", "-o", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    results = load_results(out / "results.json")
+    assert [w["name"] for w in results["workloads"]] == ["sequential", "random"]
+    for workload in results["workloads"]:
+        policies = [r["policy"] for r in workload["rows"]]
+        assert policies[0] == "none" and "oracle:64" in policies and "adaptive" in policies
+        assert workload["heatmap"]["counts"] and (out / workload["trace"]).exists()
+        assert set(workload["real"]["change_pct"]) == {s["policy"] for s in best_per_family(workload["rows"])}
+    sequential = results["workloads"][0]["rows"]
+    none, fixed = sequential[0], next(r for r in sequential if r["policy"] == "fixed:64")
+    assert none["cow_copies"] == 256 and fixed["cow_copies"] == 4  # 256 pages, one fault per 64
+    assert "sequential: COW-ahead helps" in stdout
+    page = (out / "index.html").read_text()
+    assert "sequential-tradeoff.png" in page and "random-heatmap.png" in page
+
+
+def test_evaluate_rejects_an_unknown_workload_before_doing_anything(tmp_path, capsys):
+    assert main(["evaluate", "sequential", "nonsense", "-o", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "'nonsense' is no generator" in err and err.count("\n") == 1
+    assert not (tmp_path / "e" / "results.json").exists()

@@ -11,9 +11,9 @@ import sys
 import click
 
 from ..errors import CowaheadError
-from . import calibrate, generate, kernel, record, report, scenario, simulate, sweep, validate
+from . import calibrate, evaluate, generate, kernel, record, report, scenario, simulate, sweep, validate
 
-COMMANDS = [generate.command, simulate.command, sweep.command, record.command, validate.command, calibrate.command,
+COMMANDS = [evaluate.command, generate.command, simulate.command, sweep.command, record.command, validate.command, calibrate.command,
             report.command, scenario.command, kernel.command]
 
 

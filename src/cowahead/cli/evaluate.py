@@ -1,0 +1,46 @@
+"""``cowahead evaluate [WORKLOAD|TRACE ...] [--quick] -o DIR``: the main job."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..model.costs import CostModel
+from ..report.summary import best_per_family
+from ..report.html import verdict
+from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
+
+
+@click.command("evaluate", help="Run the built-in workloads (or the given generators, scenarios, traces) under "
+                                "every policy and window; write DIR/results.json and DIR/index.html. "
+                                f"Default workloads: {', '.join(DEFAULT_WORKLOADS)}.")
+@click.argument("workloads", nargs=-1, metavar="[WORKLOAD|TRACE ...]")
+@click.option("--quick", is_flag=True, help="Smaller workloads, fewer windows and real runs (about 2 minutes).")
+@click.option("--no-real", is_flag=True, help="Skip timing the best windows for real.")
+@click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
+@click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int | None, costs: str | None,
+            output: Path) -> None:
+    cost_model = CostModel.load(costs) if costs else CostModel()
+    settings = Settings.default(quick, real=not no_real)
+    if pages:
+        settings = dataclasses.replace(settings, pages=pages)
+    names = list(workloads) or DEFAULT_WORKLOADS
+    check_workloads(names)  # before the progress display takes the terminal
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        def step(description: str, total: int):
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+        results = evaluate(names, settings, output, cost_model, step)
+    for workload in results["workloads"]:
+        click.echo(f"{workload['name']}: {verdict(best_per_family(workload['rows']))}")
+    click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")

@@ -1,0 +1,144 @@
+"""The main job: the built-in workload suite, replayed under every policy, and its report.
+
+``evaluate`` resolves each workload (a generator pattern, a scenario, or a
+trace file) to a trace under ``DIR/traces``, sweeps every policy and window
+over all of them with the engine on both cores, adds each workload's fault
+heatmap, times the best window of each policy for real where the workload
+can run for real (the generators, through user-space COW-ahead), records
+what each scenario's program says of itself, and writes ``DIR/results.json``
+and ``DIR/index.html``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import CowaheadError
+from .model.costs import CostModel
+from .report.heatmap import heatmap
+from .report.html import write_report
+from .report.results_file import save_results
+from .report.summary import best_per_family
+from .scenarios import SCENARIOS, scenario
+from .sweep import expand_policies, run_sweep
+from .trace import TraceFile, read_trace, write_trace
+from .trace.generators import PATTERNS, generate
+
+GENERATORS = ["sequential", "strided:4", "random", "zipf:1.2", "hotcold", "forkexec", "prefork", "bgsave"]
+DEFAULT_WORKLOADS = GENERATORS + list(SCENARIOS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    pages: int          # pages each generator maps
+    policies: list[str]
+    real_repeats: int   # real runs per policy, medians; 0 = no real timing
+    seed: int = 0
+
+    @classmethod
+    def default(cls, quick: bool, real: bool = True) -> "Settings":
+        if quick:
+            grid = ["none", "fixed:4..64", "around:4..64", "adaptive", "ccow", "oracle:4..64"]
+            return cls(True, 2048, expand_policies(grid), 3 if real else 0)
+        grid = ["none", "fixed:2..512", "around:2..512", "adaptive:4..512", "ccow:512,0.5", "ccow",
+                "ccow:512,0.9", "oracle:2..512"]
+        return cls(False, 16384, expand_policies(grid), 5 if real else 0)
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str            # "generator", "scenario" or "trace"
+    trace_path: Path
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+    scenario: dict | None = None
+
+
+def resolve(name: str) -> str:
+    """Which kind of workload a command-line word names; a clear error otherwise."""
+    if name.partition(":")[0] in PATTERNS:
+        return "generator"
+    if name in SCENARIOS:
+        return "scenario"
+    if Path(name).exists():
+        return "trace"
+    raise CowaheadError(f"'{name}' is no generator ({', '.join(PATTERNS)}), no scenario ({', '.join(SCENARIOS)}) "
+                        "and no trace file")
+
+
+def check_workloads(names: list[str]) -> None:
+    """Every name checked before the first long step."""
+    for name in names:
+        resolve(name)
+
+
+def prepare(name: str, settings: Settings, traces_dir: Path, progress=None) -> Workload:
+    """Make (or open) the workload's trace under ``traces_dir``."""
+    kind = resolve(name)
+    path = traces_dir / f"{_slug(name)}.parquet"
+    if kind == "generator":
+        trace = generate(name, settings.pages, settings.seed)
+        write_trace(trace, path)
+        return Workload(name, kind, path, f"Generated pattern {name}, {settings.pages:,} pages, seed {settings.seed}.")
+    if kind == "scenario":
+        module = scenario(name)
+        result = module.run(path, progress)
+        notes = [f"{c.what}: trace {c.trace:,.0f} vs program {c.program:,.0f} {c.unit} "
+                 f"({c.difference:+.1%}, {'agrees' if c.agrees else 'DISAGREES'} within ±5%)"
+                 + (f"; {c.note}" if c.note else "") for c in result.comparisons]
+        return Workload(name, kind, path, f"Scenario: {module.SUMMARY}", notes, result.as_dict())
+    TraceFile(name)  # validates before anything long starts
+    return Workload(Path(name).stem, kind, Path(name), f"Trace file {name}.")
+
+
+def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostModel,
+             step: Callable[[str, int], Callable[[int], None]]) -> dict:
+    """Run the whole job; ``step(description, total)`` returns an ``advance(n)`` for a progress bar."""
+    traces_dir = out_dir / "traces"
+    traces_dir.mkdir(parents=True, exist_ok=True)
+    check_workloads(names)
+    advance = step("workloads", len(names))
+    workloads = []
+    for name in names:
+        workloads.append(prepare(name, settings, traces_dir))
+        advance(1)
+    paths = [str(w.trace_path) for w in workloads]
+    advance = step("replay (engine, both cores)", len(paths) * len(settings.policies))
+    results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance)
+    advance = step("fault heatmaps", len(workloads))
+    for workload, entry in zip(workloads, results["workloads"]):
+        entry.update(name=workload.name, kind=workload.kind, description=workload.description,
+                     notes=workload.notes, trace=os.path.relpath(workload.trace_path, out_dir))
+        if workload.scenario:
+            entry["scenario"] = workload.scenario
+        entry["heatmap"] = heatmap(read_trace(workload.trace_path))
+        advance(1)
+    if settings.real_repeats:
+        _time_for_real(workloads, results, settings, step)
+    results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
+                           "policies": settings.policies, "real_repeats": settings.real_repeats}
+    save_results(results, out_dir / "results.json")
+    write_report(results, out_dir)
+    return results
+
+
+def _time_for_real(workloads: list[Workload], results: dict, settings: Settings, step) -> None:
+    """Real time change of each family's best window, for workloads that can run for real."""
+    from .real.timing import time_policies
+    runnable = [(w, e) for w, e in zip(workloads, results["workloads"]) if w.kind == "generator"]
+    chosen = {w.name: ["none"] + [s["policy"] for s in best_per_family(e["rows"])] for w, e in runnable}
+    # each policy but none runs beside a none cut into the same calls: 2n - 1 plans per workload
+    runs = sum(2 * len(p) - 1 for p in chosen.values()) * settings.real_repeats
+    advance = step("real runs (user-space COW-ahead)", runs)
+    for workload, entry in runnable:
+        entry["real"] = time_policies(read_trace(workload.trace_path), chosen[workload.name],
+                                      settings.real_repeats, advance)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
