@@ -747,9 +747,22 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume)
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
     c = st.counters
+    flags = st.pte_flags
     for i in range(resume, n):
         k = kind[i]
         p = pid[i]
+        if (k == WRITE or k == READ) and dhi[i] - dlo[i] == 1:
+            # Most events touch one present page they may touch: no fault, no pool to check.
+            s, d = st.slot_of[p], dlo[i]
+            if s >= 0:
+                fl = flags[s, d]
+                if k == READ and fl & PRESENT:
+                    c[C_EVENTS] += 1
+                    continue
+                if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
+                    flags[s, d] = fl | DIRTY
+                    c[C_EVENTS] += 1
+                    continue
         if not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
             return i
         c[C_EVENTS] += 1
