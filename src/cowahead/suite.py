@@ -72,9 +72,13 @@ def resolve(name: str) -> str:
 
 
 def check_workloads(names: list[str]) -> None:
-    """Every name checked before the first long step."""
+    """Every name checked before the first long step; no two may share a trace file."""
     for name in names:
         resolve(name)
+    slugs = [_slug(name) for name in names]
+    if len(set(slugs)) < len(slugs):
+        twice = sorted({n for n, s in zip(names, slugs) if slugs.count(s) > 1})
+        raise CowaheadError(f"workloads {', '.join(twice)} would share one trace file; name each once")
 
 
 def prepare(name: str, settings: Settings, traces_dir: Path, progress=None) -> Workload:
