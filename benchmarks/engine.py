@@ -1,6 +1,6 @@
 """Benchmark of the replay engine (a script, not a test).
 
-    .venv/bin/python benchmarks/engine.py [--pages 5000000] [--patterns random,sequential] [--runs 5]
+    .venv/bin/python benchmarks/engine.py [--pages 5000000] [--patterns random,sequential,hotcold] [--runs 5]
 
 For each pattern it generates (once, cached) a trace of 2 × pages + 4 events
 and measures, as medians of ``--runs`` runs after one warm-up kept apart:
@@ -205,7 +205,7 @@ def bench_simulate(runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=5_000_000)
-    parser.add_argument("--patterns", default="random,sequential")
+    parser.add_argument("--patterns", default="random,sequential,hotcold")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sweep-runs", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cowahead-bench")

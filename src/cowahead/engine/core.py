@@ -70,7 +70,6 @@ N_SCALARS = 16
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
-MAX_AHEAD_PER_FAULT = PTRS_PER_PTE + 1  # the faulting page and at most a page table more
 
 # Compiled without numba's reference counting: every function here takes the whole
 # State tuple, and counting references to its arrays on each call cost ~1 µs per call.
@@ -712,8 +711,9 @@ def headroom(st, kind, pid, npages, start, stop):
     if s >= 0:
         nvmas = st.slots[s, S_NVMAS]
     if kind == READ or kind == WRITE:
-        frames = min(MAX_AHEAD_PER_FAULT * npages,
-                     st.pte_frame.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
+        # per page: a page-cache frame, the copy, and at most a window of ahead copies
+        per_page = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
+        frames = min(per_page * npages, st.pte_frame.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
         pstates = npages + 1
         cov = st.region_start.shape[0] + npages + 1
     elif kind == FORK:
