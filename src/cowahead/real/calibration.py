@@ -241,6 +241,21 @@ def cost_model(results: dict[str, Measurement], machine: str, date: str) -> Cost
                 "512-page calls (user space)"))
 
 
+def populate_write_fit(results: dict[str, Measurement]) -> dict:
+    """Least squares of µs per page = per_page + per_call / window over the windows measured.
+
+    CostModel charges ahead copies per page only; from user space every
+    madvise call adds a fixed cost on top, which small windows pay often.
+    """
+    windows = np.array(WINDOWS, dtype=float)
+    us = np.array([results[f"populate_write_{w}"].median_us for w in WINDOWS])
+    (per_page, per_call), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(windows), 1 / windows]), us,
+                                               rcond=None)
+    worst = float(np.max(np.abs(per_page + per_call / windows - us) / us))
+    return {"per_page_us": round(float(per_page), 4), "per_call_us": round(float(per_call), 4),
+            "worst_relative_error": round(worst, 4)}
+
+
 def document(results: dict[str, Measurement], pages: int, repeats: int) -> dict:
     """The calibration file: versioned, with machine metadata; ``costs`` holds CostModel's fields."""
     meta = linux.machine_metadata()
@@ -256,6 +271,7 @@ def document(results: dict[str, Measurement], pages: int, repeats: int) -> dict:
         "costs": {f.name: getattr(costs, f.name) for f in fields(CostModel)},
         "populate_write_us_per_page": {str(w): round(results[f"populate_write_{w}"].median_us, 4)
                                        for w in WINDOWS},
+        "populate_write_fit": populate_write_fit(results),
         "memcpy_us_per_page": round(results["memcpy"].median_us, 4),
         "measurements": {name: r.as_dict() for name, r in results.items()},
         "warnings": warnings(results),
