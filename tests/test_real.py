@@ -238,3 +238,28 @@ def process_tree_trace(seed: int):
 def test_random_process_trees_match_the_model_page_for_page(seed, policy):
     result = compare(run_plan(build_plan(process_tree_trace(seed), policy), measure=True), SUPPORT.zero_pfn)
     assert result.ok, result.mismatches + result.unexplained + result.integrity
+
+
+# ----- calibration ------------------------------------------------------------------------------
+
+
+@needs_kernel
+def test_calibrate_writes_a_versioned_file_that_simulate_can_use(tmp_path):
+    import json
+    from dataclasses import fields
+
+    from cowahead.model.costs import CostModel
+    output = tmp_path / "cal.json"
+    assert main(["calibrate", "-o", str(output), "--pages", "256", "--repeats", "5"]) == 0
+    doc = json.loads(output.read_text())
+    assert (doc["format"], doc["version"]) == ("cowahead-calibration", 1)
+    assert set(doc["costs"]) == {f.name for f in fields(CostModel)}
+    assert {"kernel", "cpu", "thp_enabled", "mthp_enabled", "cowahead", "repeats"} <= set(doc["metadata"])
+    assert list(doc["populate_write_us_per_page"]) == [str(1 << k) for k in range(10)]
+    for name, m in doc["measurements"].items():
+        assert len(m["values_us"]) == 5 and m["median_us"] > 0, name
+    costs = CostModel.load(output)
+    assert costs.cow_fault_us == doc["costs"]["cow_fault_us"] > costs.reuse_us
+    trace_path = tmp_path / "t.parquet"
+    assert main(["generate", "sequential", "-n", "64", "-o", str(trace_path)]) == 0
+    assert main(["simulate", str(trace_path), "--costs", str(output)]) == 0

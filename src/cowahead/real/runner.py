@@ -98,7 +98,10 @@ def run_plan(plan: Plan, measure: bool, timeout_s: float = 300.0) -> RunResult:
         start = time.perf_counter_ns()
         root = os.fork()
         if root == 0:
-            _Process(plan, pipes, done_w, Path(tmp), measure, timeout_s).run_root()  # never returns
+            try:
+                _Process(plan, pipes, done_w, Path(tmp), measure, timeout_s).run_root()
+            finally:
+                os._exit(1)  # the root never returns into the caller's stack, even if set-up failed
         try:
             index, _ = _wait_token(done_r, timeout_s)
             wall = time.perf_counter_ns() - start
