@@ -15,6 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from ..trace import EventKind
 from ._common import COW, Comparison, ScenarioResult, add_to_trace, fault_mask, run_command
 
 NAME = "forkexec"
@@ -58,6 +61,10 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
     result.comparisons.append(Comparison(
         "faults of the shell and its commands", faults, program, "faults",
         "trace: page_fault_user + page_fault_kernel samples; program: ru_minflt + ru_majflt from wait4"))
-    result.details.update({"trace_cow_0x7_faults": cow, "processes": len(others)})
+    execs = int(((trace.columns["kind"] == EventKind.EXEC) & np.isin(trace.columns["pid"], list(others))).sum())
+    # exec copies argv/envp into the new stack through get_user_pages: a fault rusage
+    # counts and no exception tracepoint sees, one per exec.
+    result.details.update({"trace_cow_0x7_faults": cow, "processes": len(others), "execs": execs,
+                           "rusage_minus_trace": program - faults})
     add_to_trace(output, recording, result)
     return result
