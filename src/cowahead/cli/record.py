@@ -51,7 +51,13 @@ def summary(output: str, rec: Recording) -> str:
 @click.option("--keep-perf-data", type=click.Path(dir_okay=False), help="Also keep perf's raw perf.data here.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def command(output: str, pid: int | None, keep_perf_data: str | None, command: tuple[str, ...]) -> None:
-    """Record the page faults of CMD (and all its descendants), or of process PID, into TRACE."""
+    """Record the page faults of CMD (and all its descendants), or of process PID, into TRACE.
+
+    Ctrl-C stops the recording and still writes the trace of what ran (exit
+    130; 0 with --pid, where Ctrl-C is the normal end). A failing command
+    keeps its trace too, and cowahead exits with the command's code.
+    Needs perf (Debian linux-perf) and root or kernel.perf_event_paranoid=-1.
+    """
     if pid is None and not command:
         raise CowaheadError("nothing to record: give --pid PID or a command after --")
     if pid is not None and command:
