@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..errors import CowaheadError
 from ..trace import Trace, write_trace
-from ..trace.events import PAGE_SHIFT, PAGE_SIZE, EventKind, VmaKind
+from ..trace.events import PAGE_SHIFT, EventKind, VmaKind
 from . import _perf, _procfs
 from ._convert import Conversion, _Layout, convert
 

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..trace.events import COLUMNS, PAGE_SIZE, EventKind, VmaKind
+from ..trace.events import PAGE_SIZE, EventKind
 from ._procfs import vma_kind
 
 # Few groups and no backtracking: RE2 extracts these fastest. Time has 9 decimals (--ns).
@@ -532,8 +532,4 @@ def _count_outside(procs: _Processes, pid: np.ndarray, line: np.ndarray, address
     return outside
 
 
-def empty_columns() -> dict[str, np.ndarray]:
-    return {k: np.empty(0, d) for k, d in COLUMNS.items()}
-
-
-__all__ = ["Conversion", "Vmas", "convert", "hex_to_uint64", "parse_faults", "parse_other", "VmaKind"]
+__all__ = ["Conversion", "Vmas", "convert", "hex_to_uint64", "parse_faults", "parse_other"]
