@@ -14,8 +14,8 @@ the recorded time is the program's own life, exec to exit, from the trace's
 CLOCK_MONOTONIC timestamps; perf's start-up before the exec and teardown
 after the exit (closing its tracepoints takes ~30 ms each, an RCU grace
 period) are reported apart as `perf_s`, and `startup` measures them alone.
-Converting (perf script, then the converter) comes after and is reported
-apart too.
+Converting (perf script piped into the converter) comes after and is
+reported apart too.
 
     .venv/bin/python benchmarks/record_overhead.py [--repeats 5] [--only NAME ...]
 
@@ -75,14 +75,14 @@ def run_program(command: list[str], output: Path | None) -> dict:
     recorder.start(command)
     rec = recorder.finish()
     return {"workload": rec.seconds.get("command", rec.seconds["record"]), "perf": rec.seconds["record"],
-            "script": rec.seconds["script"], "convert": rec.seconds["convert"], "events": len(rec.trace)}
+            "convert": rec.seconds["convert"], "events": len(rec.trace)}
 
 
 def run_scenario(name: str, output: Path | None) -> dict:
     result = SCENARIOS[name].run(output)
     row = {"workload": result.seconds["workload"]}
     if result.recording is not None:
-        row.update({"perf": result.recording.seconds["record"], "script": result.recording.seconds["script"], "convert": result.recording.seconds["convert"],
+        row.update({"perf": result.recording.seconds["record"], "convert": result.recording.seconds["convert"],
                     "events": len(result.recording.trace),
                     "agreement": [c.as_dict() for c in result.comparisons]})
     return row
@@ -132,7 +132,7 @@ def main() -> int:
     for w, by_mode in samples.items():
         plain = [r["workload"] for r in by_mode["plain"]]
         recorded = [r["workload"] for r in by_mode["recorded"]]
-        converted = [r["workload"] + r["script"] + r["convert"] for r in by_mode["recorded"]]
+        converted = [r["workload"] + r["convert"] for r in by_mode["recorded"]]
         perf_total = [r.get("perf", r["workload"]) for r in by_mode["recorded"]]
         p, r, c = statistics.median(plain), statistics.median(recorded), statistics.median(converted)
         timed = (perf_total,) if w == "startup" else (plain, recorded)

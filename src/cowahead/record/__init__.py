@@ -24,7 +24,7 @@ from ..trace.events import PAGE_SHIFT, EventKind, VmaKind
 from . import _perf, _procfs
 from ._convert import Conversion, _Layout, convert
 
-# progress(stage, done, total): stage is "record", "script" or "convert"; done/total may be None.
+# progress(stage, done, total): stage is "record" or "convert"; done/total may be None.
 Progress = Callable[[str, int | None, int | None], None]
 
 
@@ -152,16 +152,18 @@ class Recorder:
                 raise CowaheadError(f"perf wrote no data (exit {run.returncode}): {_first_line(run.stderr)}")
             if self.keep_perf_data:
                 shutil.copyfile(self.perf_data, self.keep_perf_data)
-            if progress:
-                progress("script", None, None)
             t = time.monotonic()
-            text = Path(self._workdir.name) / "perf.txt"
-            _perf.script(self.perf_data, text)
-            seconds["script"] = time.monotonic() - t
-            t = time.monotonic()
-            conv = convert(text, self.initial, stack_reserve(),
-                           (lambda done, total: progress("convert", done, total)) if progress else None)
-            seconds["convert"] = time.monotonic() - t
+            with tempfile.TemporaryFile() as errors:
+                script = _perf.start_script(self.perf_data, errors)
+                try:
+                    conv = convert(script.stdout, self.initial, stack_reserve(),
+                                   (lambda done, total: progress("convert", done, total)) if progress else None)
+                except BaseException:
+                    script.kill()
+                    script.wait()
+                    raise
+                _perf.finish_script(script, errors, self.perf_data)
+            seconds["convert"] = time.monotonic() - t  # perf script and the converter, side by side
             command_seconds = _command_life(conv.columns)
             if command_seconds is not None:
                 seconds["command"] = command_seconds

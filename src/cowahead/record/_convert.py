@@ -33,7 +33,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -152,15 +152,19 @@ class _Layout:
 
 # ----- reading the text ----------------------------------------------------------------------
 
-def read_lines(path: Path, progress: Callable[[int, int], None] | None = None):
-    """Yield (first line number, pyarrow string array) batches of the perf text."""
-    total = path.stat().st_size
+def read_lines(source: Path | BinaryIO, progress: Callable[[int, int | None], None] | None = None):
+    """Yield (first line number, pyarrow string array) batches of the perf text.
+
+    ``source`` is a file or a stream (perf script's stdout, converted while
+    perf still prints); a stream has no known total for the progress bar.
+    """
+    total = source.stat().st_size if isinstance(source, Path) else None
     read_options = pacsv.ReadOptions(column_names=["line"], block_size=16 << 20)
     # No delimiter or quote character occurs in perf's lines: each line is one value.
     parse_options = pacsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False,
                                        newlines_in_values=False, ignore_empty_lines=True)
     convert_options = pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
-    reader = pacsv.open_csv(path, read_options, parse_options, convert_options)
+    reader = pacsv.open_csv(source, read_options, parse_options, convert_options)
     first, done = 0, 0
     for batch in reader:
         lines = batch.column(0)
@@ -168,7 +172,7 @@ def read_lines(path: Path, progress: Callable[[int, int], None] | None = None):
         first += len(lines)
         done += int(pc.sum(pc.binary_length(lines)).as_py() or 0) + len(lines)
         if progress:
-            progress(min(done, total), total)
+            progress(min(done, total) if total else done, total)
 
 
 def hex_to_uint64(strings: pa.Array) -> np.ndarray:
@@ -386,7 +390,7 @@ def _page_up(n: int) -> int:
 
 # ----- putting it together ----------------------------------------------------------------------
 
-def _parsed_batches(path: Path, progress):
+def _parsed_batches(source: Path | BinaryIO, progress):
     """(first line, lines, parse_faults(lines)) in file order, batches parsed on every core.
 
     pyarrow's compute kernels release the GIL, so threads parse batches side by
@@ -395,7 +399,7 @@ def _parsed_batches(path: Path, progress):
     workers = max(os.cpu_count() or 1, 1)
     with ThreadPoolExecutor(workers) as pool:
         window: deque = deque()
-        for first, lines in read_lines(path, progress):
+        for first, lines in read_lines(source, progress):
             window.append((first, lines, pool.submit(parse_faults, lines)))
             if len(window) > workers:
                 first_done, lines_done, future = window.popleft()
@@ -405,9 +409,9 @@ def _parsed_batches(path: Path, progress):
             yield first_done, lines_done, future.result()
 
 
-def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int = 8 << 20,
-            progress: Callable[[int, int], None] | None = None) -> Conversion:
-    """Convert ``perf script`` output at ``path``; ``initial`` events come first (--pid snapshot)."""
+def convert(source: Path | BinaryIO, initial: list[_Layout] | None = None, stack_reserve: int = 8 << 20,
+            progress: Callable[[int, int | None], None] | None = None) -> Conversion:
+    """Convert ``perf script`` output (a file or a stream); ``initial`` events come first (--pid snapshot)."""
     procs = _Processes(stack_reserve)
     for event in initial or []:
         procs.events.append(event)
@@ -415,7 +419,7 @@ def convert(path: Path, initial: list[_Layout] | None = None, stack_reserve: int
             procs.vmas_of(event.pid).insert(event.address, event.address + event.length, event.arg)
     fault_parts: list[dict[str, np.ndarray]] = []
     unparsed, examples, lost, symbolic = 0, [], 0, 0
-    for first, lines, (mask, faults, rest) in _parsed_batches(path, progress):
+    for first, lines, (mask, faults, rest) in _parsed_batches(source, progress):
         faults["line"] = np.flatnonzero(mask) + first
         fault_parts.append(faults)
         for offset, text in zip(np.flatnonzero(rest), pc.filter(lines, pa.array(rest)).to_pylist()):

@@ -145,12 +145,22 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def script(perf_data: Path, out: Path) -> None:
-    """Print every sample with fixed fields, and perf's side-band records, to ``out``."""
+def start_script(perf_data: Path, errors) -> subprocess.Popen:
+    """``perf script`` printing every sample with fixed fields, and perf's side-band records, to a pipe.
+
+    The converter reads the pipe while perf still prints, so the two overlap.
+    perf's warnings go to ``errors`` (a file: a second pipe could fill and block).
+    """
     args = [perf_binary(), "script", "-i", str(perf_data), "--ns", "-F", SCRIPT_FIELDS,
             "--show-mmap-events", "--show-task-events", "--show-lost-events"]
-    with open(out, "wb") as sink:
-        done = subprocess.run(args, stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace")
-    if done.returncode != 0:
-        first = next((line for line in done.stderr.splitlines() if "not valid for" not in line and line.strip()), "")
-        raise CowaheadError(f"perf script failed on {perf_data}: {first.strip() or f'exit {done.returncode}'}")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors)
+
+
+def finish_script(process: subprocess.Popen, errors, perf_data: Path) -> None:
+    """Wait for perf script; its failure becomes one line."""
+    process.stdout.close()
+    if process.wait() != 0:
+        errors.seek(0)
+        text = errors.read().decode(errors="replace")
+        first = next((line for line in text.splitlines() if "not valid for" not in line and line.strip()), "")
+        raise CowaheadError(f"perf script failed on {perf_data}: {first.strip() or f'exit {process.returncode}'}")
