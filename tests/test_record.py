@@ -291,3 +291,32 @@ def test_unknown_command_is_one_line(tmp_path, capsys):
     assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "/nonexistent/command"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "cowahead: error: /nonexistent/command: command not found"
+
+
+def test_converter_memory_syscalls(tmp_path):
+    text = textwrap.dedent("""\
+         100/100   1.000000000: PERF_RECORD_COMM exec: prog:100/100
+         100/100   1.000000001: PERF_RECORD_MMAP2 100/100: [0x10000(0x4000) @ 0 00:00 0 0]: rw-p //anon
+         100/100   1.000000002:    syscalls:sys_enter_mremap: addr: 0x00010000, old_len: 0x00004000, new_len: 0x00002000, flags: 0x00000000, new_addr: 0x00000000
+         100/100   1.000000003:     syscalls:sys_exit_mremap: 0x10000
+         100/100   1.000000004:    syscalls:sys_enter_mremap: addr: 0x00010000, old_len: 0x00002000, new_len: 0x00008000, flags: 0x00000001, new_addr: 0x00000000
+         100/100   1.000000005:     syscalls:sys_exit_mremap: 0x40000
+         100/100   1.000000006:   syscalls:sys_enter_madvise: start: 0x00040000, len_in: 0x00001000, behavior: 0x00000004
+         100/100   1.000000007:   syscalls:sys_enter_madvise: start: 0x00041000, len_in: 0x00001000, behavior: 0x00000008
+         100/100   1.000000008: PERF_RECORD_MMAP2 100/100: [0x80000(0x3000) @ 0x80000 00:00 0 0]: rw-p [heap]
+         100/100   1.000000009:        syscalls:sys_exit_brk: 0x81000
+         100/100   1.000000010:   exceptions:page_fault_user: address=0x82000 ip=0x1 error_code=0x6
+         100/100   1.000000011: PERF_RECORD_LOST lost 7
+        """)
+    path = tmp_path / "perf.txt"
+    path.write_text(text)
+    conv = _convert.convert(path)
+    c = conv.columns
+    events = [(EventKind(k).name, hex(int(a)), int(n)) for k, a, n in zip(c["kind"], c["address"], c["length"])]
+    assert events == [("EXEC", "0x0", 0), ("MMAP", "0x10000", 0x4000),
+                      ("MUNMAP", "0x12000", 0x2000),                      # shrink in place
+                      ("MUNMAP", "0x10000", 0x2000), ("MMAP", "0x40000", 0x8000),  # moved
+                      ("DONTNEED", "0x40000", 0x1000),                    # MADV_FREE left alone
+                      ("MMAP", "0x80000", 0x3000), ("MUNMAP", "0x81000", 0x2000),  # brk shrank the heap
+                      ("WRITE", "0x82000", 1)]
+    assert conv.outside_vma == 1 and conv.lost_samples == 7 and conv.unparsed_lines == 0
