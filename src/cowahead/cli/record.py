@@ -13,16 +13,20 @@ import sys
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import CowaheadError
 from ..record import Recorder, Recording
 
-STAGES = {"record": "recording", "script": "perf script", "convert": "converting"}
+STAGES = {"record": "recording", "convert": "converting"}
 
 
 class _Bar:
-    """A rich progress bar fed by the recorder's progress(stage, done, total) callback."""
+    """A rich progress bar fed by the recorder's progress(stage, done, total) callback.
+
+    Recording has no known end (a spinner and the time); converting counts the
+    bytes of perf's text read so far.
+    """
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
@@ -31,10 +35,15 @@ class _Bar:
     def __call__(self, stage: str, done: int | None, total: int | None) -> None:
         for other, task in self.tasks.items():
             if other != stage:
-                self.progress.update(task, completed=self.progress.tasks[task].total or 1, total=self.progress.tasks[task].total or 1)
+                self.progress.update(task, total=1, completed=1)
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(STAGES.get(stage, stage), total=total)
-        self.progress.update(self.tasks[stage], completed=done or 0, total=total)
+            self.tasks[stage] = self.progress.add_task(STAGES.get(stage, stage), total=total, amount="")
+        amount = f"{done / 1e6:,.1f} MB of perf text" if done else ""
+        self.progress.update(self.tasks[stage], completed=done or 0, total=total, amount=amount)
+
+
+COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
+           TimeElapsedColumn())
 
 
 def summary(output: str, rec: Recording) -> str:
@@ -65,8 +74,7 @@ def command(output: str, pid: int | None, keep_perf_data: str | None, command: t
     recorder = Recorder(output, keep_perf_data)
     recorder.start(list(command) or None, pid)
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*COLUMNS, console=console, transient=True) as progress:
         bar = _Bar(progress)
         bar("record", None, None)
         rec = recorder.finish(bar)

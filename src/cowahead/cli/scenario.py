@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from ..scenarios import SCENARIOS, TOLERANCE, scenario
-from .record import _Bar, summary
+from .record import COLUMNS, _Bar, summary
 
 
 @click.group("scenario")
@@ -37,8 +37,7 @@ def run(name: str, output: str) -> None:
     """Run scenario NAME, recording it into TRACE; print the trace against the program's counters."""
     module = scenario(name)
     console = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*COLUMNS, console=console, transient=True) as progress:
         result = module.run(Path(output), _Bar(progress))
     click.echo(summary(output, result.recording))
     table = Table(title=f"{name}: trace against the program's own counters (agree within {TOLERANCE:.0%})")
