@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..errors import CowaheadError
 from ..real.plan import COMPARED_KINDS
 from ..real.truth import Comparison
 from ..real.validate import check_support, settings, validate
@@ -43,7 +44,12 @@ def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int
         def done(result: Comparison) -> None:
             progress.update(task, advance=1, description=f"{result.pattern} {result.policy}", refresh=True)
 
-        results = validate(config, done)
+        skipped: list[str] = []
+        results = validate(config, done, skipped)
+    for line in skipped:
+        err.print(f"cowahead: warning: skipped {line}", highlight=False)
+    if not results:
+        raise CowaheadError("no pattern could be run for real; nothing was validated")
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # a log or a pipe: keep the table's columns whole
@@ -58,7 +64,8 @@ def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int
         if len(lines) > SHOWN_MISMATCHES:
             out.print(f"  … {len(lines) - SHOWN_MISMATCHES} more")
     out.print(f"{len(results) - len(failed)} of {len(results)} runs match the model page for page"
-              + (f"; {len(failed)} do not" if failed else ""))
+              + (f"; {len(failed)} do not" if failed else "")
+              + (f"; {len(skipped)} patterns skipped" if skipped else ""))
     if failed:
         raise click.exceptions.Exit(1)
 
