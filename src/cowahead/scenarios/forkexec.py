@@ -1,4 +1,4 @@
-"""``forkexec``: a POSIX shell loop that forks and execs short commands.
+"""``shell-forkexec``: a POSIX shell loop that forks and execs short commands.
 
 Debian's /bin/sh (dash) runs a loop of /bin/true, /bin/echo and ls; each
 command is a fork (COW on the shell's pages until exec) then an exec that
@@ -20,7 +20,7 @@ import numpy as np
 from ..trace import EventKind
 from ._common import COW, Comparison, ScenarioResult, add_to_trace, fault_mask, run_command
 
-NAME = "forkexec"
+NAME = "shell-forkexec"  # the generator `forkexec` is the synthetic twin
 SUMMARY = "dash loop forking and exec'ing /bin/true, /bin/echo and ls; checked against wait4() rusage"
 ITERATIONS = 100
 

@@ -58,10 +58,17 @@ def write_trace(trace: Trace, path: str | Path) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a trace is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class TraceFile:
