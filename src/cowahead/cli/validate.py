@@ -10,6 +10,9 @@ tell (not root: PFNs read as zero).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,7 +21,7 @@ from rich.table import Table
 from ..errors import CowaheadError
 from ..real.plan import COMPARED_KINDS
 from ..real.truth import Comparison
-from ..real.validate import check_support, settings, validate
+from ..real.validate import check_support, document, settings, validate
 
 SHOWN_MISMATCHES = 20
 
@@ -28,7 +31,8 @@ SHOWN_MISMATCHES = 20
 @click.option("--pages", "-n", type=click.IntRange(1, 1 << 20), help="Pages each pattern maps (default 1024).")
 @click.option("--policy", "-p", "policies", multiple=True, help="A policy; repeat for more. Default: six.")
 @click.option("--seed", "-s", type=int, default=0, show_default=True)
-def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int) -> None:
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int, output: str | None) -> None:
     err = Console(stderr=True)
     config = settings(quick, pages, list(policies), seed)
     kept, warnings = check_support(config.policies)
@@ -50,6 +54,8 @@ def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int
         err.print(f"cowahead: warning: skipped {line}", highlight=False)
     if not results:
         raise CowaheadError("no pattern could be run for real; nothing was validated")
+    if output:
+        Path(output).write_text(json.dumps(document(config, results, skipped), indent=2) + "\n")
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # a log or a pipe: keep the table's columns whole

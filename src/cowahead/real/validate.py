@@ -72,3 +72,19 @@ def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | N
             if on_done:
                 on_done(result)
     return results
+
+
+def document(config: ValidateSettings, results: list[Comparison], skipped: list[str]) -> dict:
+    """A validation run as a versioned JSON document with the machine's metadata."""
+    import datetime as dt
+    from importlib.metadata import version
+    return {
+        "format": "cowahead-validate", "version": 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metadata": {**linux.machine_metadata(), "cowahead": version("cowahead"), "pages": config.pages,
+                     "seed": config.seed, "policies": config.policies},
+        "runs": [{"pattern": r.pattern, "policy": r.policy, "ok": r.ok, "model": dict(r.model), "kernel": dict(r.real),
+                  "minflt": r.minflt, "faults": r.faults, "noise": r.noise, "mismatches": r.mismatches,
+                  "unexplained": r.unexplained, "integrity": r.integrity} for r in results],
+        "skipped": skipped,
+    }
