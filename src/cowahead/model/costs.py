@@ -17,20 +17,23 @@ from .counters import Counters
 
 @dataclass(frozen=True)
 class CostModel:
-    cow_fault_us: float = 2.19     # one write per page after fork, trap + copy
-    zero_fill_us: float = 1.18     # first write to a fresh private anonymous page
-    zero_page_us: float = 0.48     # first read of a fresh private anonymous page
-    map_us: float = 1.80           # first touch of a shared anonymous page (shmem allocation + map)
-    reuse_us: float = 0.62         # write fault on an exclusive page after the child exited
-    ahead_copy_us: float = 1.75    # per page broken in a batch (MADV_POPULATE_WRITE, 256+ pages)
-    ahead_reuse_us: float = 0.10   # assumed: a PTE update under the lock already held, no trap
-    source: str = ("defaults: numpy one write per page, medians of 7, on a 2-vCPU Intel Xeon VM, Linux 6.18 "
-                   "(2026-11-26); ahead_copy_us from DESIGN.md (2-vCPU AMD EPYC VM); ahead_reuse_us assumed")
+    cow_fault_us: float = 2.515    # one write per page after fork: trap + copy
+    zero_fill_us: float = 1.415    # first write to a fresh private anonymous page
+    zero_page_us: float = 0.508    # first read of a fresh private anonymous page
+    map_us: float = 1.767          # first touch of a shared anonymous page (shmem allocation + map)
+    reuse_us: float = 0.717        # write fault on an exclusive page after the child exited
+    ahead_copy_us: float = 2.050   # per page broken ahead (MADV_POPULATE_WRITE fit: per-page part)
+    ahead_call_us: float = 2.843   # per batch broken ahead (MADV_POPULATE_WRITE fit: per-call part)
+    ahead_reuse_us: float = 0.214  # per exclusive page made writable ahead (MADV_POPULATE_WRITE, 512 pages)
+    source: str = ("defaults: `cowahead calibrate -n 4096 -r 9` on a 2-vCPU Intel Xeon VM, Linux 6.18, "
+                   "2026-11-26 (benchmarks/results/calibration-2026-11-26.json): medians of 9, CPU time; "
+                   "ahead_* from user-space MADV_POPULATE_WRITE, fit per page + per call")
 
     def predict_us(self, c: Counters) -> float:
         return (c.cow_copy * self.cow_fault_us + c.zero_fill * self.zero_fill_us
                 + c.zero_page * self.zero_page_us + c.map * self.map_us + c.reuse * self.reuse_us
-                + c.ahead_copies * self.ahead_copy_us + c.ahead_reuses * self.ahead_reuse_us)
+                + c.ahead_copies * self.ahead_copy_us + c.ahead_batches * self.ahead_call_us
+                + c.ahead_reuses * self.ahead_reuse_us)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -231,21 +231,22 @@ def warnings(results: dict[str, Measurement]) -> list[str]:
 
 def cost_model(results: dict[str, Measurement], machine: str, date: str) -> CostModel:
     m = {name: r.median_us for name, r in results.items()}
+    fit = populate_write_fit(results)
     return CostModel(
         cow_fault_us=round(m["cow_fault"], 3), zero_fill_us=round(m["zero_fill"], 3),
         zero_page_us=round(m["zero_page"], 3), map_us=round(m["shared_first_touch"], 3),
-        reuse_us=round(m["reuse_fault"], 3), ahead_copy_us=round(m["populate_write_512"], 3),
-        ahead_reuse_us=round(m["populate_write_reuse_512"], 3),
+        reuse_us=round(m["reuse_fault"], 3), ahead_copy_us=round(fit["per_page_us"], 3),
+        ahead_call_us=round(fit["per_call_us"], 3), ahead_reuse_us=round(m["populate_write_reuse_512"], 3),
         source=(f"cowahead calibrate on {machine}, {date}: medians of {len(results['cow_fault'].values_us)}, "
-                "CPU time (user+system) per page, numpy one write per page; ahead_* = MADV_POPULATE_WRITE in "
-                "512-page calls (user space)"))
+                "CPU time (user+system) per page, numpy one write per page; ahead_copy/call = MADV_POPULATE_WRITE "
+                "fit per page + per call over windows 1..512, ahead_reuse in 512-page calls (user space)"))
 
 
 def populate_write_fit(results: dict[str, Measurement]) -> dict:
     """Least squares of µs per page = per_page + per_call / window over the windows measured.
 
-    CostModel charges ahead copies per page only; from user space every
-    madvise call adds a fixed cost on top, which small windows pay often.
+    From user space every madvise call adds a fixed cost on top of the
+    per-page work, which small windows pay often: CostModel charges both.
     """
     windows = np.array(WINDOWS, dtype=float)
     us = np.array([results[f"populate_write_{w}"].median_us for w in WINDOWS])
