@@ -42,8 +42,7 @@ from rich.table import Table
 
 from cowahead.model.costs import CostModel
 from cowahead.real import linux
-from cowahead.real.plan import build_plan
-from cowahead.real.runner import run_plan
+from cowahead.real.timing import plans_side_by_side, run_rounds, spread
 from cowahead.trace.generators import PATTERNS, generate
 
 POLICIES = ["none", "fixed:4", "fixed:16", "fixed:64", "around:16", "adaptive", "ccow", "oracle:16"]
@@ -52,27 +51,13 @@ RESULTS = Path(__file__).parent / "results"
 
 def build_plans(pages: int, seed: int) -> dict[tuple[str, str], object]:
     """Per generator: each policy's plan, and for each a `none` plan cut into the same numpy calls."""
-    plans = {}
-    for g in PATTERNS:
-        trace = generate(g, pages, seed)
-        for p in POLICIES:
-            plans[(g, p)] = build_plan(trace, p)
-            if p != "none":
-                plans[(g, f"none|{p}")] = build_plan(trace, "none", plans[(g, p)].cuts)
-    return plans
+    return {(g, key): plan for g in PATTERNS
+            for key, plan in plans_side_by_side(generate(g, pages, seed), POLICIES).items()}
 
 
 def run_all(plans: dict, repeats: int, progress, task) -> dict[tuple[str, str], dict]:
-    times = {key: {"cpu_us": [], "work_us": [], "wall_us": []} for key in plans}
-    for _ in range(repeats):
-        for key, plan in plans.items():
-            result = run_plan(plan, measure=False)
-            if result.integrity:
-                raise SystemExit(f"{key}: memory integrity broken: {result.integrity[:3]}")
-            times[key]["cpu_us"].append(result.work_cpu_ns / 1000)
-            times[key]["work_us"].append(result.work_ns / 1000)
-            times[key]["wall_us"].append(result.wall_ns / 1000)
-            progress.update(task, advance=1, description=f"{key[0]} {key[1]}", refresh=True)
+    """Every plan once per round, all generators in one round, so drift hits all alike."""
+    times = run_rounds(plans, repeats, lambda n: progress.update(task, advance=n, refresh=True))
     return {key: {"plan": plans[key], **times[key]} for key in plans}
 
 
@@ -101,16 +86,11 @@ def rows(runs: dict, costs: CostModel) -> list[dict]:
             "predicted_ratio": round(costs.predict_us(c) / costs.predict_us(base["plan"].counters), 4),
             "cow_faults": c.cow_copy, "ahead_copies": c.ahead_copies, "ahead_reuses": c.ahead_reuses,
             "ahead_hits": c.ahead_hits, "ahead_waste": c.ahead_waste, "extra_pages_peak": c.extra_pages_peak,
-            "cpu_spread": round(_iqr(run["cpu_us"]) / cpu, 4),
-            "same_calls_cpu_spread": round(_iqr(same_calls["cpu_us"]) / statistics.median(same_calls["cpu_us"]), 4),
-            "work_wall_spread": round(_iqr(run["work_us"]) / work, 4),
+            "cpu_spread": round(spread(run["cpu_us"]), 4),
+            "same_calls_cpu_spread": round(spread(same_calls["cpu_us"]), 4),
+            "work_wall_spread": round(spread(run["work_us"]), 4),
         })
     return out
-
-
-def _iqr(values: list[float]) -> float:
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q3 - q1
 
 
 def verdicts(table: list[dict]) -> dict[str, list[str]]:

@@ -33,18 +33,23 @@ def plans_side_by_side(trace: Trace, policies: list[str]) -> dict[str, Plan]:
     return plans
 
 
-def run_rounds(plans: dict[str, Plan], repeats: int, advance: Callable[[int], None] = lambda n: None
-               ) -> dict[str, list[float]]:
-    """CPU µs of every plan, ``repeats`` rounds; a broken memory content stops everything."""
-    cpu_us: dict[str, list[float]] = {key: [] for key in plans}
+def run_rounds(plans: dict, repeats: int, advance: Callable[[int], None] = lambda n: None
+               ) -> dict[object, dict[str, list[float]]]:
+    """Per plan: CPU, work-wall and whole-run wall µs over ``repeats`` rounds of every plan once.
+
+    A broken memory content stops everything.
+    """
+    times = {key: {"cpu_us": [], "work_us": [], "wall_us": []} for key in plans}
     for _ in range(repeats):
         for key, plan in plans.items():
             result = run_plan(plan, measure=False)
             if result.integrity:
                 raise CowaheadError(f"{plan.pattern} under {plan.policy}: memory integrity broken: {result.integrity[0]}")
-            cpu_us[key].append(result.work_cpu_ns / 1000)
+            times[key]["cpu_us"].append(result.work_cpu_ns / 1000)
+            times[key]["work_us"].append(result.work_ns / 1000)
+            times[key]["wall_us"].append(result.wall_ns / 1000)
             advance(1)
-    return cpu_us
+    return times
 
 
 def spread(values: list[float]) -> float:
@@ -58,7 +63,7 @@ def spread(values: list[float]) -> float:
 def time_policies(trace: Trace, policies: list[str], repeats: int,
                   advance: Callable[[int], None] = lambda n: None) -> dict:
     """Per policy: real CPU time change against none (%), medians and spreads."""
-    cpu_us = run_rounds(plans_side_by_side(trace, policies), repeats, advance)
+    cpu_us = {key: t["cpu_us"] for key, t in run_rounds(plans_side_by_side(trace, policies), repeats, advance).items()}
     out = {"method": METHOD, "repeats": repeats, "change_pct": {}, "cpu_us": {}, "spread": {}}
     for p in policies:
         out["cpu_us"][p] = round(statistics.median(cpu_us[p]), 1)
