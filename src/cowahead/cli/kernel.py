@@ -40,7 +40,7 @@ def build_command(build_dir: Path, patch: Path, jobs: int | None) -> None:
 @click.option("--policy", type=click.Choice(POLICIES), default=None, help="vm.cow_ahead_policy to set first.")
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds for the whole boot.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
 def run_command(kernel: Path | None, build_dir: Path, cow_ahead: int | None, policy: str | None, icount: bool,
                 memory: str, timeout: float, cmd: tuple[str, ...]) -> None:

@@ -58,7 +58,8 @@ int main(int argc, char **argv)
 	unsigned long pages, count, i;
 	long *stream;
 	char *base;
-	int report_pipe[2];
+	int report_pipe[2], go_pipe[2];
+	char go = 0;
 	struct child_report report;
 	long long warm[NCOUNTERS];
 	pid_t child;
@@ -74,7 +75,7 @@ int main(int argc, char **argv)
 	for (i = 0; i < pages; i++)
 		((volatile long *)(base + i * PAGE))[0] = i + 1;
 	read_counters(warm);	/* fault in vmstat_text before fork, in the parent */
-	if (pipe(report_pipe))
+	if (pipe(report_pipe) || pipe(go_pipe))
 		die("pipe");
 	child = fork();
 	if (child < 0)
@@ -82,7 +83,13 @@ int main(int argc, char **argv)
 	if (child == 0) {
 		long value = 1L << 40;
 
-		/* The child's own COW faults (stack, vmstat_text) happen before the first snapshot. */
+		/*
+		 * Wait until the parent has taken its own COW faults (its stack) and
+		 * can only block; the child's own (stack, vmstat_text) happen before
+		 * the first snapshot.
+		 */
+		if (read(go_pipe[0], &go, 1) != 1)
+			_exit(3);
 		memset(&report, 0, sizeof(report));
 		read_counters(report.before);
 		read_counters(report.before);
@@ -103,6 +110,9 @@ int main(int argc, char **argv)
 			_exit(3);
 		_exit(0);
 	}
+	memset(&report, 0, sizeof(report));	/* the parent's COW faults, before the child measures */
+	if (write(go_pipe[1], &go, 1) != 1)
+		die("write go");
 	if (read(report_pipe[0], &report, sizeof(report)) != sizeof(report))
 		die("read report");
 	if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status))
