@@ -60,6 +60,9 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
     doc["summary"] = {
         "validation_runs": len(doc["validation"]),
         "validation_matches": sum(1 for r in doc["validation"] if r.get("match")),
+        "validation_raw_runs": sum(len(r.get("kernel_runs", [])) for r in doc["validation"]),
+        "validation_raw_runs_matching": sum(run == r["model"] for r in doc["validation"]
+                                            for run in r.get("kernel_runs", [])),
         "security_runs": len(doc["security"]), "security_safe": sum(1 for r in doc["security"] if r["safe"]),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
