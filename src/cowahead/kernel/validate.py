@@ -30,10 +30,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..model.kernel import Kernel
 from ..policies import parse_policy
 from ..trace.events import PAGE_SHIFT, EventKind
-from ..trace.generators import BASE, PARENT, generate
+from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
 from .guestprogs import INGUEST, compile_programs
 from .vm import GuestResult, run_in_guest
@@ -41,7 +43,7 @@ from .vmstat import COW_COUNTERS
 
 WINDOWS = (0, 4, 16, 64)
 POLICIES = ("fixed", "around", "adaptive")
-PATTERNS = ("sequential", "random")
+PATTERNS = ("sequential", "random", "pingpong", "random2")
 DEFAULT_PAGES = 2048  # four page tables of 512 PTEs: windows meet table ends
 MODEL_FIELDS = {"cow_fault_copy": "cow_copy", "cow_ahead_copy": "ahead_copies",
                 "cow_ahead_reuse": "ahead_reuses", "cow_ahead_unused": "ahead_waste"}
@@ -58,6 +60,39 @@ def child_stream(trace: Trace) -> list[int]:
     """The pages (from the region's start) the forked child writes, in order."""
     return [(e.address - BASE) >> PAGE_SHIFT for e in trace.events()
             if e.kind == EventKind.WRITE and e.pid == PARENT + 1]
+
+
+def two_sided(pattern: str, pages: int, seed: int) -> tuple[Trace, list[int], list[int]]:
+    """Patterns where the parent writes too, after the child, while the child still maps the region.
+
+    The parent then meets pages the child already copied away (exclusive but write-protected):
+    reuse faults, and COW-ahead reuses in windows after a copy. ``pingpong``: the child writes
+    pages 1, 9, 17, …, the parent 0, 8, 16, …; ``random2``: each writes a random quarter.
+    """
+    rng = np.random.default_rng(seed)
+    if pattern == "pingpong":
+        child, parent = list(range(1, pages, 8)), list(range(0, pages, 8))
+    else:
+        child = [int(p) for p in rng.integers(0, pages, pages // 4)]
+        parent = [int(p) for p in rng.integers(0, pages, pages // 4)]
+    b = TraceBuilder()
+    b.mmap(PARENT, pages)
+    b.writes(PARENT, range(pages))
+    b.fork(PARENT, PARENT + 1)
+    b.writes(PARENT + 1, child)
+    b.writes(PARENT, parent)
+    b.exit(PARENT + 1)
+    b.exit(PARENT)
+    return b.trace({"source": f"kernel-validate:{pattern}", "pattern": pattern, "pages": pages, "seed": seed}), \
+        child, parent
+
+
+def workload_streams(pattern: str, pages: int, seed: int) -> tuple[Trace, list[int], list[int] | None]:
+    """The trace the model replays and the page streams the guest child (and parent) write."""
+    if pattern in ("pingpong", "random2"):
+        return two_sided(pattern, pages, seed)
+    trace = generate(pattern, pages=pages, seed=seed)
+    return trace, child_stream(trace), None
 
 
 def model_counters(trace: Trace, policy: str) -> dict[str, int]:
@@ -82,17 +117,21 @@ def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies
               pages: int = DEFAULT_PAGES, seed: int = 0, leak: bool = True, repeats: int = REPEATS) -> Plan:
     runs, traces = [], {}
     for pattern in patterns:
-        trace = traces[pattern] = generate(pattern, pages=pages, seed=seed)
-        stream = work / f"stream-{pattern}.txt"
-        stream.write_text("\n".join(map(str, child_stream(trace))) + "\n")
+        trace, child, parent = workload_streams(pattern, pages, seed)
+        traces[pattern] = trace
+        argv = [str(programs["cow_workload"]), str(pages)]
+        for who, stream in (("child", child), ("parent", parent)):
+            if stream is not None:
+                path = work / f"stream-{pattern}-{who}.txt"
+                path.write_text("\n".join(map(str, stream)) + "\n")
+                argv.append(str(path))
         for policy in policies:
             for window in windows:
                 if window == 0 and policy != policies[0]:
                     continue  # off is off, whatever the policy
                 for repeat in range(repeats):
                     runs.append({"kind": "workload", "pattern": pattern, "policy": policy, "window": window,
-                                 "repeat": repeat, "pages": pages,
-                                 "argv": [str(programs["cow_workload"]), str(pages), str(stream)]})
+                                 "repeat": repeat, "pages": pages, "argv": argv})
     if leak:
         for policy in policies:
             for window in windows:

@@ -1,26 +1,43 @@
 /*
- * cow_workload PAGES STREAM: after fork, the child writes the pages listed
- * in the file STREAM (page indices, whitespace separated) of a PAGES-page
- * region the parent populated; prints one JSON object with the /proc/vmstat
- * deltas over the child's writes ("during"), over the child's munmap of the
- * region ("unmap", where COW-ahead copies never written are counted), and
- * the child's monotonic nanoseconds for the writes (instructions, under
- * QEMU -icount shift=0) and for the same writes repeated without faults.
+ * cow_workload PAGES STREAM [PARENT_STREAM]: after fork, the child writes
+ * the pages listed in the file STREAM (page indices, whitespace separated)
+ * of a PAGES-page region the parent populated; then, if PARENT_STREAM is
+ * given, the parent writes its pages while the child still maps the region
+ * (so the parent finds pages the child already copied away: exclusive,
+ * write-protected, reused in place). Prints one JSON object with the
+ * /proc/vmstat deltas over the writes ("during"), over the munmap of the
+ * region by the child and then the parent ("unmap", where COW-ahead copies
+ * never written are counted), the child's monotonic nanoseconds for its
+ * writes (instructions, under QEMU -icount shift=0) and for the same writes
+ * repeated without faults.
  *
- * The same events as the model's generator: mmap, parent writes every page
- * (zero-fill), fork, child writes the stream, child exits. The child
- * unmaps the region itself before exiting, so that the unused count is the
- * region's alone, not also that of COW-ahead copies of its stack.
+ * The same events as the model's trace: mmap, parent writes every page
+ * (zero-fill), fork, child writes STREAM, parent writes PARENT_STREAM,
+ * both exit. Each process unmaps the region itself before exiting, so that
+ * the unused count is the region's alone, not also that of COW-ahead copies
+ * of a stack.
  */
 #include "common.h"
 #include <sys/wait.h>
 #include <time.h>
 
 struct child_report {
-	long long before[NCOUNTERS], after[NCOUNTERS], unmapped[NCOUNTERS];
+	long long before[NCOUNTERS], after[NCOUNTERS];
 	long long ns;
 	long long rewrite_ns;	/* the same writes again, now without faults: the user-space share */
 };
+
+struct child_unmap_report {
+	long long before[NCOUNTERS], after[NCOUNTERS];
+};
+
+static void add_delta(long long *sum, const long long *before, const long long *after)
+{
+	unsigned i;
+
+	for (i = 0; i < NCOUNTERS; i++)
+		sum[i] = before[i] < 0 ? -1 : sum[i] + after[i] - before[i];
+}
 
 static long long now_ns(void)
 {
@@ -55,22 +72,26 @@ static long *read_stream(const char *path, unsigned long pages, unsigned long *c
 
 int main(int argc, char **argv)
 {
-	unsigned long pages, count, i;
-	long *stream;
+	unsigned long pages, count, parent_count = 0, i;
+	long *stream, *parent_stream = NULL;
 	char *base;
 	int report_pipe[2], go_pipe[2];
 	char go = 0;
 	struct child_report report;
-	long long warm[NCOUNTERS];
+	struct child_unmap_report unmap_report;
+	long long warm[NCOUNTERS], p0[NCOUNTERS], p1[NCOUNTERS], q0[NCOUNTERS], q1[NCOUNTERS];
+	long long during[NCOUNTERS] = { 0 }, unmapped[NCOUNTERS] = { 0 }, zero[NCOUNTERS] = { 0 };
 	pid_t child;
 	int status;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: cow_workload PAGES STREAM\n");
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: cow_workload PAGES STREAM [PARENT_STREAM]\n");
 		return 2;
 	}
 	pages = strtoul(argv[1], NULL, 0);
 	stream = read_stream(argv[2], pages, &count);
+	if (argc == 4)
+		parent_stream = read_stream(argv[3], pages, &parent_count);
 	base = isolated_region(pages);
 	for (i = 0; i < pages; i++)
 		((volatile long *)(base + i * PAGE))[0] = i + 1;
@@ -91,6 +112,7 @@ int main(int argc, char **argv)
 		if (read(go_pipe[0], &go, 1) != 1)
 			_exit(3);
 		memset(&report, 0, sizeof(report));
+		memset(&unmap_report, 0, sizeof(unmap_report));
 		read_counters(report.before);
 		read_counters(report.before);
 		report.ns = now_ns();
@@ -103,25 +125,55 @@ int main(int argc, char **argv)
 		for (i = 0; i < count; i++)
 			((volatile long *)(base + stream[i] * PAGE))[0] = value++;
 		report.rewrite_ns = now_ns() - report.rewrite_ns;
+		if (write(report_pipe[1], &report, sizeof(report)) != sizeof(report))
+			_exit(3);
+		if (read(go_pipe[0], &go, 1) != 1)	/* the parent has written its stream */
+			_exit(3);
+		read_counters(unmap_report.before);
 		if (munmap(base, pages * PAGE))
 			_exit(3);
-		read_counters(report.unmapped);
-		if (write(report_pipe[1], &report, sizeof(report)) != sizeof(report))
+		read_counters(unmap_report.after);
+		if (write(report_pipe[1], &unmap_report, sizeof(unmap_report)) != sizeof(unmap_report))
 			_exit(3);
 		_exit(0);
 	}
-	memset(&report, 0, sizeof(report));	/* the parent's COW faults, before the child measures */
+	/* The parent's COW faults (stack, vmstat_text), before the child measures. */
+	memset(&report, 0, sizeof(report));
+	memset(&unmap_report, 0, sizeof(unmap_report));
+	read_counters(p0);
 	if (write(go_pipe[1], &go, 1) != 1)
 		die("write go");
 	if (read(report_pipe[0], &report, sizeof(report)) != sizeof(report))
 		die("read report");
+	add_delta(during, report.before, report.after);
+	if (parent_stream) {
+		long value = 1L << 41;
+
+		read_counters(p0);
+		for (i = 0; i < parent_count; i++)
+			((volatile long *)(base + parent_stream[i] * PAGE))[0] = value++;
+		read_counters(p1);
+		add_delta(during, p0, p1);
+	}
+	if (write(go_pipe[1], &go, 1) != 1)
+		die("write go");
+	if (read(report_pipe[0], &unmap_report, sizeof(unmap_report)) != sizeof(unmap_report))
+		die("read unmap report");
 	if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status))
 		die("child");
-	printf("{\"pages\": %lu, \"writes\": %lu, \"child_ns\": %lld, \"rewrite_ns\": %lld, ",
-	       pages, count, report.ns, report.rewrite_ns);
-	print_delta("during", report.before, report.after);
+	add_delta(unmapped, unmap_report.before, unmap_report.after);
+	if (parent_stream) {
+		read_counters(q0);
+		if (munmap(base, pages * PAGE))
+			die("munmap");
+		read_counters(q1);
+		add_delta(unmapped, q0, q1);
+	}
+	printf("{\"pages\": %lu, \"writes\": %lu, \"parent_writes\": %lu, \"child_ns\": %lld, \"rewrite_ns\": %lld, ",
+	       pages, count, parent_count, report.ns, report.rewrite_ns);
+	print_delta("during", zero, during);
 	printf(", ");
-	print_delta("unmap", report.after, report.unmapped);
+	print_delta("unmap", zero, unmapped);
 	printf("}\n");
 	return 0;
 }
