@@ -4,7 +4,7 @@ Steps, each skipped when already done, so a second build is incremental:
 extract /usr/src/linux-source-6.1.tar.xz; apply kernel/cow-ahead.patch (or
 swap in a newer version of it: the applied copy is kept beside the tree);
 configure with virtme-ng's minimal config (``vng --kconfig``) plus
-CONFIG_FRAGMENT; ``nice -n 19 make -j bzImage`` with the log kept in the
+CONFIG_CHANGES; ``nice -n 19 make -j bzImage`` with the log kept in the
 build directory. Kernel sources and outputs never go into the repository.
 """
 
@@ -26,16 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PATCH = REPO_ROOT / "kernel" / "cow-ahead.patch"
 DEFAULT_BUILD_DIR = Path(os.environ.get("COWAHEAD_KBUILD", Path.home() / ".cache" / "cowahead" / "kernel"))
 
-# On top of `vng --kconfig`: no debug info (the link is much faster and nothing here needs it);
-# perf events for measurement are already in virtme-ng's config.
-CONFIG_FRAGMENT = """\
-# CONFIG_DEBUG_INFO is not set
-CONFIG_DEBUG_INFO_NONE=y
-# CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT is not set
-CONFIG_PERF_EVENTS=y
-CONFIG_PROC_SYSCTL=y
-CONFIG_VM_EVENT_COUNTERS=y
-"""
+# On top of `vng --kconfig`, through scripts/config then `make olddefconfig` (vng's own defaults
+# win over a --config fragment for these): no debug info, since the link is much faster and
+# nothing here needs it; perf events, sysctls and vm event counters, which the check relies on.
+CONFIG_CHANGES = ["--disable", "DEBUG_INFO", "--enable", "DEBUG_INFO_NONE",
+                  "--disable", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "--disable", "DEBUG_INFO_DWARF4",
+                  "--disable", "DEBUG_INFO_DWARF5", "--enable", "PERF_EVENTS", "--enable", "PROC_SYSCTL",
+                  "--enable", "VM_EVENT_COUNTERS"]
+CONFIGURED_MARK = "cowahead.configured"
 
 WARNING = re.compile(r"\bwarning:")
 
@@ -85,12 +83,18 @@ def patch_applies(tree: Path, patch: Path = PATCH) -> tuple[bool, str]:
 
 
 def configure(tree: Path) -> None:
-    if (tree / ".config").exists():
+    """virtme-ng's minimal config plus CONFIG_CHANGES; done once per tree (a mark file says so)."""
+    mark = tree.parent / CONFIGURED_MARK
+    if mark.exists() and (tree / ".config").exists():
         return
-    fragment = tree.parent / "cowahead.config"
-    fragment.write_text(CONFIG_FRAGMENT)
     env = _tool_env()
-    _run(["vng", "--kconfig", "--config", str(fragment)], "configuring with vng --kconfig", cwd=tree, env=env)
+    _run(["vng", "--kconfig"], "configuring with vng --kconfig", cwd=tree, env=env)
+    _run(["./scripts/config", *CONFIG_CHANGES], "adjusting the config", cwd=tree)
+    _run(["make", "olddefconfig"], "make olddefconfig", cwd=tree, env=env)
+    config = (tree / ".config").read_text()
+    if "CONFIG_DEBUG_INFO_NONE=y" not in config or "CONFIG_VM_EVENT_COUNTERS=y" not in config:
+        raise CowaheadError(f"{tree}/.config did not take the cowahead settings")
+    mark.write_text("vng --kconfig; scripts/config " + " ".join(CONFIG_CHANGES) + "; make olddefconfig\n")
 
 
 def build(build_dir: Path = DEFAULT_BUILD_DIR, patch: Path = PATCH, jobs: int | None = None) -> BuildResult:

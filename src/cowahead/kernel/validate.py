@@ -218,7 +218,7 @@ def validate(kernel: Path, work: Path | None = None, **plan_args) -> dict:
                       "stderr_tail": result.stderr[-2000:]}}
 
 
-def measure(kernel: Path, work: Path | None = None, pages: int = DEFAULT_PAGES, windows=(0, 16)) -> dict:
+def measure(kernel: Path, work: Path | None = None, pages: int = DEFAULT_PAGES, windows=WINDOWS) -> dict:
     """Sequential writes under -icount shift=0, fixed policy: instructions per COW-broken page."""
     work = Path(work or tempfile.mkdtemp(prefix="cowahead-measure-"))
     programs = compile_programs(work / "bin")
