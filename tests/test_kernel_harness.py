@@ -124,3 +124,11 @@ def test_patched_kernel_has_the_controls_and_counters():
     lines = result.stdout.split()
     assert lines[:2] == ["16", "around"]
     assert {"cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse", "cow_ahead_unused"} <= set(lines)
+
+
+def test_kernel_run_verb_rejects_bad_input_in_one_line(capsys):
+    from cowahead.cli.main import main
+    assert main(["kernel", "run", "--kernel", "/nonexistent/bzImage", "--", "true"]) == 2
+    assert main(["kernel", "run", "--kernel", "/dev/null", "--cow-ahead", "999", "--", "true"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 2 and all(line.startswith("cowahead: error: ") for line in errors)
