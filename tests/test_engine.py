@@ -117,3 +117,24 @@ def test_oracle_does_not_copy_ahead_a_page_dropped_before_its_next_write(drop):
     assert replay_engine(trace, ["oracle:4"])[0].ahead_copies == 0
     assert replay_engine(Stream().mmap(1, 0, 8).write(1, *range(8)).fork(1, 2).write(2, 0, 1).trace(),
                          ["oracle:4"])[0].ahead_copies == 1
+
+
+def test_memory_follows_live_state_not_trace_length():
+    """Children forked and exited one after another reuse the same slots, frames and ccow segments."""
+    from cowahead.engine import core, replay_chunk
+    from cowahead.engine.prepass import decode, iter_chunks
+    from cowahead.engine.state import new_state
+    from cowahead.policies import parse_policy
+
+    def pools_after(rounds):
+        s = Stream().mmap(1, 0, 1024, VmaKind.SHARED_ANON).write(1, 0).mmap(1, 2048, 2048).write(1, *range(2048, 4096))
+        for child in range(2, 2 + rounds):
+            s.fork(1, child).write(child, 2048 + child % 2048).exit(child)
+        trace = s.trace()
+        space = page_space(trace)
+        st = new_state(space, parse_policy("ccow:64,0.01"), None)
+        for chunk in iter_chunks(trace):
+            st = replay_chunk(st, decode(chunk, space), 0)
+        return len(st.slots), len(st.frames), st.sc[core.SC_COV_BUMP], st.sc[core.SC_BK_BUMP]
+
+    assert pools_after(200) == pools_after(20)

@@ -211,9 +211,12 @@ def pstate_of(st, v):
 def pstate_put(st, q):
     if q < 0:
         return
-    st.pstates[q, P_REF] -= 1
-    if st.pstates[q, P_REF] == 0:
+    ps = st.pstates
+    ps[q, P_REF] -= 1
+    if ps[q, P_REF] == 0:
         _push(st.pstate_free, st.sc, SC_PSTATES_FREE, q)
+        if ps[q, P_SEG] + ps[q, P_RLEN] == st.sc[SC_COV_BUMP]:
+            st.sc[SC_COV_BUMP] = ps[q, P_SEG]  # the newest segment: reclaimed, as a stack
 
 
 # ----- backing objects ---------------------------------------------------------------
@@ -250,6 +253,8 @@ def drop_user(st, b):
             st.backing_frames[i] = -1
             st.sc[SC_BK_LIVE_FRAMES] -= 1
     _push(st.backing_free, st.sc, SC_BACKINGS_FREE, b)
+    if seg + bk[b, B_DHI] - dlo == st.sc[SC_BK_BUMP]:
+        st.sc[SC_BK_BUMP] = seg  # the newest segment: reclaimed, as a stack
 
 
 @jit
