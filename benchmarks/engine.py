@@ -1,9 +1,10 @@
 """Benchmark of the replay engine (a script, not a test).
 
-    .venv/bin/python benchmarks/engine.py [--pages 5000000] [--patterns random,sequential,hotcold] [--runs 5]
+    .venv/bin/python benchmarks/engine.py [--pages 5000000] [--patterns random,sequential,hotcold,rewrite] [--runs 5]
 
-For each pattern it generates (once, cached) a trace of 2 × pages + 4 events
-and measures, as medians of ``--runs`` runs after one warm-up kept apart:
+For each pattern it generates (once, cached) a trace of about 2 × pages
+events — the generators' patterns, whose events are nearly all faults, and
+``rewrite``, whose events nearly all need none — and measures, as medians of ``--runs`` runs after one warm-up kept apart:
 
 * per policy, events/s of the engine's replay loop over decoded chunks, and
   end to end (Parquet read, page-space pass, decode, oracle future, replay);
@@ -42,9 +43,9 @@ from cowahead.engine.core import finish
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
 from cowahead.policies import OraclePolicy, parse_policy
-from cowahead.trace import TraceFile, write_trace
+from cowahead.trace import PAGE_SIZE, EventKind, Trace, TraceFile, write_trace
 from cowahead.trace.events import PAGE_SHIFT
-from cowahead.trace.generators import generate
+from cowahead.trace.generators import BASE, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
@@ -101,11 +102,25 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
+def rewrite(pages: int) -> Trace:
+    """2 × pages events that mostly need no fault: map pages/5, write each, then rewrite them at random."""
+    mapped = max(1, pages // 5)
+    rng = np.random.default_rng(0)
+    targets = np.concatenate([np.arange(mapped), rng.integers(0, mapped, 2 * pages - mapped)])
+    n = len(targets) + 1
+    cols = {"time_ns": np.arange(n, dtype=np.int64), "pid": np.full(n, 1000, np.int32),
+            "kind": np.full(n, int(EventKind.WRITE), np.int8), "length": np.ones(n, np.uint64),
+            "arg": np.arange(n, dtype=np.int64),
+            "address": np.concatenate([[BASE], BASE + targets * PAGE_SIZE]).astype(np.uint64)}
+    cols["kind"][0], cols["length"][0], cols["arg"][0] = int(EventKind.MMAP), mapped * PAGE_SIZE, 0
+    return Trace(cols, {"source": "benchmarks/engine.py:rewrite", "pattern": "rewrite", "pages": mapped})
+
+
 def trace_file(pattern: str, pages: int, cache: Path) -> Path:
     path = cache / f"{pattern.replace(':', '_')}-{pages}.parquet"
     if not path.exists():
         print(f"generating {path} …", flush=True)
-        write_trace(generate(pattern, pages=pages, seed=0), path)
+        write_trace(rewrite(pages) if pattern == "rewrite" else generate(pattern, pages=pages, seed=0), path)
     return path
 
 
@@ -205,7 +220,7 @@ def bench_simulate(runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=5_000_000)
-    parser.add_argument("--patterns", default="random,sequential,hotcold")
+    parser.add_argument("--patterns", default="random,sequential,hotcold,rewrite")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sweep-runs", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cowahead-bench")
