@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .kbuild import PATCH, REPO_ROOT, build, built_kernel
-from .validate import measure, validate
+from .validate import integrity, measure, validate
 from .vm import run_in_guest, vng_path
 
 SCHEMA = "cowahead.kernel-check/1"
@@ -55,6 +55,8 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
     doc["boot"] = {"returncode": boot.returncode, "seconds": round(boot.seconds, 1), "stdout": boot.stdout}
     log("validating against the model and running the vmsplice check …")
     doc.update(validate(kernel))
+    log("COW integrity on two vCPUs under every policy …")
+    doc["integrity"] = integrity(kernel)
     log("measuring under -icount shift=0 …")
     doc["measure"] = measure(kernel)
     doc["summary"] = {
@@ -64,6 +66,8 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
         "validation_raw_runs_matching": sum(run == r["model"] for r in doc["validation"]
                                             for run in r.get("kernel_runs", [])),
         "security_runs": len(doc["security"]), "security_safe": sum(1 for r in doc["security"] if r["safe"]),
+        "integrity_runs": len(doc["integrity"]["integrity"]),
+        "integrity_ok": sum(1 for r in doc["integrity"]["integrity"] if r["ok"]),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"kernel-{dt.date.today().isoformat()}.json"

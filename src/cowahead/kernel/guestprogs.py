@@ -10,6 +10,7 @@ from ..errors import CowaheadError
 SOURCE_DIR = Path(__file__).with_name("guest")
 PROGRAMS = ("cow_workload", "vmsplice_leak")
 INGUEST = Path(__file__).with_name("inguest.py")
+INTEGRITY = SOURCE_DIR / "cow_integrity.py"  # Python with numpy: the guest runs the host's venv
 
 
 def compile_programs(out_dir: Path) -> dict[str, Path]:

@@ -37,7 +37,7 @@ from ..policies import parse_policy
 from ..trace.events import PAGE_SHIFT, EventKind
 from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
-from .guestprogs import INGUEST, compile_programs
+from .guestprogs import INGUEST, INTEGRITY, compile_programs
 from .vm import GuestResult, run_in_guest
 from .vmstat import COW_COUNTERS
 
@@ -140,10 +140,11 @@ def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies
     return Plan(runs, traces)
 
 
-def run_plan(kernel: Path, plan: Plan, work: Path, icount: bool = False) -> tuple[list[dict], GuestResult]:
+def run_plan(kernel: Path, plan: Plan, work: Path, icount: bool = False, cpus: int = 1) -> tuple[list[dict], GuestResult]:
     plan_file = work / "plan.json"
     plan_file.write_text(json.dumps({"runs": plan.runs}))
-    result = run_in_guest(kernel, [sys.executable, str(INGUEST), str(plan_file)], icount=icount)
+    result = run_in_guest(kernel, [sys.executable, str(INGUEST), str(plan_file)], icount=icount, cpus=cpus,
+                          memory="2G")
     rows = [json.loads(line[len("RESULT "):]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     return rows, result
 
@@ -228,3 +229,16 @@ def measure(kernel: Path, work: Path | None = None, pages: int = DEFAULT_PAGES, 
     return {"measurement": measure_rows(rows), "icount": "shift=0",
             "guest": {"returncode": result.returncode, "seconds": round(result.seconds, 1),
                       "stderr_tail": result.stderr[-2000:]}}
+
+
+def integrity(kernel: Path, work: Path | None = None, policies=POLICIES, windows=(0, 16, 64, 512)) -> dict:
+    """cow_integrity.py under every policy and window, on two vCPUs (real cross-CPU TLB flushes)."""
+    work = Path(work or tempfile.mkdtemp(prefix="cowahead-integrity-"))
+    runs = [{"kind": "integrity", "policy": policy, "window": window,
+             "argv": [sys.executable, str(INTEGRITY)]} for policy in policies for window in windows]
+    rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
+    out = [{"policy": r["policy"], "window": r["window"], "returncode": r.get("returncode"),
+            "bad_rounds": r.get("output", {}).get("bad_rounds"), "error": r.get("error"),
+            "ok": r.get("returncode") == 0 and r.get("output", {}).get("bad_rounds") == 0} for r in rows]
+    return {"integrity": out, "guest": {"returncode": result.returncode, "seconds": round(result.seconds, 1),
+                                        "stderr_tail": result.stderr[-2000:]}}
