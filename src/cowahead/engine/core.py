@@ -570,8 +570,8 @@ def adaptive_window(st, s, v, d):
     miss = ps[q, P_MISS]
     for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
         fl = st.pte_flags[s, a]
-        if (fl & (PRESENT | WRITABLE)) != (PRESENT | WRITABLE):
-            continue  # unmapped, or never copied: nothing to learn
+        if not (fl & (PENDING | HIT)):
+            continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
         if fl & DIRTY:
             miss = max(0, miss - 1)
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..model.memory import Ahead
 from .base import Policy, WpFault
 
 MMAP_LOTSAMISS = 100
@@ -67,8 +68,8 @@ class AdaptivePolicy(Policy):
     def _learn_from_dirty_bits(state: RampState, fault: WpFault) -> None:
         for q in state.last_ahead:
             pte = fault.mm.ptes.get(q)
-            if pte is None or not pte.writable:
-                continue  # unmapped, or never copied: nothing to learn
+            if pte is None or pte.ahead == Ahead.NONE:
+                continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
             if pte.dirty:
                 state.miss = max(0, state.miss - 1)
             else:
