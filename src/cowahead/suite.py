@@ -19,7 +19,6 @@ from typing import Callable
 from .errors import CowaheadError
 from .model.costs import CostModel
 from .report.heatmap import heatmap
-from .report.html import write_report
 from .report.results_file import save_results
 from .report.summary import best_per_family
 from .scenarios import SCENARIOS, scenario
@@ -127,6 +126,7 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
                            "policies": settings.policies, "real_repeats": settings.real_repeats}
     save_results(results, out_dir / "results.json")
+    from .report.html import write_report  # matplotlib: imported only when a report is drawn
     write_report(results, out_dir)
     return results
 

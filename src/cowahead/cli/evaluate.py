@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..model.costs import CostModel
-from ..report.summary import best_per_family
-from ..report.html import verdict
+from ..report.summary import best_per_family, verdict
 from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..report.html import write_report
 from ..report.results_file import load_results
 
 
@@ -14,5 +13,6 @@ from ..report.results_file import load_results
 @click.argument("results_path", metavar="RESULTS", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 def command(results_path: Path, output: Path) -> None:
+    from ..report.html import write_report  # matplotlib: imported only when a report is drawn
     page = write_report(load_results(results_path), output)
     click.echo(f"{page}")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from . import plots
-from .summary import best_per_family
+from .summary import best_per_family, verdict
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -88,23 +88,6 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
         "<div class='plots'>" + "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in images) + "</div>",
         "<details><summary>Every policy and window</summary>", _rows_table(workload["rows"]), "</details>",
     ])
-
-
-def verdict(summaries: list[dict]) -> str:
-    """One sentence: does any realizable policy beat Linux today on predicted time?"""
-    acting = [s for s in summaries if s["family"] != "oracle" and s["ahead_copies"] > 0
-              and s["predicted_change_pct"] is not None]
-    idle = sorted(s["family"] for s in summaries if s["family"] != "oracle" and s["ahead_copies"] == 0)
-    idle_note = f" ({', '.join(idle)} stayed off: nothing copied ahead)" if idle else ""
-    if not acting:
-        return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."
-    best = min(acting, key=lambda s: s["predicted_change_pct"])
-    if best["predicted_change_pct"] < 0:
-        return (f"COW-ahead helps: {best['policy']} predicts {best['predicted_change_pct']:+.1f}% time, "
-                f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak"
-                f"{idle_note}.")
-    return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
-            f"predicts {best['predicted_change_pct']:+.1f}% time against none{idle_note}.")
 
 
 def _notes(workload: dict) -> str:

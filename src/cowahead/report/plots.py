@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +10,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .summary import family  # noqa: E402
+
 FAMILY_COLOURS = {"fixed": "tab:blue", "around": "tab:orange", "adaptive": "tab:green", "ccow": "tab:purple",
                   "oracle": "black"}
-
-
-def family(policy: str) -> str:
-    return re.split(r"[:]", policy)[0]
 
 
 def tradeoff(rows: list[dict], title: str, path: Path) -> Path:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .plots import family
+import re
+
+
+def family(policy: str) -> str:
+    """The policy family of a policy string: ``fixed:16`` → ``fixed``."""
+    return re.split(r"[:]", policy)[0]
 
 
 def change(value: float, base: float) -> float | None:
@@ -35,3 +40,20 @@ def best_per_family(rows: list[dict]) -> list[dict]:
         "extra_pages_peak": row["extra_pages_peak"],
         "predicted_change_pct": change(row["predicted_us"], base["predicted_us"]),
     } for name, row in best.items()]
+
+
+def verdict(summaries: list[dict]) -> str:
+    """One sentence: does any realizable policy beat Linux today on predicted time?"""
+    acting = [s for s in summaries if s["family"] != "oracle" and s["ahead_copies"] > 0
+              and s["predicted_change_pct"] is not None]
+    idle = sorted(s["family"] for s in summaries if s["family"] != "oracle" and s["ahead_copies"] == 0)
+    idle_note = f" ({', '.join(idle)} stayed off: nothing copied ahead)" if idle else ""
+    if not acting:
+        return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."
+    best = min(acting, key=lambda s: s["predicted_change_pct"])
+    if best["predicted_change_pct"] < 0:
+        return (f"COW-ahead helps: {best['policy']} predicts {best['predicted_change_pct']:+.1f}% time, "
+                f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak"
+                f"{idle_note}.")
+    return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
+            f"predicts {best['predicted_change_pct']:+.1f}% time against none{idle_note}.")
