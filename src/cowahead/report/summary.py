@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 
 
+# Below this a predicted change is no result: the calibration's constants drift ~10 % with load.
+NEGLIGIBLE_PCT = 2.0
+
+
 def family(policy: str) -> str:
     """The policy family of a policy string: ``fixed:16`` → ``fixed``."""
     return re.split(r"[:]", policy)[0]
@@ -51,9 +55,13 @@ def verdict(summaries: list[dict]) -> str:
     if not acting:
         return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."
     best = min(acting, key=lambda s: s["predicted_change_pct"])
-    if best["predicted_change_pct"] < 0:
-        return (f"COW-ahead helps: {best['policy']} predicts {best['predicted_change_pct']:+.1f}% time, "
+    gain = best["predicted_change_pct"]
+    if gain < -NEGLIGIBLE_PCT:
+        return (f"COW-ahead helps: {best['policy']} predicts {gain:+.1f}% time, "
                 f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak"
                 f"{idle_note}.")
+    if gain <= NEGLIGIBLE_PCT:
+        return (f"COW-ahead makes no real difference here: the best policy that copies ahead, {best['policy']}, "
+                f"predicts {gain:+.1f}% time against none (within ±{NEGLIGIBLE_PCT:g}%){idle_note}.")
     return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
-            f"predicts {best['predicted_change_pct']:+.1f}% time against none{idle_note}.")
+            f"predicts {gain:+.1f}% time against none{idle_note}.")
