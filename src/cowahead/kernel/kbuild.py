@@ -4,8 +4,8 @@ Steps, each skipped when already done, so a second build is incremental:
 extract /usr/src/linux-source-6.1.tar.xz; apply kernel/cow-ahead.patch (or
 swap in a newer version of it: the applied copy is kept beside the tree);
 configure with virtme-ng's minimal config (``vng --kconfig``) plus
-CONFIG_CHANGES; ``nice -n 19 make -j bzImage`` with the log kept in the
-build directory. Kernel sources and outputs never go into the repository.
+CONFIG_CHANGES; ``nice -n 19 make -j bzImage`` with each build's log kept in
+the build directory (``build.log`` is the latest). Kernel sources and outputs never go into the repository.
 """
 
 from __future__ import annotations
@@ -103,7 +103,13 @@ def build(build_dir: Path = DEFAULT_BUILD_DIR, patch: Path = PATCH, jobs: int | 
     tree = extract(build_dir)
     apply_patch(tree, patch)
     configure(tree)
-    log = build_dir / "build.log"
+    # Every build keeps its own log (an incremental one would hide a full one's warnings);
+    # build.log points at the latest.
+    log = build_dir / time.strftime("build-%Y%m%dT%H%M%S.log", time.gmtime())
+    latest = build_dir / "build.log"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(log.name)
     jobs = jobs or os.cpu_count() or 1
     start = time.monotonic()
     with open(log, "w") as out:
