@@ -132,3 +132,29 @@ def test_kernel_run_verb_rejects_bad_input_in_one_line(capsys):
     assert main(["kernel", "run", "--kernel", "/dev/null", "--cow-ahead", "999", "--", "true"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(errors) == 2 and all(line.startswith("cowahead: error: ") for line in errors)
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="patch is not installed")
+def test_swapping_patch_versions_keeps_mtimes_of_unchanged_files(tmp_path):
+    """A new patch version must not make make rebuild files whose content did not change."""
+    import os
+    import time
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d/one").write_text("a\nb\nc\n")
+    (tree / "d/two").write_text("x\ny\n")
+
+    def hunk(name, old, new):
+        return f"--- a/d/{name}\n+++ b/d/{name}\n@@ -1,{len(old)} +1,{len(new)} @@\n" + \
+            "".join(f" {o}\n" if o == n else f"-{o}\n+{n}\n" for o, n in zip(old, new))
+    first = tmp_path / "first.patch"
+    first.write_text(hunk("one", "abc", "aBc") + hunk("two", "xy", "xY"))
+    second = tmp_path / "second.patch"
+    second.write_text(hunk("one", "abc", "aZc") + hunk("two", "xy", "xY"))
+    assert kbuild.apply_patch(tree, first)
+    two_mtime = (tree / "d/two").stat().st_mtime_ns
+    time.sleep(0.05)
+    os.utime(tree / "d/one")
+    assert kbuild.apply_patch(tree, second) and not kbuild.apply_patch(tree, second)
+    assert (tree / "d/one").read_text() == "a\nZ\nc\n" and (tree / "d/two").read_text() == "x\nY\n"
+    assert (tree / "d/two").stat().st_mtime_ns == two_mtime

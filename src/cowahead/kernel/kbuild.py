@@ -62,17 +62,35 @@ def extract(build_dir: Path) -> Path:
     return tree
 
 
+def patched_files(patch_text: str) -> list[str]:
+    return [line[len("+++ b/"):].split("\t")[0] for line in patch_text.splitlines() if line.startswith("+++ b/")]
+
+
 def apply_patch(tree: Path, patch: Path = PATCH) -> bool:
-    """Bring the tree to exactly ``patch``; returns whether anything changed."""
+    """Bring the tree to exactly ``patch``; returns whether anything changed.
+
+    Swapping one version of the patch for another reverts and re-applies it; files that come out
+    the same get their old modification time back, so make rebuilds only what really changed
+    (a touched mm_types.h alone would rebuild most of the kernel).
+    """
     applied = tree.parent / "applied.patch"
     wanted = patch.read_bytes()
+    before: dict[str, tuple[bytes, int]] = {}
     if applied.exists():
         if applied.read_bytes() == wanted:
             return False
+        for name in set(patched_files(applied.read_text())) | set(patched_files(wanted.decode())):
+            path = tree / name
+            if path.exists():
+                before[name] = (path.read_bytes(), path.stat().st_mtime_ns)
         _run(["patch", "-p1", "-R", "-s", "-i", str(applied)], "reverting the previously applied patch", cwd=tree)
         applied.unlink()
     _run(["patch", "-p1", "-s", "-i", str(patch)], f"applying {patch.name}", cwd=tree)
     applied.write_bytes(wanted)
+    for name, (content, mtime_ns) in before.items():
+        path = tree / name
+        if path.exists() and path.read_bytes() == content:
+            os.utime(path, ns=(mtime_ns, mtime_ns))
     return True
 
 
