@@ -26,19 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
+from cowahead.machine import machine_metadata, package_versions
 from cowahead.engine.core import finish
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
@@ -88,18 +87,9 @@ def timed(fn, runs: int) -> tuple[dict, object]:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "")
-    versions = {}
-    for name in ["cowahead", "numpy", "numba", "pyarrow", "libcachesim"]:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": sys.version.split()[0], "versions": versions, "commit": commit,
-            "loadavg_start": os.getloadavg()}
+    return {**machine_metadata(), "commit": commit,
+            "versions": package_versions(["cowahead", "numpy", "numba", "pyarrow", "libcachesim"])}
 
 
 def rewrite(pages: int) -> Trace:
@@ -237,7 +227,7 @@ def main() -> None:
                                     "libcachesim_lru": bench_libcachesim(path, args.runs)}
     first = args.patterns.split(",")[0]
     doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
-    doc["machine"]["loadavg_end"] = os.getloadavg()
+    doc["machine"]["load_average_end"] = os.getloadavg()
     out = ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

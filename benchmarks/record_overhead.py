@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cowahead.record import Recorder, _procfs
+from cowahead.machine import machine_metadata
+from cowahead.record import Recorder
 from cowahead.scenarios import SCENARIOS
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,12 +89,8 @@ def run_scenario(name: str, output: Path | None) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
     perf = subprocess.run(["perf", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(),
-            "python": platform.python_version(), "perf": perf, "thp": _procfs.thp_settings(),
-            "cowahead": version("cowahead"), "load_average": os.getloadavg()}
+    return {**machine_metadata(), "perf": perf, "cowahead": version("cowahead")}
 
 
 def main() -> int:

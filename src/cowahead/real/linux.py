@@ -17,13 +17,13 @@ import ctypes
 import errno
 import mmap as _mmap
 import os
-import platform
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..machine import machine_metadata  # noqa: F401  (re-exported: real runs record it)
 from ..trace.events import PAGE_SIZE
 
 MADV_DONTNEED = 4
@@ -192,34 +192,3 @@ def probe_support() -> Support:
     finally:
         munmap(addr, 2 * PAGE_SIZE)
     return Support(pfns_visible, populate, zero_pfn, tuple(problems))
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "?"
-
-
-def machine_metadata() -> dict:
-    """Machine, kernel and THP settings to record with every real run."""
-    cpu = "?"
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    thp_dir = Path("/sys/kernel/mm/transparent_hugepage")
-    mthp = {p.name: _read(str(p / "enabled")) for p in sorted(thp_dir.glob("hugepages-*"))}
-    return {
-        "hostname": platform.node(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "kernel_version": platform.version(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "thp_enabled": _read(str(thp_dir / "enabled")),
-        "thp_defrag": _read(str(thp_dir / "defrag")),
-        "mthp_enabled": mthp,
-        "euid": os.geteuid(),
-    }

@@ -4,47 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..errors import CowaheadError
+from ..machine import machine_metadata, package_versions
 
+PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 FORMAT = "cowahead-results"
 VERSION = 1
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(),
-            "thp": _read("/sys/kernel/mm/transparent_hugepage/enabled")}
-
-
-def versions() -> dict:
-    names = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            found[name] = None
-    return {"python": sys.version.split()[0], **found}
 
 
 def new_results(costs: dict) -> dict:
     return {"format": FORMAT, "version": VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(["cowahead", *sys.argv[1:]]),
-            "machine": machine(), "versions": versions(), "costs": costs, "workloads": []}
+            "machine": machine_metadata(),
+            "versions": {"python": sys.version.split()[0], **package_versions(PACKAGES)},
+            "costs": costs, "workloads": []}
 
 
 def save_results(results: dict, path: Path) -> None:
@@ -67,10 +46,3 @@ def load_results(path: Path) -> dict:
     if results.get("version") != VERSION:
         raise CowaheadError(f"{path}: results version {results.get('version')}, this cowahead reads {VERSION}")
     return results
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
