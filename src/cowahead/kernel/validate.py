@@ -218,7 +218,12 @@ def measure_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def predicted_times(rows: list[dict], costs=None) -> dict:
+# Kernel instructions per COW fault outside handle_mm_fault (trap entry/exit with PTI, do_user_addr_fault,
+# mmap lock, VMA lookup): ftrace under icount, benchmarks/results/kernel-ftrace-2026-11-27.json (6522 − 5906).
+TRAP_INSTRUCTIONS = 616
+
+
+def predicted_times(rows: list[dict], costs=None, trap_instructions: float = TRAP_INSTRUCTIONS) -> dict:
     """Predicted µs per written page on the host: guest event counts weighted by the host calibration.
 
     trap_us = cow_fault_us − ahead_copy_us (a one-page COW fault minus the per-page part of batched
@@ -231,7 +236,9 @@ def predicted_times(rows: list[dict], costs=None) -> dict:
 
     with ipp the kernel instructions per written page under -icount: the in-kernel batch's per-page
     work is scaled by what the guest counted, not by the user-space fit (whose per-call part,
-    ahead_call_us, is a syscall's and already inside the instruction count here). ``model_us_per_page``
+    ahead_call_us, is a syscall's and already inside the instruction count here).
+    ``predicted_us_per_page_trap_excluded`` takes the trap's own instructions (``trap_instructions`` per
+    fault) out of ``ipp`` first, since trap_us already pays for them. ``model_us_per_page``
     is the cost model as it stands (cow_copy × cow_fault_us + ahead copies × ahead_copy_us + batches
     × ahead_call_us, batches from the model's replay of the same trace), for contrast.
     """
@@ -249,18 +256,27 @@ def predicted_times(rows: list[dict], costs=None) -> dict:
             continue
         faults_pp = r["faults"] / written
         predicted = faults_pp * trap_us + ipp / ipp0 * work_us
+        faults0 = w0["faults"] / (w0.get("pages_written") or w0["cow_broken_pages"])
+        excluded = faults_pp * trap_us + ((ipp - faults_pp * trap_instructions)
+                                          / (ipp0 - faults0 * trap_instructions)) * work_us
         ahead = r.get("cow_ahead_copy", r["cow_broken_pages"] - r["cow_fault_copy"])
         batches = r.get("model_ahead_batches", r["cow_fault_copy"] if r["window"] else 0)
         model = (r["cow_fault_copy"] * costs.cow_fault_us + ahead * costs.ahead_copy_us
                  + batches * costs.ahead_call_us) / written
         out.append({"pattern": r["pattern"], "policy": r["policy"], "window": r["window"],
                     "faults_per_page": round(faults_pp, 4), "instructions_ratio": round(ipp / ipp0, 4),
-                    "predicted_us_per_page": round(predicted, 3), "model_us_per_page": round(model, 3)})
+                    "predicted_us_per_page": round(predicted, 3),
+                    "predicted_us_per_page_trap_excluded": round(excluded, 3),
+                    "model_us_per_page": round(model, 3)})
     for item in out:
         w0 = next(i for i in out if i["pattern"] == item["pattern"] and i["window"] == 0)
         item["vs_window_0"] = round(item["predicted_us_per_page"] / w0["predicted_us_per_page"] - 1, 4)
+        item["trap_excluded_vs_window_0"] = round(item["predicted_us_per_page_trap_excluded"]
+                                                  / w0["predicted_us_per_page_trap_excluded"] - 1, 4)
     return {"formula": "faults/pages_written * trap_us + (ipp/ipp_window0) * work_us",
-            "trap_us": round(trap_us, 3), "work_us": round(work_us, 3), "costs_source": costs.source,
+            "formula_trap_excluded": "faults/pages_written * trap_us + ((ipp - faults/pages_written * "
+                                     "trap_instructions) / (same at window 0)) * work_us",
+            "trap_instructions": trap_instructions, "trap_us": round(trap_us, 3), "work_us": round(work_us, 3), "costs_source": costs.source,
             "rows": out}
 
 
