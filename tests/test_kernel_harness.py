@@ -158,3 +158,33 @@ def test_swapping_patch_versions_keeps_mtimes_of_unchanged_files(tmp_path):
     assert kbuild.apply_patch(tree, second) and not kbuild.apply_patch(tree, second)
     assert (tree / "d/one").read_text() == "a\nZ\nc\n" and (tree / "d/two").read_text() == "x\nY\n"
     assert (tree / "d/two").stat().st_mtime_ns == two_mtime
+
+
+def test_predicted_time_per_page_from_instruction_counts():
+    from cowahead.kernel.validate import predicted_times
+    rows = [{"pattern": "sequential", "policy": "fixed", "window": w, "pages_written": 2048, "cow_broken_pages": 2048,
+             "faults": f, "cow_fault_copy": f, "cow_ahead_copy": 2048 - f, "model_ahead_batches": f if w else 0,
+             "kernel_instructions_per_written_page": ipp, "kernel_instructions_per_cow_page": ipp}
+            for w, f, ipp in ((0, 2048, 6500.0), (16, 128, 5200.0))]
+    out = predicted_times(rows, trap_instructions=600)
+    w0, w16 = out["rows"]
+    assert w0["predicted_us_per_page"] == pytest.approx(2.515, abs=1e-3)  # window 0 is the COW fault
+    assert w16["predicted_us_per_page"] == pytest.approx(128 / 2048 * 0.465 + 0.8 * 2.05, abs=1e-3)
+    excluded = 128 / 2048 * 0.465 + (5200 - 128 / 2048 * 600) / (6500 - 600) * 2.05
+    assert w16["predicted_us_per_page_trap_excluded"] == pytest.approx(excluded, abs=1e-3)
+    assert w16["vs_window_0"] < 0 and w0["vs_window_0"] == 0
+
+
+def test_ftrace_parse_counts_nested_traced_calls():
+    from cowahead.kernel.ftrace import child_of, parse
+    trace = """\
+ 0)   cow_wor-87   |               |  handle_mm_fault() {
+ 0)   cow_wor-87   |   0.700 us    |    vma_alloc_folio();
+ 0)   cow_wor-87   | + 12.000 us   |  } /* handle_mm_fault */
+ 0)   cow_wor-90   |   1.000 us    |  handle_mm_fault();
+"""
+    out = parse(trace)
+    assert child_of(out) == "cow_wor-90"
+    assert out["cow_wor-87"]["handle_mm_fault"][:2] == [1, 12000.0]
+    assert out["cow_wor-87"]["handle_mm_fault"][3] == 1  # one traced call inside it
+    assert out["cow_wor-87"]["vma_alloc_folio"][3] == 0
