@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from .summary import change
+
 
 def _delta(value: float, base: float | None) -> str:
-    if base in (None, 0):
-        return ""
-    return f"{100.0 * (value - base) / base:+.1f}%"
+    pct = change(value, base) if base is not None else None
+    return "" if pct is None else f"{pct:+.1f}%"
 
 
 @dataclass
