@@ -87,18 +87,7 @@ def _filled(pages: int) -> tuple[int, np.ndarray]:
 def _after_fork_in_child(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float, float]]):
     """Map and fill N pages, fork; the child measures on the shared pages and reports."""
     address, view = _filled(pages)
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.write(write_fd, _RESULT.pack(*measure(address, view)))
-        finally:
-            os._exit(0)
-    data = os.read(read_fd, _RESULT.size)
-    os.waitpid(child, 0)
-    os.close(read_fd)
-    os.close(write_fd)
-    return _RESULT.unpack(data)
+    return _in_worker(lambda _: measure(address, view), pages)
 
 
 def _after_child_exit(pages: int, measure: Callable[[int, np.ndarray], tuple[float, float, float]]):
