@@ -37,10 +37,13 @@ def mapped_ranges(trace: Trace) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
+def _is_access(trace: Trace) -> np.ndarray:
+    kind = trace.columns["kind"]
+    return (kind == EventKind.READ) | (kind == EventKind.WRITE)
+
+
 def _access_pages(trace: Trace) -> np.ndarray:
-    c = trace.columns
-    is_access = (c["kind"] == EventKind.READ) | (c["kind"] == EventKind.WRITE)
-    return (c["address"][is_access] >> PAGE_SHIFT).astype(np.int64)
+    return (trace.columns["address"][_is_access(trace)] >> PAGE_SHIFT).astype(np.int64)
 
 
 def fault_points(trace: Trace) -> tuple[np.ndarray, np.ndarray, str]:
@@ -51,9 +54,7 @@ def fault_points(trace: Trace) -> tuple[np.ndarray, np.ndarray, str]:
         kernel.replay(trace)
         log = np.array([(index, page) for index, _, page, _ in kernel.fault_log], dtype=np.int64).reshape(-1, 2)
         return log[:, 1], c["time_ns"][log[:, 0]].astype(np.float64), "faults under none"
-    is_access = (c["kind"] == EventKind.READ) | (c["kind"] == EventKind.WRITE)
-    pages = (c["address"][is_access] >> PAGE_SHIFT).astype(np.int64)
-    return pages, c["time_ns"][is_access].astype(np.float64), "accesses"
+    return _access_pages(trace), c["time_ns"][_is_access(trace)].astype(np.float64), "accesses"
 
 
 def heatmap(trace: Trace, time_bins: int = 128, address_bins: int = 64) -> dict:
