@@ -7,7 +7,8 @@ representation:
 
 * pages are *dense indices* into the trace's page space (``page_space``):
   only pages a read or write touches can ever be present, so PTEs live in
-  ``pte_frame[slot, d]`` / ``pte_flags[slot, d]``;
+  ``pte[slot, d]``, one int64 each as in the kernel: the frame index above
+  ``PFN_SHIFT``, the flag bits below (one load for both);
 * an address space is a *slot* (reused after exit); VMAs, backing objects
   (shmem, page cache), frames and policy states live in pools with free
   lists. Splitting a VMA edits it in place: counters never depend on which
@@ -26,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .prefetch import prefetch
+
 # Event kinds (trace/events.py EventKind) and VMA kinds (VmaKind).
 MMAP, MUNMAP, DONTNEED, READ, WRITE, FORK, EXEC, EXIT = 0, 1, 2, 3, 4, 5, 6, 7
 PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = 0, 1, 2
@@ -35,8 +38,9 @@ ANON, ZERO, FILE, SHMEM = 0, 1, 2, 3
 ZERO_FRAME = 0
 F_MAP, F_REF, F_KIND = 0, 1, 2
 
-# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states.
+# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states. The frame sits above them.
 PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
+PFN_SHIFT = 8
 
 # Counters, in model/counters.py field order (checked at import by engine/__init__).
 (C_EVENTS, C_ZERO_FILL, C_ZERO_PAGE, C_MAP, C_COW_COPY, C_REUSE, C_OUTSIDE_VMA, C_AHEAD_COPIES,
@@ -70,6 +74,8 @@ N_SCALARS = 16
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
+# Events ahead whose PTE, then whose mapped frame, the replay loop prefetches.
+PTE_AHEAD, FRAME_AHEAD = 16, 8
 
 # Compiled without numba's reference counting: every function here takes the whole
 # State tuple, and counting references to its arrays on each call cost ~1 µs per call.
@@ -133,14 +139,13 @@ def map_frame(st, s, d, f, writable):
     if f != ZERO_FRAME:
         st.frames[f, F_MAP] += 1
         st.frames[f, F_REF] += 1
-    st.pte_frame[s, d] = f
-    st.pte_flags[s, d] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
+    st.pte[s, d] = (np.int64(f) << PFN_SHIFT) | (PRESENT | WRITABLE | DIRTY if writable else PRESENT)
 
 
 @jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
-    if st.pte_flags[s, d] & PENDING:
+    if st.pte[s, d] & PENDING:
         st.counters[C_AHEAD_WASTE] += 1
         st.counters[C_EXTRA_PAGES] -= 1
 
@@ -148,10 +153,11 @@ def settle_ahead(st, s, d):
 @jit
 def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
-        if st.pte_flags[s, d] & PRESENT:
+        pte = st.pte[s, d]
+        if pte & PRESENT:
             settle_ahead(st, s, d)
-            st.pte_flags[s, d] = 0
-            put_frame(st, st.pte_frame[s, d], True)
+            st.pte[s, d] = 0
+            put_frame(st, pte >> PFN_SHIFT, True)
 
 
 # ----- page space --------------------------------------------------------------------
@@ -439,7 +445,7 @@ def ccow_on_fork(st, s):
         q = pstate_of(st, v)
         seg, rlo = ps[q, P_SEG], ps[q, P_RLO]
         for d in range(vm[v, V_DLO], vm[v, V_DHI]):
-            if st.pte_flags[s, d] & HIT:
+            if st.pte[s, d] & HIT:
                 cov[0, seg + st.region_of[d] - rlo] += 1
         v = vm[v, V_NEXT]
     v = st.slots[s, S_VMA_HEAD]
@@ -457,18 +463,18 @@ def ccow_on_fork(st, s):
 @jit
 def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
-    flags = st.pte_flags
+    ptes = st.pte
     for d in range(dlo, dhi):
-        fl = flags[sp, d]
-        if fl & PRESENT:
+        pte = ptes[sp, d]
+        if pte & PRESENT:
             settle_ahead(st, sp, d)
-            flags[sp, d] = fl & (PRESENT | DIRTY)
-            f = st.pte_frame[sp, d]
+            pte &= ~(WRITABLE | PENDING | HIT)
+            ptes[sp, d] = pte
+            ptes[sc, d] = pte
+            f = pte >> PFN_SHIFT
             if f != ZERO_FRAME:
                 st.frames[f, F_MAP] += 1
                 st.frames[f, F_REF] += 1
-            st.pte_frame[sc, d] = f
-            flags[sc, d] = fl & (PRESENT | DIRTY)
 
 
 @jit
@@ -504,7 +510,7 @@ def do_fork(st, parent, child):
 @jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
-    old = st.pte_frame[s, d]
+    old = st.pte[s, d] >> PFN_SHIFT
     new = alloc_frame(st, ANON)
     st.vmas[v, V_ANON] = 1
     put_frame(st, old, True)
@@ -514,16 +520,16 @@ def wp_page_copy(st, s, v, d):
 @jit_inline
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
-    fl = st.pte_flags[s, q]
-    if not (fl & PRESENT) or (fl & WRITABLE):
+    pte = st.pte[s, q]
+    if not (pte & PRESENT) or (pte & WRITABLE):
         return 0
     c = st.counters
-    if wp_can_reuse(st, st.pte_frame[s, q]):
-        st.pte_flags[s, q] = fl | WRITABLE
+    if wp_can_reuse(st, pte >> PFN_SHIFT):
+        st.pte[s, q] = pte | WRITABLE
         c[C_AHEAD_REUSES] += 1
         return 1
     wp_page_copy(st, s, v, q)
-    st.pte_flags[s, q] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+    st.pte[s, q] = (st.pte[s, q] & ~DIRTY) | PENDING  # clean, so the next fault can tell
     c[C_AHEAD_COPIES] += 1
     c[C_EXTRA_PAGES] += 1
     if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
@@ -533,7 +539,7 @@ def break_cow_ahead(st, s, v, q):
 
 @jit_inline
 def _breakable(st, s, q):
-    return (st.pte_flags[s, q] & (PRESENT | WRITABLE)) == PRESENT
+    return (st.pte[s, q] & (PRESENT | WRITABLE)) == PRESENT
 
 
 @jit_inline
@@ -569,7 +575,7 @@ def adaptive_window(st, s, v, d):
     q = pstate_of(st, v)
     miss = ps[q, P_MISS]
     for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
-        fl = st.pte_flags[s, a]
+        fl = st.pte[s, a]
         if not (fl & (PENDING | HIT)):
             continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
         if fl & DIRTY:
@@ -646,7 +652,7 @@ def cow_ahead(st, s, v, d, pid, now):
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
     kind = st.vmas[v, V_KIND]
-    fl = st.pte_flags[s, d]
+    fl = st.pte[s, d]
     if not (fl & PRESENT):
         if kind == PRIVATE_ANON:  # do_anonymous_page
             if not write:
@@ -673,9 +679,9 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
             map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
         return
     # do_wp_page
-    if kind == SHARED_ANON or wp_can_reuse(st, st.pte_frame[s, d]):
+    if kind == SHARED_ANON or wp_can_reuse(st, fl >> PFN_SHIFT):
         c[C_REUSE] += 1
-        st.pte_flags[s, d] = fl | WRITABLE
+        st.pte[s, d] = fl | WRITABLE
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
@@ -686,20 +692,20 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 @jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
-    fl = st.pte_flags[s, d]
+    fl = st.pte[s, d]
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
         if v < 0:
             st.counters[C_OUTSIDE_VMA] += 1
             return
         handle_mm_fault(st, s, v, d, write, pid, now)
-        fl = st.pte_flags[s, d]
+        fl = st.pte[s, d]
     if write:  # _store
         if fl & PENDING:
             st.counters[C_AHEAD_HITS] += 1
             st.counters[C_EXTRA_PAGES] -= 1
             fl = (fl & ~PENDING) | HIT
-        st.pte_flags[s, d] = fl | DIRTY
+        st.pte[s, d] = fl | DIRTY
 
 
 # ----- replay ------------------------------------------------------------------------
@@ -718,7 +724,7 @@ def headroom(st, kind, pid, npages, start, stop):
     if kind == READ or kind == WRITE:
         # per page: a page-cache frame, the copy, and at most a window of ahead copies
         per_page = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
-        frames = min(per_page * npages, st.pte_frame.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
+        frames = min(per_page * npages, st.pte.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
         pstates = npages + 1
         cov = st.region_start.shape[0] + npages + 1
     elif kind == FORK:
@@ -747,13 +753,29 @@ def headroom(st, kind, pid, npages, start, stop):
     return ok
 
 
+@jit_inline
+def prefetch_ahead(st, kind, pid, dlo, i):
+    """Ask for the PTEs of the access PTE_AHEAD events on, and the frame one FRAME_AHEAD on maps."""
+    j = i + PTE_AHEAD
+    if j < kind.shape[0] and (kind[j] == WRITE or kind[j] == READ):
+        s = st.slot_of[pid[j]]
+        if s >= 0:
+            prefetch(st.pte, s, dlo[j])
+    j = i + FRAME_AHEAD
+    if j < kind.shape[0] and (kind[j] == WRITE or kind[j] == READ):
+        s = st.slot_of[pid[j]]
+        if s >= 0:
+            prefetch(st.frames, st.pte[s, dlo[j]] >> PFN_SHIFT, 0)
+
+
 @jit
 def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume):
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
     c = st.counters
-    flags = st.pte_flags
+    flags = st.pte
     for i in range(resume, n):
+        prefetch_ahead(st, kind, pid, dlo, i)
         k = kind[i]
         p = pid[i]
         if (k == WRITE or k == READ) and dhi[i] - dlo[i] == 1:
