@@ -173,6 +173,46 @@ def dense_index(pages, direct_base, page):
     return np.searchsorted(pages, page)
 
 
+@jit_inline
+def page_of(st, d):
+    """The page number of dense index ``d``; an offset when the page space is one dense run."""
+    if st.direct_base >= 0:
+        return st.direct_base + d
+    return st.pages[d]
+
+
+@jit_inline
+def dense_after(st, d, limit):
+    """The first dense index after ``d`` whose page is >= ``limit``: a window's end."""
+    n = st.pages.shape[0]
+    if st.direct_base >= 0:
+        return min(n, max(d + 1, limit - st.direct_base))
+    q = d + 1
+    while q < n and st.pages[q] < limit:  # a window is short: a scan beats a search
+        q += 1
+    return q
+
+
+@jit_inline
+def dense_from(st, d, start):
+    """The first dense index at or before ``d`` whose page is >= ``start`` (<= ``d``'s page)."""
+    if st.direct_base >= 0:
+        return max(0, start - st.direct_base)
+    q = d
+    while q > 0 and st.pages[q - 1] >= start:
+        q -= 1
+    return q
+
+
+@jit_inline
+def region_index(st, d):
+    """ccow: the dense region of dense page ``d``; computed when the page space is one dense run."""
+    if st.direct_base >= 0:
+        size = st.policy[1]
+        return (st.direct_base + d) // size - st.direct_base // size
+    return st.region_of[d]
+
+
 # ----- policy states -----------------------------------------------------------------
 
 
@@ -446,7 +486,7 @@ def ccow_on_fork(st, s):
         seg, rlo = ps[q, P_SEG], ps[q, P_RLO]
         for d in range(vm[v, V_DLO], vm[v, V_DHI]):
             if st.pte[s, d] & HIT:
-                cov[0, seg + st.region_of[d] - rlo] += 1
+                cov[0, seg + region_index(st, d) - rlo] += 1
         v = vm[v, V_NEXT]
     v = st.slots[s, S_VMA_HEAD]
     while v >= 0:
@@ -543,10 +583,13 @@ def _breakable(st, s, q):
 
 
 @jit_inline
-def written_next(st, pid, q, now):
-    """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)"""
+def written_next(st, pid, q, now, j):
+    """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)
+
+    ``j`` is the index of the first future key >= (pid, q): a window's pages are consecutive keys,
+    so the caller searches once per fault and steps from there.
+    """
     key = pid * st.pages.shape[0] + q
-    j = np.searchsorted(st.oracle_keys, key)
     if j == st.oracle_keys.shape[0] or st.oracle_keys[j] != key:
         return False
     c, end = st.oracle_cursor[j], st.oracle_start[j + 1]
@@ -582,7 +625,7 @@ def adaptive_window(st, s, v, d):
             miss = max(0, miss - 1)
         else:
             miss += 1
-    p = st.pages[d]
+    p = page_of(st, d)
     window = ps[q, P_WINDOW]
     if p == ps[q, P_NEXT_EXPECTED]:
         miss = max(0, miss - 1)
@@ -592,9 +635,7 @@ def adaptive_window(st, s, v, d):
     if miss > MMAP_LOTSAMISS:
         window = 0
     stop = min(p + 1 + window, st.vmas[v, V_END])
-    end = d + 1
-    while end < st.pages.shape[0] and st.pages[end] < stop:
-        end += 1
+    end = dense_after(st, d, stop)
     ps[q, P_MISS] = miss
     ps[q, P_WINDOW] = window
     ps[q, P_NEXT_EXPECTED] = stop
@@ -609,36 +650,35 @@ def cow_ahead(st, s, v, d, pid, now):
     pol = st.policy[0]
     if pol == POL_NONE:
         return
-    pages, vm = st.pages, st.vmas
-    n = pages.shape[0]
-    p = pages[d]
+    vm = st.vmas
+    p = page_of(st, d)
     done = 0
-    if pol == POL_FIXED or pol == POL_ORACLE:
-        limit = min(p + st.policy[1], vm[v, V_END])
-        q = d + 1
-        while q < n and pages[q] < limit:
-            if pol == POL_FIXED or (_breakable(st, s, q) and written_next(st, pid, q, now)):
+    if pol == POL_FIXED:
+        for q in range(d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END]))):
+            done += break_cow_ahead(st, s, v, q)
+    elif pol == POL_ORACLE:
+        keys = st.oracle_keys
+        j = np.searchsorted(keys, pid * st.pages.shape[0] + d + 1)
+        for q in range(d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END]))):
+            while j < keys.shape[0] and keys[j] < pid * st.pages.shape[0] + q:
+                j += 1
+            if _breakable(st, s, q) and written_next(st, pid, q, now, j):
                 done += break_cow_ahead(st, s, v, q)
-            q += 1
     elif pol == POL_AROUND:
         size = st.policy[1]
         aligned = p - p % size
         table = p - p % PTRS_PER_PTE
         start = max(aligned, vm[v, V_START], table)
         end = min(aligned + size, vm[v, V_END], table + PTRS_PER_PTE)
-        q = d
-        while q > 0 and pages[q - 1] >= start:
-            q -= 1
-        while q < n and pages[q] < end:
+        for q in range(dense_from(st, d, start), dense_after(st, d, end)):
             if q != d:
                 done += break_cow_ahead(st, s, v, q)
-            q += 1
     elif pol == POL_ADAPTIVE:
         for q in range(d + 1, adaptive_window(st, s, v, d)):
             done += break_cow_ahead(st, s, v, q)
     elif pol == POL_CCOW:
         q = pstate_of(st, v)
-        r = st.region_of[d]
+        r = region_index(st, d)
         i = st.pstates[q, P_SEG] + r - st.pstates[q, P_RLO]
         st.coverage[0, i] += 1
         if st.slots[s, S_FORKED] and st.coverage[1, i] >= st.policy[2]:
@@ -774,10 +814,15 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume)
     n = kind.shape[0]
     c = st.counters
     flags = st.pte
+    sc = st.sc
+    # What one fault on one page of a live address space may take (headroom's worst case, npages = 1).
+    one_fault_frames = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
+    one_fault_cov = st.region_start.shape[0] + 2 if st.policy[0] == POL_CCOW else 0
     for i in range(resume, n):
         prefetch_ahead(st, kind, pid, dlo, i)
         k = kind[i]
         p = pid[i]
+        room = False
         if (k == WRITE or k == READ) and dhi[i] - dlo[i] == 1:
             # Most events touch one present page they may touch: no fault, no pool to check.
             s, d = st.slot_of[p], dlo[i]
@@ -790,7 +835,10 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume)
                     flags[s, d] = fl | DIRTY
                     c[C_EVENTS] += 1
                     continue
-        if not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
+                # Most faults are on one page: the pools' free counts alone say there is room.
+                room = (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= 2
+                        and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov)
+        if not room and not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
             return i
         c[C_EVENTS] += 1
         if k == WRITE or k == READ:
