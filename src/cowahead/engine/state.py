@@ -20,7 +20,7 @@ from .prepass import Future, PageSpace
 class State(NamedTuple):
     pages: np.ndarray
     direct_base: int
-    policy: np.ndarray        # kind, window (N or MAX), ccow threshold in pages
+    policy: np.ndarray        # policy_params()
     region_of: np.ndarray     # ccow: dense region of each dense page
     region_start: np.ndarray  # ccow: first dense page of each dense region, and the end
     pte: np.ndarray           # [slot, page] frame << PFN_SHIFT | PRESENT | WRITABLE | DIRTY | PENDING | HIT
@@ -47,18 +47,21 @@ class State(NamedTuple):
 
 
 def policy_params(policy: Policy) -> np.ndarray:
+    """kind, window (N or MAX; ccow: region pages), ccow threshold pages, ccow log2 region size or -1."""
     if isinstance(policy, NonePolicy):
-        return np.array([core.POL_NONE, 0, 0], np.int64)
+        return np.array([core.POL_NONE, 0, 0, -1], np.int64)
     if isinstance(policy, FixedPolicy):
-        return np.array([core.POL_FIXED, policy.pages, 0], np.int64)
+        return np.array([core.POL_FIXED, policy.pages, 0, -1], np.int64)
     if isinstance(policy, AroundPolicy):
-        return np.array([core.POL_AROUND, policy.pages, 0], np.int64)
+        return np.array([core.POL_AROUND, policy.pages, 0, -1], np.int64)
     if isinstance(policy, AdaptivePolicy):
-        return np.array([core.POL_ADAPTIVE, policy.max_pages, 0], np.int64)
+        return np.array([core.POL_ADAPTIVE, policy.max_pages, 0, -1], np.int64)
     if isinstance(policy, CcowPolicy):
-        return np.array([core.POL_CCOW, policy.region_pages, policy.threshold_pages], np.int64)
+        size = policy.region_pages
+        shift = size.bit_length() - 1 if size & (size - 1) == 0 else -1
+        return np.array([core.POL_CCOW, size, policy.threshold_pages, shift], np.int64)
     if isinstance(policy, OraclePolicy):
-        return np.array([core.POL_ORACLE, policy.pages, 0], np.int64)
+        return np.array([core.POL_ORACLE, policy.pages, 0, -1], np.int64)
     raise TypeError(f"the engine has no implementation of policy {policy.name}")
 
 
