@@ -37,6 +37,7 @@ PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = 0, 1, 2
 ANON, ZERO, FILE, SHMEM = 0, 1, 2, 3
 ZERO_FRAME = 0
 F_MAP, F_REF, F_KIND = 0, 1, 2
+N_FRAME_FIELDS = 4  # three used; a fourth pads a frame to 16 bytes so none straddles two cache lines
 
 # PTE flag bits; PENDING and HIT are model/memory.py's Ahead states. The frame sits above them.
 PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
@@ -153,6 +154,8 @@ def settle_ahead(st, s, d):
 @jit
 def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
+        if d + FRAME_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
+            prefetch(st.frames, st.pte[s, d + FRAME_AHEAD] >> PFN_SHIFT, 0)
         pte = st.pte[s, d]
         if pte & PRESENT:
             settle_ahead(st, s, d)
@@ -512,6 +515,8 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
     ptes = st.pte
     for d in range(dlo, dhi):
+        if d + FRAME_AHEAD < dhi:
+            prefetch(st.frames, ptes[sp, d + FRAME_AHEAD] >> PFN_SHIFT, 0)
         pte = ptes[sp, d]
         if pte & PRESENT:
             settle_ahead(st, sp, d)

@@ -90,7 +90,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     sc[core.SC_VMAS_FREE] = vmas
     sc[core.SC_BACKINGS_FREE] = 16
     sc[core.SC_PSTATES_FREE] = 64
-    frame_table = np.zeros((frames, 3), np.int32)
+    frame_table = np.zeros((frames, core.N_FRAME_FIELDS), np.int32)
     frame_table[core.ZERO_FRAME, core.F_KIND] = core.ZERO
     if future is None or params[0] != core.POL_ORACLE:
         empty = np.zeros(0, np.int64)
