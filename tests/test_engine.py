@@ -138,3 +138,33 @@ def test_memory_follows_live_state_not_trace_length():
         return len(st.slots), len(st.frames), st.sc[core.SC_COV_BUMP], st.sc[core.SC_BK_BUMP]
 
     assert pools_after(200) == pools_after(20)
+
+
+@pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
+def test_prefetching_changes_no_count(pattern):
+    """Replay prefetches PTEs and frames only when a chunk's pages jump about; a hint, never a result."""
+    from dataclasses import replace
+
+    from cowahead.engine import replay_chunk, to_counters
+    from cowahead.engine.core import finish
+    from cowahead.engine.prepass import decode, iter_chunks
+    from cowahead.engine.state import new_state
+    from cowahead.policies import parse_policy
+
+    trace = generate(pattern, pages=2048, seed=1)
+    space = page_space(trace)
+
+    def replay(scattered):
+        out = []
+        for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1"]:
+            st, first = new_state(space, parse_policy(policy), None), 0
+            for chunk in iter_chunks(trace, rows=997):
+                d = replace(decode(chunk, space), scattered=scattered)
+                st = replay_chunk(st, d, first)
+                first += len(d.kind)
+            finish(st)
+            out.append(to_counters(st))
+        return out
+
+    assert replay(True) == replay(False)
+    assert replay(True)[0].cow_copy > 0

@@ -75,8 +75,9 @@ N_SCALARS = 16
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
-# Events ahead whose PTE, then whose mapped frame, the replay loop prefetches.
+# Events ahead whose PTE, then whose mapped frame, the replay loop prefetches (when pages jump about).
 PTE_AHEAD, FRAME_AHEAD = 16, 8
+PTES_PER_LINE = 8  # int64 PTEs in a 64-byte cache line
 
 # Compiled without numba's reference counting: every function here takes the whole
 # State tuple, and counting references to its arrays on each call cost ~1 µs per call.
@@ -821,7 +822,7 @@ def prefetch_ahead(st, kind, pid, dlo, i):
 
 
 @jit
-def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume):
+def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume, scattered):
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
     c = st.counters
@@ -831,7 +832,8 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume)
     one_fault_frames = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
     one_fault_cov = st.region_start.shape[0] + 2 if st.policy[0] == POL_CCOW else 0
     for i in range(resume, n):
-        prefetch_ahead(st, kind, pid, dlo, i)
+        if scattered:
+            prefetch_ahead(st, kind, pid, dlo, i)
         k = kind[i]
         p = pid[i]
         room = False

@@ -18,7 +18,7 @@ from numba import njit
 from ..trace.events import COLUMNS, PAGE_SHIFT
 from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from ..trace.trace import Trace
-from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, READ, WRITE, dense_index
+from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, PTES_PER_LINE, READ, WRITE, dense_index
 
 TraceSource = Union[Trace, TraceFile, str, Path]
 
@@ -55,6 +55,7 @@ class Decoded:
     stop: np.ndarray   # one past the last page
     dlo: np.ndarray    # dense range of a read or write (0, 0 for other events)
     dhi: np.ndarray
+    scattered: bool    # do its reads and writes jump about? (then replay prefetches their PTEs)
 
 
 @njit(cache=True)
@@ -129,6 +130,7 @@ def _decode(kind, pid, address, length, arg, pids, pages, direct_base):
     dlo = np.zeros(n, np.int64)
     dhi = np.zeros(n, np.int64)
     last_pid, last_index = np.int64(-1) << 40, np.int64(0)
+    last_page, jumps, accesses = np.int64(0), 0, 0
     for i in range(n):
         p = np.int64(pid[i])
         if p != last_pid:
@@ -143,13 +145,20 @@ def _decode(kind, pid, address, length, arg, pids, pages, direct_base):
         if k == READ or k == WRITE:
             dlo[i] = dense_index(pages, direct_base, first)
             dhi[i] = dlo[i] + end - first
-    return out_pid, out_arg, start, stop, dlo, dhi
+            accesses += 1
+            if abs(dlo[i] - last_page) > PTES_PER_LINE:
+                jumps += 1
+            last_page = dlo[i]
+    # More than one access in eight leaving the last one's cache line of PTEs: the hardware's
+    # own prefetcher will not follow, software prefetching pays.
+    return out_pid, out_arg, start, stop, dlo, dhi, jumps * 8 > accesses
 
 
 def decode(chunk: dict[str, np.ndarray], space: PageSpace) -> Decoded:
-    pid, arg, start, stop, dlo, dhi = _decode(chunk["kind"], chunk["pid"], chunk["address"], chunk["length"],
-                                              chunk["arg"], space.pids, space.pages, space.direct_base)
-    return Decoded(chunk["kind"], pid, arg, start, stop, dlo, dhi)
+    pid, arg, start, stop, dlo, dhi, scattered = _decode(chunk["kind"], chunk["pid"], chunk["address"],
+                                                         chunk["length"], chunk["arg"], space.pids, space.pages,
+                                                         space.direct_base)
+    return Decoded(chunk["kind"], pid, arg, start, stop, dlo, dhi, bool(scattered))
 
 
 # ----- the oracle's future -------------------------------------------------------------
