@@ -76,8 +76,9 @@ POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
 # Events ahead whose PTE, then whose mapped frame, the replay loop prefetches (when pages jump about).
-PTE_AHEAD, FRAME_AHEAD = 16, 8
+PTE_AHEAD, FRAME_AHEAD = 32, 16
 PTES_PER_LINE = 8  # int64 PTEs in a 64-byte cache line
+ZAP_AHEAD = 32  # PTEs ahead whose frame fork's copy and exit's zap prefetch: each step is short
 
 # Compiled without numba's reference counting: every function here takes the whole
 # State tuple, and counting references to its arrays on each call cost ~1 µs per call.
@@ -155,8 +156,8 @@ def settle_ahead(st, s, d):
 @jit
 def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
-        if d + FRAME_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
-            prefetch(st.frames, st.pte[s, d + FRAME_AHEAD] >> PFN_SHIFT, 0)
+        if d + ZAP_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
+            prefetch(st.frames, st.pte[s, d + ZAP_AHEAD] >> PFN_SHIFT, 0)
         pte = st.pte[s, d]
         if pte & PRESENT:
             settle_ahead(st, s, d)
@@ -516,8 +517,8 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
     ptes = st.pte
     for d in range(dlo, dhi):
-        if d + FRAME_AHEAD < dhi:
-            prefetch(st.frames, ptes[sp, d + FRAME_AHEAD] >> PFN_SHIFT, 0)
+        if d + ZAP_AHEAD < dhi:
+            prefetch(st.frames, ptes[sp, d + ZAP_AHEAD] >> PFN_SHIFT, 0)
         pte = ptes[sp, d]
         if pte & PRESENT:
             settle_ahead(st, sp, d)
