@@ -207,6 +207,28 @@ def bench_simulate(runs: int) -> dict:
     return {"trace": "bgsave, 4096 pages (22,534 events)", "warmup_s": warmup, **stats(values)}
 
 
+def verdict(doc: dict) -> dict:
+    """Each target against each pattern's medians: met or missed, with the figure."""
+    out = {}
+    for pattern, result in doc["patterns"].items():
+        engine, rows = result["engine"], {}
+        for policy, r in engine["policies"].items():
+            rate = r["replay_loop"]["events_per_s"]
+            family = policy.split(":")[0]
+            goal = (TARGETS["none_fixed_events_per_s"] if family in ("none", "fixed")
+                    else TARGETS["adaptive_ccow_events_per_s"] if family in ("adaptive", "ccow") else None)
+            rows[policy] = {"events_per_s": rate, "events_per_s_met": None if goal is None else rate >= goal,
+                            "ratio_to_read_only": r["ratio_to_read_only"],
+                            "ratio_to_read_only_met": r["ratio_to_read_only"] >= TARGETS["ratio_to_read_only"],
+                            "ratio_to_libcachesim": rate / result["libcachesim_lru"]["requests_per_s"]}
+            rows[policy]["ratio_to_libcachesim_met"] = (rows[policy]["ratio_to_libcachesim"]
+                                                        >= TARGETS["ratio_to_libcachesim"])
+        out[pattern] = rows
+    out["sweep_met"] = doc["sweep"]["median"] <= TARGETS["sweep_seconds"]
+    out["simulate_warm_met"] = doc["simulate_warm"]["median"] <= TARGETS["simulate_warm_seconds"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=5_000_000)
@@ -228,6 +250,7 @@ def main() -> None:
     first = args.patterns.split(",")[0]
     doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
     doc["machine"]["load_average_end"] = os.getloadavg()
+    doc["verdict"] = verdict(doc)
     out = ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

@@ -7,8 +7,8 @@ representation:
 
 * pages are *dense indices* into the trace's page space (``page_space``):
   only pages a read or write touches can ever be present, so PTEs live in
-  ``pte[slot, d]``, one int64 each as in the kernel: the frame index above
-  ``PFN_SHIFT``, the flag bits below (one load for both);
+  ``pte_frame[slot, d]`` / ``pte_flags[slot, d]``: a byte of flags per PTE
+  keeps the array that every access reads small enough for the caches;
 * an address space is a *slot* (reused after exit); VMAs, backing objects
   (shmem, page cache), frames and policy states live in pools with free
   lists. Splitting a VMA edits it in place: counters never depend on which
@@ -39,9 +39,8 @@ ZERO_FRAME = 0
 F_MAP, F_REF, F_KIND = 0, 1, 2
 N_FRAME_FIELDS = 4  # three used; a fourth pads a frame to 16 bytes so none straddles two cache lines
 
-# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states. The frame sits above them.
+# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states.
 PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
-PFN_SHIFT = 8
 
 # Counters, in model/counters.py field order (checked at import by engine/__init__).
 (C_EVENTS, C_ZERO_FILL, C_ZERO_PAGE, C_MAP, C_COW_COPY, C_REUSE, C_OUTSIDE_VMA, C_AHEAD_COPIES,
@@ -75,9 +74,9 @@ N_SCALARS = 16
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
-# Events ahead whose PTE, then whose mapped frame, the replay loop prefetches (when pages jump about).
-PTE_AHEAD, FRAME_AHEAD = 32, 16
-PTES_PER_LINE = 8  # int64 PTEs in a 64-byte cache line
+# Events ahead whose PTE flags, frame index and frame the replay loop prefetches (when pages jump about).
+FLAGS_AHEAD, PTE_AHEAD, FRAME_AHEAD = 32, 16, 8
+NEAR_PAGES = 8  # an access this close to the last one is "in order": the hardware prefetcher follows it
 ZAP_AHEAD = 32  # PTEs ahead whose frame fork's copy and exit's zap prefetch: each step is short
 
 # Compiled without numba's reference counting: every function here takes the whole
@@ -142,13 +141,14 @@ def map_frame(st, s, d, f, writable):
     if f != ZERO_FRAME:
         st.frames[f, F_MAP] += 1
         st.frames[f, F_REF] += 1
-    st.pte[s, d] = (np.int64(f) << PFN_SHIFT) | (PRESENT | WRITABLE | DIRTY if writable else PRESENT)
+    st.pte_frame[s, d] = f
+    st.pte_flags[s, d] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
 
 
 @jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
-    if st.pte[s, d] & PENDING:
+    if st.pte_flags[s, d] & PENDING:
         st.counters[C_AHEAD_WASTE] += 1
         st.counters[C_EXTRA_PAGES] -= 1
 
@@ -157,12 +157,11 @@ def settle_ahead(st, s, d):
 def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
         if d + ZAP_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
-            prefetch(st.frames, st.pte[s, d + ZAP_AHEAD] >> PFN_SHIFT, 0)
-        pte = st.pte[s, d]
-        if pte & PRESENT:
+            prefetch(st.frames, st.pte_frame[s, d + ZAP_AHEAD], 0)
+        if st.pte_flags[s, d] & PRESENT:
             settle_ahead(st, s, d)
-            st.pte[s, d] = 0
-            put_frame(st, pte >> PFN_SHIFT, True)
+            st.pte_flags[s, d] = 0
+            put_frame(st, st.pte_frame[s, d], True)
 
 
 # ----- page space --------------------------------------------------------------------
@@ -495,7 +494,7 @@ def ccow_on_fork(st, s):
             end = min(st.region_start[r + 1], vm[v, V_DHI])
             written = 0
             for a in range(d, end):
-                if st.pte[s, a] & HIT:
+                if st.pte_flags[s, a] & HIT:
                     written += 1
             cov[0, seg + r - rlo] += written
             d = end
@@ -515,17 +514,17 @@ def ccow_on_fork(st, s):
 @jit
 def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
-    ptes = st.pte
+    flags = st.pte_flags
     for d in range(dlo, dhi):
         if d + ZAP_AHEAD < dhi:
-            prefetch(st.frames, ptes[sp, d + ZAP_AHEAD] >> PFN_SHIFT, 0)
-        pte = ptes[sp, d]
-        if pte & PRESENT:
+            prefetch(st.frames, st.pte_frame[sp, d + ZAP_AHEAD], 0)
+        fl = flags[sp, d]
+        if fl & PRESENT:
             settle_ahead(st, sp, d)
-            pte &= ~(WRITABLE | PENDING | HIT)
-            ptes[sp, d] = pte
-            ptes[sc, d] = pte
-            f = pte >> PFN_SHIFT
+            flags[sp, d] = fl & (PRESENT | DIRTY)
+            flags[sc, d] = fl & (PRESENT | DIRTY)
+            f = st.pte_frame[sp, d]
+            st.pte_frame[sc, d] = f
             if f != ZERO_FRAME:
                 st.frames[f, F_MAP] += 1
                 st.frames[f, F_REF] += 1
@@ -564,7 +563,7 @@ def do_fork(st, parent, child):
 @jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
-    old = st.pte[s, d] >> PFN_SHIFT
+    old = st.pte_frame[s, d]
     new = alloc_frame(st, ANON)
     st.vmas[v, V_ANON] = 1
     put_frame(st, old, True)
@@ -574,16 +573,16 @@ def wp_page_copy(st, s, v, d):
 @jit_inline
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
-    pte = st.pte[s, q]
-    if not (pte & PRESENT) or (pte & WRITABLE):
+    fl = st.pte_flags[s, q]
+    if not (fl & PRESENT) or (fl & WRITABLE):
         return 0
     c = st.counters
-    if wp_can_reuse(st, pte >> PFN_SHIFT):
-        st.pte[s, q] = pte | WRITABLE
+    if wp_can_reuse(st, st.pte_frame[s, q]):
+        st.pte_flags[s, q] = fl | WRITABLE
         c[C_AHEAD_REUSES] += 1
         return 1
     wp_page_copy(st, s, v, q)
-    st.pte[s, q] = (st.pte[s, q] & ~DIRTY) | PENDING  # clean, so the next fault can tell
+    st.pte_flags[s, q] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
     c[C_AHEAD_COPIES] += 1
     c[C_EXTRA_PAGES] += 1
     if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
@@ -593,7 +592,7 @@ def break_cow_ahead(st, s, v, q):
 
 @jit_inline
 def _breakable(st, s, q):
-    return (st.pte[s, q] & (PRESENT | WRITABLE)) == PRESENT
+    return (st.pte_flags[s, q] & (PRESENT | WRITABLE)) == PRESENT
 
 
 @jit_inline
@@ -632,7 +631,7 @@ def adaptive_window(st, s, v, d):
     q = pstate_of(st, v)
     miss = ps[q, P_MISS]
     for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
-        fl = st.pte[s, a]
+        fl = st.pte_flags[s, a]
         if not (fl & (PENDING | HIT)):
             continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
         if fl & DIRTY:
@@ -706,7 +705,7 @@ def cow_ahead(st, s, v, d, pid, now):
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
     kind = st.vmas[v, V_KIND]
-    fl = st.pte[s, d]
+    fl = st.pte_flags[s, d]
     if not (fl & PRESENT):
         if kind == PRIVATE_ANON:  # do_anonymous_page
             if not write:
@@ -733,9 +732,9 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
             map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
         return
     # do_wp_page
-    if kind == SHARED_ANON or wp_can_reuse(st, fl >> PFN_SHIFT):
+    if kind == SHARED_ANON or wp_can_reuse(st, st.pte_frame[s, d]):
         c[C_REUSE] += 1
-        st.pte[s, d] = fl | WRITABLE
+        st.pte_flags[s, d] = fl | WRITABLE
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
@@ -746,20 +745,20 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 @jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
-    fl = st.pte[s, d]
+    fl = st.pte_flags[s, d]
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
         if v < 0:
             st.counters[C_OUTSIDE_VMA] += 1
             return
         handle_mm_fault(st, s, v, d, write, pid, now)
-        fl = st.pte[s, d]
+        fl = st.pte_flags[s, d]
     if write:  # _store
         if fl & PENDING:
             st.counters[C_AHEAD_HITS] += 1
             st.counters[C_EXTRA_PAGES] -= 1
             fl = (fl & ~PENDING) | HIT
-        st.pte[s, d] = fl | DIRTY
+        st.pte_flags[s, d] = fl | DIRTY
 
 
 # ----- replay ------------------------------------------------------------------------
@@ -778,7 +777,7 @@ def headroom(st, kind, pid, npages, start, stop):
     if kind == READ or kind == WRITE:
         # per page: a page-cache frame, the copy, and at most a window of ahead copies
         per_page = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
-        frames = min(per_page * npages, st.pte.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
+        frames = min(per_page * npages, st.pte_flags.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
         pstates = npages + 1
         cov = st.region_start.shape[0] + npages + 1
     elif kind == FORK:
@@ -808,18 +807,31 @@ def headroom(st, kind, pid, npages, start, stop):
 
 
 @jit_inline
+def _ahead(st, kind, pid, j):
+    """The slot of the access j events on, or -1 (past the chunk, not an access, no address space)."""
+    if j >= kind.shape[0] or not (kind[j] == WRITE or kind[j] == READ):
+        return -1
+    return st.slot_of[pid[j]]
+
+
+@jit_inline
 def prefetch_ahead(st, kind, pid, dlo, i):
-    """Ask for the PTEs of the access PTE_AHEAD events on, and the frame one FRAME_AHEAD on maps."""
+    """Three stages, each reading what the last one asked for: the PTE flags of an access FLAGS_AHEAD
+    events on; the frame index of one PTE_AHEAD on that will fault; the frame of one FRAME_AHEAD on
+    that will COW. Accesses that will not fault ask for nothing more than their flags."""
+    s = _ahead(st, kind, pid, i + FLAGS_AHEAD)
+    if s >= 0:
+        prefetch(st.pte_flags, s, dlo[i + FLAGS_AHEAD])
     j = i + PTE_AHEAD
-    if j < kind.shape[0] and (kind[j] == WRITE or kind[j] == READ):
-        s = st.slot_of[pid[j]]
-        if s >= 0:
-            prefetch(st.pte, s, dlo[j])
+    s = _ahead(st, kind, pid, j)
+    if s >= 0:
+        fl = st.pte_flags[s, dlo[j]]
+        if not (fl & PRESENT) or (kind[j] == WRITE and not (fl & WRITABLE)):
+            prefetch(st.pte_frame, s, dlo[j])
     j = i + FRAME_AHEAD
-    if j < kind.shape[0] and (kind[j] == WRITE or kind[j] == READ):
-        s = st.slot_of[pid[j]]
-        if s >= 0:
-            prefetch(st.frames, st.pte[s, dlo[j]] >> PFN_SHIFT, 0)
+    s = _ahead(st, kind, pid, j)
+    if s >= 0 and kind[j] == WRITE and (st.pte_flags[s, dlo[j]] & (PRESENT | WRITABLE)) == PRESENT:
+        prefetch(st.frames, st.pte_frame[s, dlo[j]], 0)
 
 
 @jit
@@ -827,7 +839,7 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
     c = st.counters
-    flags = st.pte
+    flags = st.pte_flags
     sc = st.sc
     # What one fault on one page of a live address space may take (headroom's worst case, npages = 1).
     one_fault_frames = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])

@@ -18,7 +18,7 @@ from numba import njit
 from ..trace.events import COLUMNS, PAGE_SHIFT
 from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from ..trace.trace import Trace
-from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, PTES_PER_LINE, READ, WRITE, dense_index
+from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index
 
 TraceSource = Union[Trace, TraceFile, str, Path]
 
@@ -146,10 +146,10 @@ def _decode(kind, pid, address, length, arg, pids, pages, direct_base):
             dlo[i] = dense_index(pages, direct_base, first)
             dhi[i] = dlo[i] + end - first
             accesses += 1
-            if abs(dlo[i] - last_page) > PTES_PER_LINE:
+            if abs(dlo[i] - last_page) > NEAR_PAGES:
                 jumps += 1
             last_page = dlo[i]
-    # More than one access in eight leaving the last one's cache line of PTEs: the hardware's
+    # More than one access in eight landing over NEAR_PAGES from the last one: the hardware's
     # own prefetcher will not follow, software prefetching pays.
     return out_pid, out_arg, start, stop, dlo, dhi, jumps * 8 > accesses
 

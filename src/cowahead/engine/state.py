@@ -23,7 +23,8 @@ class State(NamedTuple):
     policy: np.ndarray        # policy_params()
     region_of: np.ndarray     # ccow: dense region of each dense page
     region_start: np.ndarray  # ccow: first dense page of each dense region, and the end
-    pte: np.ndarray           # [slot, page] frame << PFN_SHIFT | PRESENT | WRITABLE | DIRTY | PENDING | HIT
+    pte_frame: np.ndarray     # [slot, page] frame index
+    pte_flags: np.ndarray     # [slot, page] PRESENT | WRITABLE | DIRTY | PENDING | HIT
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
@@ -98,7 +99,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     return State(
         pages=space.pages, direct_base=int(space.direct_base), policy=params,
         region_of=region_of, region_start=region_start,
-        pte=np.zeros((slots, npages), np.int64),
+        pte_frame=np.zeros((slots, npages), np.int32), pte_flags=np.zeros((slots, npages), np.uint8),
         slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
         frames=frame_table, frame_free=_free_stack(frames, 1).astype(np.int32),
@@ -143,7 +144,7 @@ def grow(st: State) -> State:
     old = len(st.slots)
     new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]))
     if new > old:
-        changes.update(pte=_grow_rows(st.pte, new),
+        changes.update(pte_frame=_grow_rows(st.pte_frame, new), pte_flags=_grow_rows(st.pte_flags, new),
                        slots=_grow_rows(st.slots, new),
                        slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
     for table, free, top, need in [("frames", "frame_free", core.SC_FRAMES_FREE, core.SC_NEED_FRAMES),
