@@ -235,8 +235,8 @@ def pstate_new(st, v):
     dlo, dhi = st.vmas[v, V_DLO], st.vmas[v, V_DHI]
     rlo, rlen = 0, 0
     if st.policy[0] == POL_CCOW and dlo < dhi:
-        rlo = st.region_of[dlo]
-        rlen = st.region_of[dhi - 1] + 1 - rlo
+        rlo = region_index(st, dlo)
+        rlen = region_index(st, dhi - 1) + 1 - rlo
     seg = st.sc[SC_COV_BUMP]
     st.sc[SC_COV_BUMP] += rlen
     for i in range(seg, seg + rlen):
