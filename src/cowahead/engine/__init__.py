@@ -17,7 +17,7 @@ from ..model.counters import FIELD_NAMES, Counters
 from ..policies import OraclePolicy, parse_policy
 from ..trace.parquet import ROW_GROUP_ROWS
 from . import core
-from .prepass import PageSpace, TraceSource, decode, future, iter_chunks, page_space
+from .prepass import PageSpace, TraceSource, decode, future, in_memory_if_small, iter_chunks, page_space
 from .state import State, grow, new_state
 
 if FIELD_NAMES != ["events", "zero_fill", "zero_page", "map", "cow_copy", "reuse", "outside_vma", "ahead_copies",
@@ -49,6 +49,7 @@ def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace
     ``chunk_rows`` sets the chunk size of an in-memory trace (a file's row groups are its chunks).
     """
     parsed = [parse_policy(p) for p in policies]
+    source = in_memory_if_small(source)
     space = space or page_space(source, chunk_rows)
     oracle_future = future(source, space, chunk_rows) if any(isinstance(p, OraclePolicy) for p in parsed) else None
     states = [new_state(space, p, oracle_future) for p in parsed]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
+import psutil
 from numba import njit
 
 from ..trace.events import COLUMNS, PAGE_SHIFT
@@ -24,6 +25,10 @@ TraceSource = Union[Trace, TraceFile, str, Path]
 
 # A span of at most this many pages (32 GiB) is indexed by offset, not by search.
 DIRECT_SPAN = 1 << 23
+# A trace file whose events fit in this share of the available memory is read once and its passes run
+# from memory; a larger one streams its row groups in every pass, so memory stays bounded.
+IN_MEMORY_SHARE = 0.25
+BYTES_PER_EVENT = sum(np.dtype(d).itemsize for d in COLUMNS.values())
 
 
 def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[dict[str, np.ndarray]]:
@@ -35,6 +40,16 @@ def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[dic
         return
     for lo in range(0, len(source), rows):
         yield {k: source.columns[k][lo:lo + rows] for k in COLUMNS}
+
+
+def in_memory_if_small(source: TraceSource) -> TraceSource:
+    """A trace file small enough to hold, read once (Parquet decoding is the costliest part of a pass)."""
+    if isinstance(source, (str, Path)):
+        source = TraceFile(source)
+    if (isinstance(source, TraceFile)
+            and source.num_events * BYTES_PER_EVENT <= IN_MEMORY_SHARE * psutil.virtual_memory().available):
+        return source.read()
+    return source
 
 
 @dataclass(frozen=True)
@@ -197,8 +212,9 @@ def _write_keys(kind, pid, dlo, dhi, npages):
 
 
 @njit(cache=True)
-def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, direct_base, keys, fill,
+def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, direct_base, keys, pair, m, fill,
                  last_barrier, last_drop_of_pair, time, last_drop):
+    """Place each write of the chunk under its pair; ``pair[m]`` is the pair of the trace's m-th written page."""
     npages = pages.shape[0]
     for i in range(kind.shape[0]):
         k = kind[i]
@@ -206,7 +222,8 @@ def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, dire
         t = first_index + i
         if k == WRITE:
             for d in range(dlo[i], dhi[i]):
-                j = np.searchsorted(keys, p * npages + d)
+                j = pair[m]
+                m += 1
                 time[fill[j]] = t
                 last_drop[fill[j]] = max(last_barrier[p], last_drop_of_pair[j])
                 fill[j] += 1
@@ -220,13 +237,27 @@ def _fill_future(kind, pid, arg, start, stop, dlo, dhi, first_index, pages, dire
             b = dense_index(pages, direct_base, stop[i])
             for j in range(np.searchsorted(keys, p * npages + a), np.searchsorted(keys, p * npages + b)):
                 last_drop_of_pair[j] = t
+    return m
+
+
+def _pairs(written: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (pid, page) keys, the pair of each written page (in trace order), and writes per pair."""
+    keys, counts = np.unique(written, return_counts=True)
+    if len(keys) and keys[-1] < 8 * len(written) + 1024:
+        lookup = np.empty(keys[-1] + 1, np.int64)  # at most 64 bytes per written page: a table beats a search
+        lookup[keys] = np.arange(len(keys))
+        return keys, lookup[written], counts
+    order = np.argsort(written, kind="stable")  # numpy's unique(return_inverse=True), without its cost
+    pair = np.empty(len(written), np.int64)
+    pair[order] = np.repeat(np.arange(len(keys)), counts)
+    return keys, pair, counts
 
 
 def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) -> Future:
     npages = len(space.pages)
     parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages)
              for d in (decode(c, space) for c in iter_chunks(source, rows))]
-    keys, counts = np.unique(np.concatenate(parts) if parts else np.zeros(0, np.int64), return_counts=True)
+    keys, pair, counts = _pairs(np.concatenate(parts) if parts else np.zeros(0, np.int64))
     start = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(counts, out=start[1:])
     time = np.empty(start[-1], np.int64)
@@ -234,10 +265,10 @@ def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) ->
     fill = start[:-1].copy()
     last_barrier = np.full(max(1, len(space.pids)), -1, np.int64)
     last_drop_of_pair = np.full(len(keys), -1, np.int64)
-    first_index = 0
+    first_index, m = 0, 0
     for chunk in iter_chunks(source, rows):
         d = decode(chunk, space)
-        _fill_future(d.kind, d.pid, d.arg, d.start, d.stop, d.dlo, d.dhi, first_index, space.pages,
-                     space.direct_base, keys, fill, last_barrier, last_drop_of_pair, time, last_drop)
+        m = _fill_future(d.kind, d.pid, d.arg, d.start, d.stop, d.dlo, d.dhi, first_index, space.pages,
+                         space.direct_base, keys, pair, m, fill, last_barrier, last_drop_of_pair, time, last_drop)
         first_index += len(d.kind)
     return Future(keys, start, time, last_drop)
