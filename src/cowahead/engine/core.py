@@ -67,8 +67,8 @@ N_PSTATE_FIELDS = 10
 # Scalars: free-stack tops, bump pointers, live counts, what the caller must grow.
 (SC_FRAMES_FREE, SC_VMAS_FREE, SC_BACKINGS_FREE, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_BK_BUMP, SC_COV_BUMP,
  SC_BK_LIVE_FRAMES, SC_FORKS, SC_NEED_FRAMES, SC_NEED_VMAS, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES,
- SC_NEED_PSTATES, SC_NEED_COV, SC_NEED_SLOTS) = range(16)
-N_SCALARS = 16
+ SC_NEED_PSTATES, SC_NEED_COV, SC_NEED_SLOTS, SC_FEW_FAULTS) = range(17)
+N_SCALARS = 17
 
 # Policies.
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
@@ -844,8 +844,11 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
     # What one fault on one page of a live address space may take (headroom's worst case, npages = 1).
     one_fault_frames = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
     one_fault_cov = st.region_start.shape[0] + 2 if st.policy[0] == POL_CCOW else 0
+    # Prefetching pays for scattered faults only: a chunk after one where few events faulted goes without.
+    prefetching = scattered and not sc[SC_FEW_FAULTS]
+    faults_before = faults(c)
     for i in range(resume, n):
-        if scattered:
+        if prefetching:
             prefetch_ahead(st, kind, pid, dlo, i)
         k = kind[i]
         p = pid[i]
@@ -884,7 +887,14 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
             munmap(st, mm_of(st, p), start[i], stop[i])
         elif k == DONTNEED:
             madvise_dontneed(st, mm_of(st, p), start[i], stop[i])
+    if n > resume:
+        sc[SC_FEW_FAULTS] = (faults(c) - faults_before) * 8 < n - resume
     return n
+
+
+@jit_inline
+def faults(c):
+    return c[C_ZERO_FILL] + c[C_ZERO_PAGE] + c[C_MAP] + c[C_COW_COPY] + c[C_REUSE]
 
 
 @jit

@@ -169,6 +169,5 @@ def grow(st: State) -> State:
         coverage = np.zeros((2, new), np.int32)
         coverage[:, :old] = st.coverage
         changes["coverage"] = coverage
-    sc[core.SC_NEED_SLOTS:core.SC_NEED_SLOTS + 1] = 0
-    sc[core.SC_NEED_FRAMES:core.N_SCALARS] = 0
+    sc[core.SC_NEED_FRAMES:core.SC_NEED_SLOTS + 1] = 0
     return st._replace(**changes)
