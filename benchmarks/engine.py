@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sweep-runs", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cowahead-bench")
+    parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/engine-<date>.json)")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     doc = {"format": "cowahead-benchmark", "version": 1, "benchmark": "engine",
@@ -270,7 +271,7 @@ def main() -> None:
     doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["verdict"] = verdict(doc)
-    out = ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(out)

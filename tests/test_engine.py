@@ -172,3 +172,24 @@ def test_prefetching_changes_no_count(pattern):
 
     assert replay(True) == replay(False)
     assert replay(True)[0].cow_copy > 0
+
+
+def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
+    """benchmarks/engine.py on a tiny trace (a smoke test: the figures mean nothing at this size)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "engine.json"
+    subprocess.run([sys.executable, str(root / "benchmarks/engine.py"), "--pages", "3000", "--runs", "1",
+                    "--patterns", "sequential,rewrite", "--cache", str(tmp_path), "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    doc = json.loads(out.read_text())
+    verdict = doc["verdict"]
+    assert set(verdict["sequential"]) == {"none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"}
+    assert verdict["sequential"]["none"]["events_per_s"] == \
+        doc["patterns"]["sequential"]["engine"]["policies"]["none"]["replay_loop"]["events_per_s"]
+    assert doc["patterns"]["rewrite"]["engine"]["events"] == 6001
+    assert doc["sweep"]["policies"] == 51 and isinstance(verdict["sweep_met"], bool)
