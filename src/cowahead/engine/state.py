@@ -73,13 +73,18 @@ def _free_stack(capacity: int, first: int = 0) -> np.ndarray:
 def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if params[0] != core.POL_CCOW or len(space.pages) == 0:
         return np.zeros(1, np.int32), np.zeros(1, np.int64)
-    raw = space.pages // params[1]  # ascending, as the pages are: regions are runs, no sort needed
-    starts = np.flatnonzero(raw[1:] != raw[:-1]) + 1
-    region_start = np.concatenate([[0], starts, [len(raw)]]).astype(np.int64)
-    region_of = np.zeros(len(raw), np.int32)  # int32: read at every ccow fault, half the cache lines
-    region_of[starts] = 1
-    np.cumsum(region_of, out=region_of)
-    return region_of, region_start
+    size, n = int(params[1]), len(space.pages)
+    if space.direct_base >= 0 and params[3] >= 0:
+        # one dense run, a power-of-two size: core.region_index shifts, only the region starts are read
+        starts = np.arange((-space.direct_base) % size or size, n, size)
+        region_of = np.zeros(1, np.int32)
+    else:
+        raw = space.pages // size  # ascending, as the pages are: regions are runs, no sort needed
+        starts = np.flatnonzero(raw[1:] != raw[:-1]) + 1
+        region_of = np.zeros(n, np.int32)  # int32: read at every ccow fault, half the cache lines
+        region_of[starts] = 1
+        np.cumsum(region_of, out=region_of)
+    return region_of, np.concatenate([[0], starts, [n]]).astype(np.int64)
 
 
 def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
