@@ -765,6 +765,15 @@ def access(st, s, d, write, pid, now):
 
 
 @jit_inline
+def access_worst(st, npages):
+    """The most a read or write of ``npages`` pages may take: frames (per page a page-cache frame, the
+    copy, and at most a window of ahead copies), policy states, and ccow's region counters."""
+    per_page = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
+    cov = st.region_start.shape[0] + npages + 1 if st.policy[0] == POL_CCOW else 0
+    return per_page * npages, npages + 1, cov
+
+
+@jit_inline
 def headroom(st, kind, pid, npages, start, stop):
     """Is every pool big enough for the worst this event can do? If not, say how much is needed."""
     sc = st.sc
@@ -775,11 +784,8 @@ def headroom(st, kind, pid, npages, start, stop):
     if s >= 0:
         nvmas = st.slots[s, S_NVMAS]
     if kind == READ or kind == WRITE:
-        # per page: a page-cache frame, the copy, and at most a window of ahead copies
-        per_page = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
-        frames = min(per_page * npages, st.pte_flags.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
-        pstates = npages + 1
-        cov = st.region_start.shape[0] + npages + 1
+        frames, pstates, cov = access_worst(st, npages)
+        frames = min(frames, st.pte_flags.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
     elif kind == FORK:
         vmas = nvmas + 1
         pstates = nvmas + 1
@@ -841,9 +847,7 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
     c = st.counters
     flags = st.pte_flags
     sc = st.sc
-    # What one fault on one page of a live address space may take (headroom's worst case, npages = 1).
-    one_fault_frames = 2 + (0 if st.policy[0] == POL_NONE else st.policy[1])
-    one_fault_cov = st.region_start.shape[0] + 2 if st.policy[0] == POL_CCOW else 0
+    one_fault_frames, one_fault_pstates, one_fault_cov = access_worst(st, 1)
     # Prefetching pays for scattered faults only: a chunk after one where few events faulted goes without.
     prefetching = scattered and not sc[SC_FEW_FAULTS]
     faults_before = faults(c)
@@ -866,7 +870,7 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
                     c[C_EVENTS] += 1
                     continue
                 # Most faults are on one page: the pools' free counts alone say there is room.
-                room = (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= 2
+                room = (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                         and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov)
         if not room and not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
             return i
