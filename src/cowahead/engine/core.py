@@ -823,20 +823,19 @@ def _ahead(st, kind, pid, j):
 @jit_inline
 def prefetch_ahead(st, kind, pid, dlo, i):
     """Three stages, each reading what the last one asked for: the PTE flags of an access FLAGS_AHEAD
-    events on; the frame index of one PTE_AHEAD on that will fault; the frame of one FRAME_AHEAD on
-    that will COW. Accesses that will not fault ask for nothing more than their flags."""
+    events on; its frame index PTE_AHEAD on; its frame FRAME_AHEAD on. No stage tests the flags for
+    whether a fault is coming: where faults and hits mix at random, that branch mispredicted about
+    once an event, and a needless prefetch costs less (random, 50K pages: 32M → 37M events/s)."""
     s = _ahead(st, kind, pid, i + FLAGS_AHEAD)
     if s >= 0:
         prefetch(st.pte_flags, s, dlo[i + FLAGS_AHEAD])
     j = i + PTE_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        fl = st.pte_flags[s, dlo[j]]
-        if not (fl & PRESENT) or (kind[j] == WRITE and not (fl & WRITABLE)):
-            prefetch(st.pte_frame, s, dlo[j])
+        prefetch(st.pte_frame, s, dlo[j])
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
-    if s >= 0 and kind[j] == WRITE and (st.pte_flags[s, dlo[j]] & (PRESENT | WRITABLE)) == PRESENT:
+    if s >= 0:
         prefetch(st.frames, st.pte_frame[s, dlo[j]], 0)
 
 
