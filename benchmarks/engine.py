@@ -13,6 +13,11 @@ events — the generators' patterns, whose events are nearly all faults, and
   (Parquet read, page-space pass, decode, oracle future, state, replay);
 * a numba loop that only reads the trace columns and counts events by kind,
   and the engine's ratio to it;
+* for the generators' one-child traces (sequential, random, hotcold, …), a
+  *memory floor*: a loop doing only the memory work the trace's faults need
+  (zero-fill, fork, the child's copies, both exits: PTEs and frame counts in
+  the engine's layout, with its prefetching, no model), and the engine's
+  ratio to it. It checks it made as many copies as the engine;
 * libCacheSim 0.3.5 (PyPI) replaying the same page stream with LRU. Its
   Python API has no prefetcher (no OBL), so this compares replay speed on
   the same stream, not the same model;
@@ -42,6 +47,7 @@ from numba import njit
 from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.machine import machine_metadata, package_versions
 from cowahead.engine.core import finish
+from cowahead.engine.prefetch import prefetch
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
 from cowahead.policies import OraclePolicy, parse_policy
@@ -69,6 +75,95 @@ def read_only_loop(kind, pid, address, length):
     return counts, pages, pids
 
 
+@njit(cache=True)
+def one_child_floor(order, npages, flags, frame, frames, free):
+    """The least memory work a one-child trace needs, in the engine's layout and with its prefetching:
+    the parent zero-fills pages 0…npages-1, forks, the child writes the dense pages ``order`` (a copy
+    when the PTE is write-protected, a dirty bit when not), then both exit. Counts only, no model:
+    the engine's speed limit set by memory. Returns the number of copies."""
+    top = 0
+    for d in range(npages):  # zero-fill faults, frames from the top of the free stack as the engine
+        f = free[free.shape[0] - 1 - d]
+        frame[0, d] = f
+        flags[0, d] = 7
+        frames[f, 0] = 1
+        frames[f, 1] = 1
+    for d in range(npages):  # fork: both PTEs write-protected, the frame mapped twice
+        f = frame[0, d]
+        flags[0, d] = 5
+        flags[1, d] = 5
+        frame[1, d] = f
+        frames[f, 0] += 1
+        frames[f, 1] += 1
+    n, copies, nxt = order.shape[0], 0, free.shape[0] - 1 - npages
+    for i in range(n):
+        if i + 32 < n:
+            prefetch(flags, 1, order[i + 32])
+        if i + 16 < n:
+            prefetch(frame, 1, order[i + 16])
+        if i + 8 < n:
+            prefetch(frames, frame[1, order[i + 8]], 0)
+        d = order[i]
+        if flags[1, d] & 2:
+            flags[1, d] |= 4
+            continue
+        old = frame[1, d]
+        frames[old, 0] -= 1
+        frames[old, 1] -= 1
+        new = free[nxt]
+        nxt -= 1
+        frames[new, 0] = 1
+        frames[new, 1] = 1
+        frame[1, d] = new
+        flags[1, d] = 7
+        copies += 1
+    for s in (1, 0):  # exit: the child, then the parent
+        for d in range(npages):
+            if d + 32 < npages:
+                prefetch(frames, frame[s, d + 32], 0)
+            f = frame[s, d]
+            frames[f, 0] -= 1
+            frames[f, 1] -= 1
+            if frames[f, 1] == 0:
+                free[top] = f
+                top += 1
+    return copies
+
+
+def one_child_order(trace: Trace) -> np.ndarray | None:
+    """The child's written pages (page offsets) if the trace has the generators' one-child shape
+    (mmap, the parent writes every page in order, fork, the child writes, both exit), else None."""
+    c = trace.columns
+    kind, npages = c["kind"], int(trace.metadata.get("pages", 0))
+    W = int(EventKind.WRITE)
+    shape = [int(EventKind.MMAP)] + [W] * npages + [int(EventKind.FORK)]
+    if len(kind) < npages + 4 or list(kind[:npages + 2]) != shape or np.any(kind[npages + 2:-2] != W) \
+            or list(kind[-2:]) != [int(EventKind.EXIT)] * 2:
+        return None
+    pages = (c["address"][1:] - BASE) >> PAGE_SHIFT
+    if np.any(pages[:npages] != np.arange(npages)):
+        return None
+    return pages[npages + 1:-2].astype(np.int64)
+
+
+def bench_floor(trace: Trace, runs: int) -> dict | None:
+    order = one_child_order(trace)
+    if order is None:
+        return None
+    npages = int(trace.metadata["pages"])
+    frames = 2 * npages + 1024
+    arrays = lambda: touched((np.zeros((4, npages), np.uint8), np.zeros((4, npages), np.int32),  # noqa: E731
+                              np.zeros((frames, 4), np.int32), np.arange(frames, dtype=np.int32)))
+    values, copies = [], 0
+    for run in range(runs + 1):  # the first is a warm-up
+        a = arrays()
+        t = time.perf_counter()
+        copies = one_child_floor(order, npages, *a)
+        values.append(time.perf_counter() - t)
+    return {"warmup_s": values[0], **stats(values[1:]), "copies": int(copies),
+            "events_per_s": len(trace) / statistics.median(values[1:])}
+
+
 def stats(values: list[float]) -> dict:
     median = statistics.median(values)
     spread = (max(values) - min(values)) / median if median else 0.0
@@ -90,7 +185,7 @@ def timed(fn, runs: int) -> tuple[dict, object]:
 
 
 def touched(st):
-    """The state with every page of its arrays written once, so no page fault lands in the timed loop."""
+    """The state (or tuple of arrays) with every page written once, so no page fault lands in the timed loop."""
     for a in st:
         if isinstance(a, np.ndarray) and a.nbytes:
             a.view(np.uint8).reshape(-1)[::4096] += 0
@@ -158,24 +253,31 @@ def bench_engine(path: Path, runs: int) -> dict:
     columns = [(c["kind"], c["pid"], c["address"], c["length"]) for c in iter_chunks(trace)]
     read_t, _ = timed(lambda: [read_only_loop(*c) for c in columns], runs)
     read_rate = events / read_t["median"]
+    floor = bench_floor(trace, runs)
     out = {"events": events, "pages": len(space.pages), "page_space": space_t, "decode": decode_t,
-           "read_only_loop": {**read_t, "events_per_s": read_rate}, "policies": {}}
+           "read_only_loop": {**read_t, "events_per_s": read_rate},
+           "memory_floor": floor or {"note": "not a one-child trace: no memory floor"}, "policies": {}}
     for policy in POLICIES:
         parsed = parse_policy(policy)
         oracle_future = future(trace, space) if isinstance(parsed, OraclePolicy) else None
 
         loop_t, fresh_t = replay_times(lambda: new_state(space, parsed, oracle_future), decoded, runs)
-        end_t, _ = timed(lambda: replay_engine(path, [policy]), max(1, runs // 2 + 1))
+        end_t, (counters,) = timed(lambda: replay_engine(path, [policy]), max(1, runs // 2 + 1))
+        if floor and policy == "none" and counters.cow_copy != floor["copies"]:
+            raise SystemExit(f"the memory floor made {floor['copies']} copies, the engine {counters.cow_copy}: "
+                             "the floor no longer does the trace's work")
         rate = events / loop_t["median"]
         out["policies"][policy] = {"replay_loop": {**loop_t, "events_per_s": rate},
                                    "fresh_state_and_loop": {**fresh_t, "events_per_s": events / fresh_t["median"]},
                                    "ratio_to_read_only": rate / read_rate,
+                                   "ratio_to_memory_floor": rate / floor["events_per_s"] if floor else None,
                                    "end_to_end_from_file": {**end_t, "events_per_s": events / end_t["median"]}}
         print(f"  {policy:10s} {rate / 1e6:7.1f} M events/s loop (spread {loop_t['spread']:.0%}), "
               f"{events / fresh_t['median'] / 1e6:6.1f} M/s with a fresh state, "
-              f"{events / end_t['median'] / 1e6:6.1f} M/s end to end, {rate / read_rate:.3f} of read-only",
-              flush=True)
-    print(f"  read-only loop {read_rate / 1e6:.0f} M events/s", flush=True)
+              f"{events / end_t['median'] / 1e6:6.1f} M/s end to end, {rate / read_rate:.3f} of read-only"
+              + (f", {rate / floor['events_per_s']:.2f} of the memory floor" if floor else ""), flush=True)
+    print(f"  read-only loop {read_rate / 1e6:.0f} M events/s"
+          + (f"; memory floor {floor['events_per_s'] / 1e6:.0f} M events/s" if floor else ""), flush=True)
     return out
 
 
@@ -256,6 +358,7 @@ def verdict(doc: dict) -> dict:
                             "events_per_s_fresh_state_met": None if goal is None else fresh >= goal,
                             "ratio_to_read_only": r["ratio_to_read_only"],
                             "ratio_to_read_only_met": r["ratio_to_read_only"] >= TARGETS["ratio_to_read_only"],
+                            "ratio_to_memory_floor": r["ratio_to_memory_floor"],
                             "ratio_to_libcachesim": None, "ratio_to_libcachesim_met": None}
             if result["libcachesim_lru"].get("installed", True):
                 ratio = rate / result["libcachesim_lru"]["requests_per_s"]

@@ -184,7 +184,7 @@ def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "engine.json"
     subprocess.run([sys.executable, str(root / "benchmarks/engine.py"), "--pages", "3000", "--runs", "1",
-                    "--patterns", "sequential,rewrite", "--cache", str(tmp_path), "--out", str(out)],
+                    "--patterns", "sequential,random,rewrite", "--cache", str(tmp_path), "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     doc = json.loads(out.read_text())
     verdict = doc["verdict"]
@@ -192,4 +192,9 @@ def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
     assert verdict["sequential"]["none"]["events_per_s"] == \
         doc["patterns"]["sequential"]["engine"]["policies"]["none"]["replay_loop"]["events_per_s"]
     assert doc["patterns"]["rewrite"]["engine"]["events"] == 6001
+    # the memory floor copies what the engine copies (the benchmark stops if not); rewrite has none
+    assert doc["patterns"]["sequential"]["engine"]["memory_floor"]["copies"] == 3000
+    assert 0 < doc["patterns"]["random"]["engine"]["memory_floor"]["copies"] < 3000
+    assert "note" in doc["patterns"]["rewrite"]["engine"]["memory_floor"]
+    assert verdict["random"]["none"]["ratio_to_memory_floor"] > 0
     assert doc["sweep"]["policies"] == 51 and isinstance(verdict["sweep_met"], bool)
