@@ -30,7 +30,7 @@ def replay_chunk(st: State, d, first_index: int) -> State:
     """Replay one decoded chunk, growing the state's pools whenever an event needs room."""
     resume, n = 0, len(d.kind)
     while True:
-        resume = core.replay_chunk(st, d.kind, d.pid, d.arg, d.start, d.stop, d.dlo, d.dhi, first_index, resume,
+        resume = core.replay_chunk(st, d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, resume,
                                     d.scattered)
         if resume == n:
             return st

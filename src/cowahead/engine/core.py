@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..trace.events import PAGE_SHIFT
 from .prefetch import prefetch
 
 # Event kinds (trace/events.py EventKind) and VMA kinds (VmaKind).
@@ -165,6 +166,13 @@ def zap_pte_range(st, s, dlo, dhi):
 
 
 # ----- page space --------------------------------------------------------------------
+
+
+@jit_inline
+def page_range(address, length):
+    """The pages [first, end) that ``length`` bytes at ``address`` touch: at least one."""
+    a = np.int64(address)
+    return a >> PAGE_SHIFT, ((a + max(np.int64(length), 1) - 1) >> PAGE_SHIFT) + 1
 
 
 @jit
@@ -774,7 +782,7 @@ def access_worst(st, npages):
 
 
 @jit_inline
-def headroom(st, kind, pid, npages, start, stop):
+def headroom(st, kind, pid, npages, address, length):
     """Is every pool big enough for the worst this event can do? If not, say how much is needed."""
     sc = st.sc
     slots = 2 if kind == FORK else 1
@@ -794,6 +802,7 @@ def headroom(st, kind, pid, npages, start, stop):
         vmas = 2
         if kind == MMAP:
             backings = 1
+            start, stop = page_range(address, length)
             bk_frames = (dense_index(st.pages, st.direct_base, stop)
                          - dense_index(st.pages, st.direct_base, start))
     if st.policy[0] != POL_CCOW:
@@ -840,7 +849,7 @@ def prefetch_ahead(st, kind, pid, dlo, i):
 
 
 @jit
-def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume, scattered):
+def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, resume, scattered):
     """Replay events ``resume`` … of one decoded chunk; returns where it stopped (len if done)."""
     n = kind.shape[0]
     c = st.counters
@@ -871,7 +880,7 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
                 # Most faults are on one page: the pools' free counts alone say there is room.
                 room = (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                         and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov)
-        if not room and not headroom(st, k, p, dhi[i] - dlo[i], start[i], stop[i]):
+        if not room and not headroom(st, k, p, dhi[i] - dlo[i], address[i], length[i]):
             return i
         c[C_EVENTS] += 1
         if k == WRITE or k == READ:
@@ -884,12 +893,14 @@ def replay_chunk(st, kind, pid, arg, start, stop, dlo, dhi, first_index, resume,
             do_exec(st, p)
         elif k == EXIT:
             do_exit(st, p)
-        elif k == MMAP:
-            mmap(st, mm_of(st, p), start[i], stop[i], arg[i])
-        elif k == MUNMAP:
-            munmap(st, mm_of(st, p), start[i], stop[i])
-        elif k == DONTNEED:
-            madvise_dontneed(st, mm_of(st, p), start[i], stop[i])
+        else:
+            start, stop = page_range(address[i], length[i])
+            if k == MMAP:
+                mmap(st, mm_of(st, p), start, stop, arg[i])
+            elif k == MUNMAP:
+                munmap(st, mm_of(st, p), start, stop)
+            elif k == DONTNEED:
+                madvise_dontneed(st, mm_of(st, p), start, stop)
     if n > resume:
         sc[SC_FEW_FAULTS] = (faults(c) - faults_before) * 8 < n - resume
     return n
