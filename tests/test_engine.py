@@ -198,3 +198,18 @@ def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
     assert "note" in doc["patterns"]["rewrite"]["engine"]["memory_floor"]
     assert verdict["random"]["none"]["ratio_to_memory_floor"] > 0
     assert doc["sweep"]["policies"] == 51 and isinstance(verdict["sweep_met"], bool)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 5000), max_size=300), st.sampled_from([1, 7, 10 ** 6]))
+def test_future_pairs_equal_numpy_unique(keys, spread):
+    """The oracle's future pairs each written page with its (pid, page) key: counted in a table when the
+    keys are dense, sorted when not; both must say what np.unique says."""
+    import numpy as np
+
+    from cowahead.engine.prepass import _pairs
+
+    written = np.array(keys, np.int64) * spread
+    expected = np.unique(written, return_inverse=True, return_counts=True)
+    for got, want in zip(_pairs(written), expected):
+        assert got.dtype == np.int64 and np.array_equal(got, want)

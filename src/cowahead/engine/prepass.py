@@ -247,11 +247,14 @@ def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, 
 
 def _pairs(written: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct (pid, page) keys, the pair of each written page (in trace order), and writes per pair."""
-    keys, counts = np.unique(written, return_counts=True)
-    if len(keys) and keys[-1] < 8 * len(written) + 1024:
-        lookup = np.empty(keys[-1] + 1, np.int64)  # at most 64 bytes per written page: a table beats a search
+    if len(written) and written.max() < 8 * len(written) + 1024:
+        # Keys this dense (at most 64 bytes of table per written page): count and look up, no sort.
+        per_key = np.bincount(written)
+        keys = np.flatnonzero(per_key)
+        lookup = np.empty(len(per_key), np.int64)
         lookup[keys] = np.arange(len(keys))
-        return keys, lookup[written], counts
+        return keys, lookup[written], per_key[keys]
+    keys, counts = np.unique(written, return_counts=True)
     order = np.argsort(written, kind="stable")  # numpy's unique(return_inverse=True), without its cost
     pair = np.empty(len(written), np.int64)
     pair[order] = np.repeat(np.arange(len(keys)), counts)
