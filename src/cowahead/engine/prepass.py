@@ -68,7 +68,7 @@ class Decoded:
     """One chunk in the engine's terms: pid indices and dense page ranges; the rest is the chunk's own.
 
     Only what replay reads at every event is made anew, and narrow (int32): decoding writes
-    13 bytes an event, not 49, and the loop reads fewer lines."""
+    12 bytes an event, not 48, and the loop reads fewer lines."""
     kind: np.ndarray
     pid: np.ndarray      # int32 pid index
     arg: np.ndarray      # a fork's child pid index; else the event's arg (the chunk's own without forks)
