@@ -254,7 +254,7 @@ def test_calibrate_writes_a_versioned_file_that_simulate_can_use(tmp_path):
     doc = json.loads(output.read_text())
     assert (doc["format"], doc["version"]) == ("cowahead-calibration", 1)
     assert set(doc["costs"]) == {f.name for f in fields(CostModel)}
-    assert {"kernel", "cpu", "thp_enabled", "mthp_enabled", "cowahead", "repeats"} <= set(doc["metadata"])
+    assert {"kernel", "cpu", "thp", "cowahead", "repeats"} <= set(doc["metadata"])
     assert list(doc["populate_write_us_per_page"]) == [str(1 << k) for k in range(10)]
     for name, m in doc["measurements"].items():
         assert len(m["values_us"]) == 5 and m["median_us"] > 0, name

@@ -19,10 +19,11 @@ from typing import Callable
 
 
 from ..errors import CowaheadError
+from ..machine import thp_settings
 from ..trace import Trace, write_trace
 from ..trace.events import PAGE_SHIFT, EventKind, VmaKind
 from . import _perf, _procfs
-from ._convert import Conversion, _Layout, convert
+from ._convert import Conversion, Placed, convert
 
 # progress(stage, done, total): stage is "record" or "convert"; done/total may be None.
 Progress = Callable[[str, int | None, int | None], None]
@@ -49,7 +50,7 @@ def stack_reserve() -> int:
     return soft if 0 < soft < 1 << 32 else 8 << 20
 
 
-def snapshot(pid: int) -> list[_Layout]:
+def snapshot(pid: int) -> list[Placed]:
     """The address space perf cannot see: VMAs from /proc/PID/maps, present pages from pagemap.
 
     Present pages become WRITE events (anonymous) or READ events (page
@@ -62,18 +63,18 @@ def snapshot(pid: int) -> list[_Layout]:
         raise CowaheadError(f"no process {pid} to attach to") from None
     except PermissionError:
         raise CowaheadError(f"not permitted to read /proc/{pid}/maps; run as root") from None
-    events: list[_Layout] = []
+    events: list[Placed] = []
     for entry in entries:
         start = entry.start
         if entry.name == "[stack]":
             start = max(entry.end - stack_reserve(), 0)
-        events.append(_Layout(-1, 0, pid, EventKind.MMAP, start, entry.end - start, int(entry.vma_kind)))
+        events.append(Placed(0, pid, EventKind.MMAP, start, entry.end - start, int(entry.vma_kind)))
     for entry in entries:
         pages, is_file = _procfs.present_pages(pid, entry)
         anon_write = entry.vma_kind == VmaKind.PRIVATE_ANON or entry.vma_kind == VmaKind.PRIVATE_FILE
         for page, file_page in zip(pages.tolist(), is_file.tolist()):
             kind = EventKind.READ if file_page or not anon_write else EventKind.WRITE
-            events.append(_Layout(-1, 0, pid, kind, page << PAGE_SHIFT, 1, -1))
+            events.append(Placed(0, pid, kind, page << PAGE_SHIFT, 1, -1))
     return events
 
 
@@ -85,7 +86,7 @@ def metadata(command: list[str] | None, pid: int | None, run: _perf.PerfRun, con
         "recorded_pid": pid,
         "tracepoints": list(_perf.TRACEPOINTS),
         "perf_version": _perf_version(),
-        "thp": _procfs.thp_settings(),
+        "thp": thp_settings(),
         "clock": "CLOCK_MONOTONIC",  # time_ns, as time.clock_gettime_ns(CLOCK_MONOTONIC) reads it
         "fault_arg": "x86_error_code",  # READ/WRITE arg: the page-fault error code; -1 for --pid snapshot pages
         "attached_pages": attached_pages,
@@ -118,7 +119,7 @@ class Recorder:
         self.process: subprocess.Popen | None = None
         self.command: list[str] | None = None
         self.pid: int | None = None
-        self.initial: list[_Layout] = []
+        self.initial: list[Placed] = []
         self.started = 0.0
 
     def start(self, command: list[str] | None = None, pid: int | None = None) -> None:

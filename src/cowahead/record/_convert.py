@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..trace.events import PAGE_SIZE, EventKind
+from ..trace.events import PAGE_SIZE, Event, EventKind
 from ._procfs import vma_kind
 
 # Few groups and no backtracking: RE2 extracts these fastest. Time has 9 decimals (--ns).
@@ -138,16 +138,10 @@ class Conversion:
         return {k: v for k, v in self.__dict__.items() if k != "columns"}
 
 
-@dataclass
-class _Layout:
-    """A layout or process event, placed in the trace at a line of the perf text."""
-    line: int
-    time_ns: int
-    pid: int
-    kind: EventKind
-    address: int = 0
-    length: int = 0
-    arg: int = 0
+@dataclass(frozen=True, slots=True)
+class Placed(Event):
+    """A layout or process event, placed in the trace at a line of the perf text (-1: before it)."""
+    line: int = -1
 
 
 # ----- reading the text ----------------------------------------------------------------------
@@ -259,7 +253,7 @@ class _Processes:
         self.pending: dict[int, tuple] = {}       # tid -> a memory syscall's entry arguments
         self.aliases: list[list[int]] = []        # [tgid, space, first line, last line) of CLONE_VM children
         self.open_alias: dict[int, list[int]] = {}
-        self.events: list[_Layout] = []
+        self.events: list[Placed] = []
         self.stack_reserve = stack_reserve
         self.threads = 0
 
@@ -270,7 +264,7 @@ class _Processes:
         return self.vmas.setdefault(space, Vmas())
 
     def emit(self, line: int, time_ns: int, pid: int, kind: EventKind, address: int = 0, length: int = 0, arg: int = 0) -> None:
-        self.events.append(_Layout(line, time_ns, pid, kind, address, length, arg))
+        self.events.append(Placed(time_ns, pid, kind, address, length, arg, line=line))
 
     def mmap(self, line: int, t: int, space: int, start: int, end: int, kind: int) -> None:
         self.vmas_of(space).insert(start, end, kind)
@@ -409,7 +403,7 @@ def _parsed_batches(source: Path | BinaryIO, progress):
             yield first_done, lines_done, future.result()
 
 
-def convert(source: Path | BinaryIO, initial: list[_Layout] | None = None, stack_reserve: int = 8 << 20,
+def convert(source: Path | BinaryIO, initial: list[Placed] | None = None, stack_reserve: int = 8 << 20,
             progress: Callable[[int, int | None], None] | None = None) -> Conversion:
     """Convert ``perf script`` output (a file or a stream); ``initial`` events come first (--pid snapshot)."""
     procs = _Processes(stack_reserve)

@@ -1,13 +1,11 @@
-"""Kernel-facing: what /proc and /sys say about memory.
+"""Kernel-facing: what /proc says about a process's memory.
 
-The machine's THP/mTHP settings (recorded with every trace: where mTHP is
-enabled one zero-fill fault maps a whole folio), and, for ``--pid``, the
-address space that existed before perf attached.
+For ``--pid``, the address space that existed before perf attached. (The
+THP/mTHP settings recorded with every trace come from ``machine.thp_settings``.)
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,28 +13,8 @@ import numpy as np
 
 from ..trace.events import PAGE_SHIFT, VmaKind
 
-THP = Path("/sys/kernel/mm/transparent_hugepage")
 PAGEMAP_PRESENT = 1 << 63
 PAGEMAP_FILE = 1 << 61
-
-
-def thp_settings() -> dict[str, str]:
-    """Every THP knob as the selected word (``madvise``), and each mTHP size's ``enabled``."""
-    settings: dict[str, str] = {}
-    for name in ("enabled", "defrag", "shmem_enabled", "use_zero_page"):
-        settings[name] = _selected(THP / name)
-    for size_dir in sorted(THP.glob("hugepages-*kB")):
-        settings[f"{size_dir.name}/enabled"] = _selected(size_dir / "enabled")
-    return {k: v for k, v in settings.items() if v}
-
-
-def _selected(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return ""
-    chosen = re.search(r"\[(\w[\w+-]*)\]", text)
-    return chosen.group(1) if chosen else text
 
 
 @dataclass(frozen=True)
@@ -108,4 +86,4 @@ def children(pid: int) -> list[int]:
     return found
 
 
-__all__ = ["thp_settings", "MapsEntry", "vma_kind", "read_maps", "present_pages", "children"]
+__all__ = ["MapsEntry", "vma_kind", "read_maps", "present_pages", "children"]
