@@ -871,18 +871,16 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
             if s >= 0:
                 fl = flags[s, d]
                 if k == READ and fl & PRESENT:
-                    c[C_EVENTS] += 1
                     continue
                 if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
                     flags[s, d] = fl | DIRTY
-                    c[C_EVENTS] += 1
                     continue
                 # Most faults are on one page: the pools' free counts alone say there is room.
                 room = (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                         and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov)
         if not room and not headroom(st, k, p, dhi[i] - dlo[i], address[i], length[i]):
+            c[C_EVENTS] += i - resume
             return i
-        c[C_EVENTS] += 1
         if k == WRITE or k == READ:
             s = mm_of(st, p)
             for d in range(dlo[i], dhi[i]):
@@ -901,6 +899,8 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
                 munmap(st, mm_of(st, p), start, stop)
             elif k == DONTNEED:
                 madvise_dontneed(st, mm_of(st, p), start, stop)
+    # Counted here, not per event: a counter in memory bumped at every event is a chain of its own.
+    c[C_EVENTS] += n - resume
     if n > resume:
         sc[SC_FEW_FAULTS] = (faults(c) - faults_before) * 8 < n - resume
     return n
