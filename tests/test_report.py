@@ -100,8 +100,12 @@ def test_evaluate_writes_results_and_a_report_that_agree(tmp_path, capsys):
     none, fixed = sequential[0], next(r for r in sequential if r["policy"] == "fixed:64")
     assert none["cow_copies"] == 256 and fixed["cow_copies"] == 4  # 256 pages, one fault per 64
     assert "sequential: COW-ahead helps" in stdout
+    assert list(results["timings_s"]) == ["workload sequential", "workload random", "replay", "heatmaps",
+                                          "real runs sequential", "real runs random"]
+    assert all(t >= 0 for t in results["timings_s"].values())
     page = (out / "index.html").read_text()
     assert "sequential-tradeoff.png" in page and "random-heatmap.png" in page
+    assert "Where the time went" in page and "real runs random" in page
 
 
 def test_evaluate_rejects_an_unknown_workload_before_doing_anything(tmp_path, capsys):

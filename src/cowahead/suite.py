@@ -12,6 +12,7 @@ and ``DIR/index.html``.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -105,14 +106,24 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     traces_dir = out_dir / "traces"
     traces_dir.mkdir(parents=True, exist_ok=True)
     check_workloads(names)
+    timings, clock = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:  # where the job's time went, kept in results.json
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 2)
+        clock = now
+
     advance = step("workloads", len(names))
     workloads = []
     for name in names:
         workloads.append(prepare(name, settings, traces_dir))
+        lap(f"workload {name}")
         advance(1)
     paths = [str(w.trace_path) for w in workloads]
     advance = step("replay (engine, both cores)", len(paths) * len(settings.policies))
     results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance)
+    lap("replay")
     advance = step("fault heatmaps", len(workloads))
     for workload, entry in zip(workloads, results["workloads"]):
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
@@ -121,17 +132,19 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
             entry["scenario"] = workload.scenario
         entry["heatmap"] = heatmap(read_trace(workload.trace_path))
         advance(1)
+    lap("heatmaps")
     if settings.real_repeats:
-        _time_for_real(workloads, results, settings, step)
+        _time_for_real(workloads, results, settings, step, lap)
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
                            "policies": settings.policies, "real_repeats": settings.real_repeats}
+    results["timings_s"] = timings
     save_results(results, out_dir / "results.json")
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
     write_report(results, out_dir)
     return results
 
 
-def _time_for_real(workloads: list[Workload], results: dict, settings: Settings, step) -> None:
+def _time_for_real(workloads: list[Workload], results: dict, settings: Settings, step, lap) -> None:
     """Real time change of each family's best window, for workloads that can run for real."""
     from .real.timing import time_policies
     runnable = [(w, e) for w, e in zip(workloads, results["workloads"]) if w.kind == "generator"]
@@ -142,6 +155,7 @@ def _time_for_real(workloads: list[Workload], results: dict, settings: Settings,
     for workload, entry in runnable:
         entry["real"] = time_policies(read_trace(workload.trace_path), chosen[workload.name],
                                       settings.real_repeats, advance)
+        lap(f"real runs {workload.name}")
 
 
 def _slug(name: str) -> str:

@@ -49,6 +49,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
         "<h2 id='calibration'>Cost model used</h2>", _key_values(results.get("costs", {})),
         "<h2 id='machine'>Machine and versions</h2>", _key_values({**results.get("machine", {}),
                                                                  **results.get("versions", {})}),
+        *(["<h2 id='timings'>Where the time went (seconds)</h2>", _key_values(results["timings_s"])]
+          if results.get("timings_s") else []),
         # Records each image's loaded width, so a headless browser can tell a broken image.
         "<script>window.addEventListener('load', () => document.querySelectorAll('img')"
         ".forEach(i => i.dataset.width = i.naturalWidth));</script>",
