@@ -146,11 +146,12 @@ def test_memory_follows_live_state_not_trace_length():
 
 @pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
 def test_prefetching_changes_no_count(pattern):
-    """Replay prefetches PTEs and frames only when a chunk's pages jump about; a hint, never a result."""
+    """Replay prefetches PTEs and frames only when a chunk's pages jump about in a state bigger than the
+    caches (here forced, the state is small); a hint, never a result."""
     from dataclasses import replace
 
     from cowahead.engine import replay_chunk, to_counters
-    from cowahead.engine.core import finish
+    from cowahead.engine.core import SC_PREFETCH_MIN_BYTES, finish
     from cowahead.engine.prepass import decode, iter_chunks
     from cowahead.engine.state import new_state
     from cowahead.policies import parse_policy
@@ -162,6 +163,7 @@ def test_prefetching_changes_no_count(pattern):
         out = []
         for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1"]:
             st, first = new_state(space, parse_policy(policy), None), 0
+            st.sc[SC_PREFETCH_MIN_BYTES] = 0 if scattered else 1 << 62
             for chunk in iter_chunks(trace, rows=997):
                 d = replace(decode(chunk, space), scattered=scattered)
                 st = replay_chunk(st, d, first)

@@ -99,6 +99,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     sc[core.SC_VMAS_FREE] = vmas
     sc[core.SC_BACKINGS_FREE] = 16
     sc[core.SC_PSTATES_FREE] = 64
+    sc[core.SC_PREFETCH_MIN_BYTES] = core.PREFETCH_MIN_STATE_BYTES
     frame_table = np.zeros((frames, core.N_FRAME_FIELDS), np.int32)
     frame_table[core.ZERO_FRAME, core.F_KIND] = core.ZERO
     if future is None or params[0] != core.POL_ORACLE:
