@@ -46,7 +46,8 @@ from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.machine import machine_metadata, package_versions
-from cowahead.engine.core import finish
+from cowahead.engine.core import (DIRTY, FLAGS_AHEAD, FRAME_AHEAD, PRESENT, PTE_AHEAD, WRITABLE, ZAP_AHEAD, finish,
+                                  page_range)
 from cowahead.engine.prefetch import prefetch
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
@@ -70,8 +71,8 @@ def read_only_loop(kind, pid, address, length):
     for i in range(kind.shape[0]):
         counts[kind[i]] += 1
         pids += pid[i]
-        pages += ((np.int64(address[i]) + max(np.int64(length[i]), 1) - 1) >> PAGE_SHIFT) \
-            - (np.int64(address[i]) >> PAGE_SHIFT) + 1
+        first, end = page_range(address[i], length[i])
+        pages += end - first
     return counts, pages, pids
 
 
@@ -85,27 +86,27 @@ def one_child_floor(order, npages, flags, frame, frames, free):
     for d in range(npages):  # zero-fill faults, frames from the top of the free stack as the engine
         f = free[free.shape[0] - 1 - d]
         frame[0, d] = f
-        flags[0, d] = 7
+        flags[0, d] = PRESENT | WRITABLE | DIRTY
         frames[f, 0] = 1
         frames[f, 1] = 1
     for d in range(npages):  # fork: both PTEs write-protected, the frame mapped twice
         f = frame[0, d]
-        flags[0, d] = 5
-        flags[1, d] = 5
+        flags[0, d] = PRESENT | DIRTY
+        flags[1, d] = PRESENT | DIRTY
         frame[1, d] = f
         frames[f, 0] += 1
         frames[f, 1] += 1
     n, copies, nxt = order.shape[0], 0, free.shape[0] - 1 - npages
     for i in range(n):
-        if i + 32 < n:
-            prefetch(flags, 1, order[i + 32])
-        if i + 16 < n:
-            prefetch(frame, 1, order[i + 16])
-        if i + 8 < n:
-            prefetch(frames, frame[1, order[i + 8]], 0)
+        if i + FLAGS_AHEAD < n:
+            prefetch(flags, 1, order[i + FLAGS_AHEAD])
+        if i + PTE_AHEAD < n:
+            prefetch(frame, 1, order[i + PTE_AHEAD])
+        if i + FRAME_AHEAD < n:
+            prefetch(frames, frame[1, order[i + FRAME_AHEAD]], 0)
         d = order[i]
-        if flags[1, d] & 2:
-            flags[1, d] |= 4
+        if flags[1, d] & WRITABLE:
+            flags[1, d] |= DIRTY
             continue
         old = frame[1, d]
         frames[old, 0] -= 1
@@ -115,12 +116,12 @@ def one_child_floor(order, npages, flags, frame, frames, free):
         frames[new, 0] = 1
         frames[new, 1] = 1
         frame[1, d] = new
-        flags[1, d] = 7
+        flags[1, d] = PRESENT | WRITABLE | DIRTY
         copies += 1
     for s in (1, 0):  # exit: the child, then the parent
         for d in range(npages):
-            if d + 32 < npages:
-                prefetch(frames, frame[s, d + 32], 0)
+            if d + ZAP_AHEAD < npages:
+                prefetch(frames, frame[s, d + ZAP_AHEAD], 0)
             f = frame[s, d]
             frames[f, 0] -= 1
             frames[f, 1] -= 1
@@ -154,14 +155,8 @@ def bench_floor(trace: Trace, runs: int) -> dict | None:
     frames = 2 * npages + 1024
     arrays = lambda: touched((np.zeros((4, npages), np.uint8), np.zeros((4, npages), np.int32),  # noqa: E731
                               np.zeros((frames, 4), np.int32), np.arange(frames, dtype=np.int32)))
-    values, copies = [], 0
-    for run in range(runs + 1):  # the first is a warm-up
-        a = arrays()
-        t = time.perf_counter()
-        copies = one_child_floor(order, npages, *a)
-        values.append(time.perf_counter() - t)
-    return {"warmup_s": values[0], **stats(values[1:]), "copies": int(copies),
-            "events_per_s": len(trace) / statistics.median(values[1:])}
+    run_t, copies = timed(lambda a: one_child_floor(order, npages, *a), runs, setup=arrays)
+    return {**run_t, "copies": int(copies), "events_per_s": len(trace) / run_t["median"]}
 
 
 def stats(values: list[float]) -> dict:
@@ -171,17 +166,16 @@ def stats(values: list[float]) -> dict:
             "values": values, "wide_spread": spread > WIDE_SPREAD}
 
 
-def timed(fn, runs: int) -> tuple[dict, object]:
-    """One warm-up (kept apart, returned separately), then ``runs`` timed calls."""
-    t = time.perf_counter()
-    out = fn()
-    warmup = time.perf_counter() - t
-    values = []
-    for _ in range(runs):
+def timed(fn, runs: int, setup=None) -> tuple[dict, object]:
+    """One warm-up (kept apart, returned separately), then ``runs`` timed calls. With ``setup``, each
+    call is ``fn(setup())``, the set-up made before the timer starts."""
+    values, out = [], None
+    for _ in range(runs + 1):
+        args = () if setup is None else (setup(),)
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         values.append(time.perf_counter() - t)
-    return {"warmup_s": warmup, **stats(values)}, out
+    return {"warmup_s": values[0], **stats(values[1:])}, out
 
 
 def touched(st):
@@ -305,16 +299,11 @@ def bench_libcachesim(path: Path, runs: int) -> dict:
         stream = Path(tmp) / "pages.oracleGeneral"
         rec.tofile(stream)
 
-        values = []
-        for _ in range(runs + 1):  # the first is a warm-up
-            # Reader and cache are made before the timer, as the engine's state is: making the LRU
-            # (its hash table) took up to 0.9 s of a 3.5 s run.
-            reader = lcs.TraceReader(str(stream), lcs.TraceType.ORACLE_GENERAL_TRACE)
-            cache = lcs.LRU(cache_size=unique // 2 * 4096)
-            t = time.perf_counter()
-            miss = cache.process_trace(reader)
-            values.append(time.perf_counter() - t)
-        run_t = {"warmup_s": values[0], **stats(values[1:])}
+        # Reader and cache are made before the timer, as the engine's state is: making the LRU (its
+        # hash table) took up to 0.9 s of a 3.5 s run.
+        run_t, miss = timed(lambda made: made[1].process_trace(made[0]), runs,
+                            setup=lambda: (lcs.TraceReader(str(stream), lcs.TraceType.ORACLE_GENERAL_TRACE),
+                                           lcs.LRU(cache_size=unique // 2 * 4096)))
     rate = len(first) / run_t["median"]
     print(f"  libCacheSim LRU {rate / 1e6:.1f} M requests/s (miss ratio {miss[0]:.3f})", flush=True)
     return {"requests": int(len(first)), "cache_pages": unique // 2, "miss_ratio": miss[0],
