@@ -76,7 +76,7 @@ class Decoded:
     length: np.ndarray
     dlo: np.ndarray      # int32 dense range of a read or write (0, 0 for other events)
     dhi: np.ndarray
-    scattered: bool    # do its reads and writes jump about? (then replay prefetches their PTEs)
+    scattered: bool    # do its reads and writes jump about? (then replay prefetches, if the state is big)
 
 
 @njit(cache=True)
