@@ -34,6 +34,20 @@ def test_chunks_concatenate_to_the_whole_trace(tmp_path, monkeypatch):
     assert np.array_equal(np.concatenate([c["address"] for c in chunks]), trace.columns["address"])
 
 
+def test_a_read_of_some_columns_gives_those_columns_whole_and_in_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr("cowahead.trace.parquet.ROW_GROUP_ROWS", 100)
+    trace = generate("forkexec", pages=64)
+    write_trace(trace, tmp_path / "t.parquet")
+    file = TraceFile(tmp_path / "t.parquet")
+    names = ("kind", "arg")
+    whole = file.read_columns(names)
+    chunks = list(file.iter_chunks(names))
+    assert set(whole) == {"kind", "arg"} and all(set(c) == {"kind", "arg"} for c in chunks)
+    for name in names:
+        assert np.array_equal(whole[name], trace.columns[name]) and whole[name].dtype == COLUMNS[name]
+        assert np.array_equal(np.concatenate([c[name] for c in chunks]), trace.columns[name])
+
+
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_generators_are_seeded_and_deterministic(name):
     a, b, c = generate(name, 128, seed=1), generate(name, 128, seed=1), generate(name, 128, seed=2)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -81,26 +81,32 @@ class TraceFile:
         _check_schema(self.path, self._file.schema_arrow)
         self.num_events = self._file.metadata.num_rows
 
-    def iter_chunks(self) -> Iterator[dict[str, np.ndarray]]:
+    def iter_chunks(self, columns: Sequence[str] = tuple(COLUMNS)) -> Iterator[dict[str, np.ndarray]]:
+        """``columns`` of each row group in turn."""
         for i in range(self._file.num_row_groups):
             try:
-                table = self._file.read_row_group(i)
+                table = self._file.read_row_group(i, columns=list(columns))
             except (OSError, pa.ArrowException) as e:
                 raise CowaheadError(f"{self.path}: row group {i} is unreadable ({e}); the file is damaged") from None
-            yield self._columns(table)
+            yield self._columns(table, columns)
 
     def read(self) -> Trace:
+        return Trace(self.read_columns(), self.metadata)
+
+    def read_columns(self, columns: Sequence[str] = tuple(COLUMNS)) -> dict[str, np.ndarray]:
+        """``columns`` of the whole file, read at once."""
         # One read of the whole file decodes columns on both cores and copies each column once;
         # row group by row group, then joined, took 1.5–3× as long (10M events: 0.3 s against 0.5–1 s).
         try:
-            table = self._file.read(use_threads=True)
+            table = self._file.read(columns=list(columns), use_threads=True)
         except (OSError, pa.ArrowException) as e:
             raise CowaheadError(f"{self.path}: unreadable ({e}); the file is damaged") from None
-        return Trace(self._columns(table), self.metadata)
+        return self._columns(table, columns)
 
-    def _columns(self, table: pa.Table) -> dict[str, np.ndarray]:
-        columns = {k: table.column(k).to_numpy().astype(COLUMNS[k], copy=False) for k in COLUMNS}
-        _check_kinds(self.path, columns["kind"])
+    def _columns(self, table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
+        columns = {k: table.column(k).to_numpy().astype(COLUMNS[k], copy=False) for k in names}
+        if "kind" in columns:
+            _check_kinds(self.path, columns["kind"])
         return columns
 
 
