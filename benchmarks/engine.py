@@ -46,8 +46,8 @@ from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.machine import machine_metadata, package_versions
-from cowahead.engine.core import (DIRTY, FLAGS_AHEAD, FRAME_AHEAD, PRESENT, PTE_AHEAD, WRITABLE, ZAP_AHEAD, finish,
-                                  page_range)
+from cowahead.engine.core import (DIRTY, FLAGS_AHEAD, FRAME_AHEAD, N_FRAME_FIELDS, PRESENT, PTE_AHEAD, WRITABLE,
+                                  ZAP_AHEAD, finish, page_range)
 from cowahead.engine.prefetch import prefetch
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
@@ -154,7 +154,7 @@ def bench_floor(trace: Trace, runs: int) -> dict | None:
     npages = int(trace.metadata["pages"])
     frames = 2 * npages + 1024
     arrays = lambda: touched((np.zeros((4, npages), np.uint8), np.zeros((4, npages), np.int32),  # noqa: E731
-                              np.zeros((frames, 4), np.int32), np.arange(frames, dtype=np.int32)))
+                              np.zeros((frames, N_FRAME_FIELDS), np.int32), np.arange(frames, dtype=np.int32)))
     run_t, copies = timed(lambda a: one_child_floor(order, npages, *a), runs, setup=arrays)
     return {**run_t, "copies": int(copies), "events_per_s": len(trace) / run_t["median"]}
 

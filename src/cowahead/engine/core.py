@@ -37,8 +37,8 @@ PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = 0, 1, 2
 # Frame kinds (model/memory.py FrameKind); frame 0 is the shared zero page.
 ANON, ZERO, FILE, SHMEM = 0, 1, 2, 3
 ZERO_FRAME = 0
-F_MAP, F_REF, F_KIND = 0, 1, 2
-N_FRAME_FIELDS = 4  # three used; a fourth pads a frame to 16 bytes so none straddles two cache lines
+F_MAP, F_REF = 0, 1
+N_FRAME_FIELDS = 2  # the counts every fault reads, 8 bytes a frame; the kind (read only to reuse) apart
 
 # PTE flag bits; PENDING and HIT are model/memory.py's Ahead states.
 PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
@@ -114,7 +114,7 @@ def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
     st.frames[f, F_MAP] = 0
     st.frames[f, F_REF] = 0
-    st.frames[f, F_KIND] = kind
+    st.frame_kind[f] = kind
     c = st.counters
     c[C_RESIDENT] += 1
     if c[C_RESIDENT] > c[C_RESIDENT_PEAK]:
@@ -138,7 +138,7 @@ def put_frame(st, f, unmap):
 def wp_can_reuse(st, f):
     """Only an anonymous frame mapped once and referenced once may be reused."""
     fr = st.frames
-    return f != ZERO_FRAME and fr[f, F_KIND] == ANON and fr[f, F_MAP] == 1 and fr[f, F_REF] == 1
+    return f != ZERO_FRAME and fr[f, F_MAP] == 1 and fr[f, F_REF] == 1 and st.frame_kind[f] == ANON
 
 
 @jit_inline

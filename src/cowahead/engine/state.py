@@ -28,7 +28,8 @@ class State(NamedTuple):
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
-    frames: np.ndarray
+    frames: np.ndarray        # [frame, F_MAP / F_REF]
+    frame_kind: np.ndarray    # ANON, ZERO, FILE or SHMEM
     frame_free: np.ndarray
     vmas: np.ndarray
     vma_free: np.ndarray
@@ -100,8 +101,8 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     sc[core.SC_BACKINGS_FREE] = 16
     sc[core.SC_PSTATES_FREE] = 64
     sc[core.SC_PREFETCH_MIN_BYTES] = core.PREFETCH_MIN_STATE_BYTES
-    frame_table = np.zeros((frames, core.N_FRAME_FIELDS), np.int32)
-    frame_table[core.ZERO_FRAME, core.F_KIND] = core.ZERO
+    frame_kind = np.zeros(frames, np.uint8)
+    frame_kind[core.ZERO_FRAME] = core.ZERO
     if future is None or params[0] != core.POL_ORACLE:
         empty = np.zeros(0, np.int64)
         future = Future(empty, np.zeros(1, np.int64), empty, empty)
@@ -111,7 +112,8 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
         pte_frame=np.zeros((slots, npages), np.int32), pte_flags=np.zeros((slots, npages), np.uint8),
         slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
-        frames=frame_table, frame_free=_free_stack(frames, 1).astype(np.int32),
+        frames=np.zeros((frames, core.N_FRAME_FIELDS), np.int32), frame_kind=frame_kind,
+        frame_free=_free_stack(frames, 1).astype(np.int32),
         vmas=np.zeros((vmas, core.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
         backings=np.zeros((16, core.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
         backing_frames=np.zeros(1024, np.int32),
@@ -165,6 +167,8 @@ def grow(st: State) -> State:
         if new > old:
             changes[table] = _grow_rows(getattr(st, table), new)
             changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
+            if table == "frames":
+                changes["frame_kind"] = _grow_rows(st.frame_kind, new)
     old = len(st.backing_frames)
     new = _capacity(old, old - int(sc[core.SC_BK_BUMP]), int(sc[core.SC_NEED_BK_FRAMES]))
     if new > old:
