@@ -863,8 +863,8 @@ def prefetch_ahead(st, kind, pid, dlo, i):
 
 
 @jit
-def replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching):
-    """Replay the run of one-page reads and writes from event ``i`` while a fault has room; returns the
+def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
+    """Replay the run of one-page reads and writes from event ``start`` while a fault has room; returns the
     first event it leaves to replay_chunk (another kind, several pages, a pid without an address
     space, a pool to check). Nearly every event goes through here: apart from replay_chunk's many
     other paths, the compiler keeps this loop's values in registers. Measured on the benchmark VM when
@@ -874,7 +874,7 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching):
     flags = st.pte_flags
     sc = st.sc
     one_fault_frames, one_fault_pstates, one_fault_cov = access_worst(st, 1)
-    while i < n:
+    for i in range(max(start, 0), n):  # a counted loop from 0 up: indices need no wraparound
         if prefetching:
             prefetch_ahead(st, kind, pid, dlo, i)
         k = kind[i]
@@ -885,19 +885,16 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching):
             return i
         fl = flags[s, d]
         if k == READ and fl & PRESENT:
-            i += 1
             continue
         if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
             flags[s, d] = fl | DIRTY
-            i += 1
             continue
         # Most faults are on one page: the pools' free counts alone say there is room.
         if not (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                 and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov):
             return i
         access(st, s, d, k == WRITE, pid[i], first_index + i)
-        i += 1
-    return i
+    return n
 
 
 @jit
