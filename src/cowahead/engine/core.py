@@ -837,9 +837,12 @@ def headroom(st, kind, pid, npages, address, length):
 @jit_inline
 def _ahead(st, kind, pid, j):
     """The slot of the access j events on, or -1 (past the chunk, not an access, no address space)."""
-    if j >= kind.shape[0] or not (kind[j] == WRITE or kind[j] == READ):
+    if j >= kind.shape[0]:
         return -1
-    return st.slot_of[pid[j]]
+    e = np.uintp(j)
+    if not (kind[e] == WRITE or kind[e] == READ):
+        return -1
+    return st.slot_of[np.uintp(pid[e])]
 
 
 @jit_inline
@@ -848,18 +851,20 @@ def prefetch_ahead(st, kind, pid, dlo, i):
     events on; its frame index PTE_AHEAD on; its frame FRAME_AHEAD on. No stage tests the flags for
     whether a fault is coming: where faults and hits mix at random, that branch mispredicted about
     once an event, and a needless prefetch costs less (random over 50K pages with prefetching on:
-    32M → 37M events/s; over 5M pages no change)."""
-    s = _ahead(st, kind, pid, i + FLAGS_AHEAD)
+    32M → 37M events/s; over 5M pages no change). Indexed unsigned, as in replay_accesses: the
+    writes of random over 5M pages took 111 ms instead of 124."""
+    j = i + FLAGS_AHEAD
+    s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.pte_flags, s, dlo[i + FLAGS_AHEAD])
+        prefetch(st.pte_flags, s, dlo[np.uintp(j)])
     j = i + PTE_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.pte_frame, s, dlo[j])
+        prefetch(st.pte_frame, s, dlo[np.uintp(j)])
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.frames, st.pte_frame[s, dlo[j]], 0)
+        prefetch(st.frames, st.pte_frame[np.uintp(s), np.uintp(dlo[np.uintp(j)])], 0)
 
 
 @jit
@@ -874,26 +879,31 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
     flags = st.pte_flags
     sc = st.sc
     one_fault_frames, one_fault_pstates, one_fault_cov = access_worst(st, 1)
-    for i in range(max(start, 0), n):  # a counted loop from 0 up: indices need no wraparound
+    for i in range(max(start, 0), n):
         if prefetching:
             prefetch_ahead(st, kind, pid, dlo, i)
-        k = kind[i]
-        if not (k == WRITE or k == READ) or dhi[i] - dlo[i] != 1:
+        # Indexed unsigned: numba then skips its fix-up of negative indices on each load (every index
+        # here is >= 0). rewrite 167M → 206M events/s, sequential 80M → 83M (touched state, none).
+        e = np.uintp(i)
+        k = kind[e]
+        if not (k == WRITE or k == READ) or dhi[e] - dlo[e] != 1:
             return i
-        s, d = st.slot_of[pid[i]], dlo[i]
+        p = pid[e]
+        s, d = st.slot_of[np.uintp(p)], dlo[e]
         if s < 0:
             return i
-        fl = flags[s, d]
+        pte = (np.uintp(s), np.uintp(d))
+        fl = flags[pte]
         if k == READ and fl & PRESENT:
             continue
         if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
-            flags[s, d] = fl | DIRTY
+            flags[pte] = fl | DIRTY
             continue
         # Most faults are on one page: the pools' free counts alone say there is room.
         if not (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                 and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov):
             return i
-        access(st, s, d, k == WRITE, pid[i], first_index + i)
+        access(st, s, d, k == WRITE, p, first_index + i)
     return n
 
 
