@@ -109,12 +109,16 @@ def _push(free, sc, top, item):
 # ----- frames ------------------------------------------------------------------------
 
 
+# Hot paths index with np.uintp(...): numba then skips its fix-up of negative indices (none is).
+
+
 @jit_inline
 def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
-    st.frames[f, F_MAP] = 0
-    st.frames[f, F_REF] = 0
-    st.frame_kind[f] = kind
+    u = np.uintp(f)
+    st.frames[u, F_MAP] = 0
+    st.frames[u, F_REF] = 0
+    st.frame_kind[u] = kind
     c = st.counters
     c[C_RESIDENT] += 1
     if c[C_RESIDENT] > c[C_RESIDENT_PEAK]:
@@ -126,10 +130,11 @@ def alloc_frame(st, kind):
 def put_frame(st, f, unmap):
     if f == ZERO_FRAME:
         return
+    u = np.uintp(f)
     if unmap:
-        st.frames[f, F_MAP] -= 1
-    st.frames[f, F_REF] -= 1
-    if st.frames[f, F_REF] == 0:
+        st.frames[u, F_MAP] -= 1
+    st.frames[u, F_REF] -= 1
+    if st.frames[u, F_REF] == 0:
         _push(st.frame_free, st.sc, SC_FRAMES_FREE, f)
         st.counters[C_RESIDENT] -= 1
 
@@ -137,24 +142,25 @@ def put_frame(st, f, unmap):
 @jit_inline
 def wp_can_reuse(st, f):
     """Only an anonymous frame mapped once and referenced once may be reused."""
-    fr = st.frames
-    return f != ZERO_FRAME and fr[f, F_MAP] == 1 and fr[f, F_REF] == 1 and st.frame_kind[f] == ANON
+    fr, u = st.frames, np.uintp(f)
+    return f != ZERO_FRAME and fr[u, F_MAP] == 1 and fr[u, F_REF] == 1 and st.frame_kind[u] == ANON
 
 
 @jit_inline
 def map_frame(st, s, d, f, writable):
     """A new PTE: writable ones start dirty, as the model's _map_frame."""
     if f != ZERO_FRAME:
-        st.frames[f, F_MAP] += 1
-        st.frames[f, F_REF] += 1
-    st.pte_frame[s, d] = f
-    st.pte_flags[s, d] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
+        st.frames[np.uintp(f), F_MAP] += 1
+        st.frames[np.uintp(f), F_REF] += 1
+    pte = (np.uintp(s), np.uintp(d))
+    st.pte_frame[pte] = f
+    st.pte_flags[pte] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
 
 
 @jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
-    if st.pte_flags[s, d] & PENDING:
+    if st.pte_flags[np.uintp(s), np.uintp(d)] & PENDING:
         st.counters[C_AHEAD_WASTE] += 1
         st.counters[C_EXTRA_PAGES] -= 1
 
@@ -168,13 +174,15 @@ def far_state(st):
 @jit
 def zap_pte_range(st, s, dlo, dhi):
     far = far_state(st)
+    u = np.uintp(s)
     for d in range(dlo, dhi):
+        e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
-            prefetch(st.frames, st.pte_frame[s, d + ZAP_AHEAD], 0)
-        if st.pte_flags[s, d] & PRESENT:
+            prefetch(st.frames, st.pte_frame[u, np.uintp(d + ZAP_AHEAD)], 0)
+        if st.pte_flags[u, e] & PRESENT:
             settle_ahead(st, s, d)
-            st.pte_flags[s, d] = 0
-            put_frame(st, st.pte_frame[s, d], True)
+            st.pte_flags[u, e] = 0
+            put_frame(st, st.pte_frame[u, e], True)
 
 
 # ----- page space --------------------------------------------------------------------
@@ -384,8 +392,8 @@ def vma_remove(st, s, v):
 def find_vma(st, s, d):
     """The VMA holding dense page ``d`` (dense bounds compare like raw ones), or -1."""
     vm = st.vmas
-    v = st.slots[s, S_VMA_CACHE]
-    if v >= 0 and vm[v, V_DLO] <= d < vm[v, V_DHI]:
+    v = st.slots[np.uintp(s), S_VMA_CACHE]
+    if v >= 0 and vm[np.uintp(v), V_DLO] <= d < vm[np.uintp(v), V_DHI]:
         return v
     v = st.slots[s, S_VMA_HEAD]
     while v >= 0:
@@ -536,19 +544,21 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
     flags = st.pte_flags
     far = far_state(st)
+    up, uc = np.uintp(sp), np.uintp(sc)
     for d in range(dlo, dhi):
+        e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:
-            prefetch(st.frames, st.pte_frame[sp, d + ZAP_AHEAD], 0)
-        fl = flags[sp, d]
+            prefetch(st.frames, st.pte_frame[up, np.uintp(d + ZAP_AHEAD)], 0)
+        fl = flags[up, e]
         if fl & PRESENT:
             settle_ahead(st, sp, d)
-            flags[sp, d] = fl & (PRESENT | DIRTY)
-            flags[sc, d] = fl & (PRESENT | DIRTY)
-            f = st.pte_frame[sp, d]
-            st.pte_frame[sc, d] = f
+            flags[up, e] = fl & (PRESENT | DIRTY)
+            flags[uc, e] = fl & (PRESENT | DIRTY)
+            f = st.pte_frame[up, e]
+            st.pte_frame[uc, e] = f
             if f != ZERO_FRAME:
-                st.frames[f, F_MAP] += 1
-                st.frames[f, F_REF] += 1
+                st.frames[np.uintp(f), F_MAP] += 1
+                st.frames[np.uintp(f), F_REF] += 1
 
 
 @jit
@@ -584,9 +594,9 @@ def do_fork(st, parent, child):
 @jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
-    old = st.pte_frame[s, d]
+    old = st.pte_frame[np.uintp(s), np.uintp(d)]
     new = alloc_frame(st, ANON)
-    st.vmas[v, V_ANON] = 1
+    st.vmas[np.uintp(v), V_ANON] = 1
     put_frame(st, old, True)
     map_frame(st, s, d, new, True)
 
@@ -725,8 +735,8 @@ def cow_ahead(st, s, v, d, pid, now):
 @jit_inline
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
-    kind = st.vmas[v, V_KIND]
-    fl = st.pte_flags[s, d]
+    kind = st.vmas[np.uintp(v), V_KIND]
+    fl = st.pte_flags[np.uintp(s), np.uintp(d)]
     if not (fl & PRESENT):
         if kind == PRIVATE_ANON:  # do_anonymous_page
             if not write:
@@ -766,20 +776,21 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 @jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
-    fl = st.pte_flags[s, d]
+    pte = (np.uintp(s), np.uintp(d))
+    fl = st.pte_flags[pte]
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
         if v < 0:
             st.counters[C_OUTSIDE_VMA] += 1
             return
         handle_mm_fault(st, s, v, d, write, pid, now)
-        fl = st.pte_flags[s, d]
+        fl = st.pte_flags[pte]
     if write:  # _store
         if fl & PENDING:
             st.counters[C_AHEAD_HITS] += 1
             st.counters[C_EXTRA_PAGES] -= 1
             fl = (fl & ~PENDING) | HIT
-        st.pte_flags[s, d] = fl | DIRTY
+        st.pte_flags[pte] = fl | DIRTY
 
 
 # ----- replay ------------------------------------------------------------------------
