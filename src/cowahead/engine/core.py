@@ -604,16 +604,17 @@ def wp_page_copy(st, s, v, d):
 @jit_inline
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
-    fl = st.pte_flags[s, q]
+    pte = (np.uintp(s), np.uintp(q))
+    fl = st.pte_flags[pte]
     if not (fl & PRESENT) or (fl & WRITABLE):
         return 0
     c = st.counters
-    if wp_can_reuse(st, st.pte_frame[s, q]):
-        st.pte_flags[s, q] = fl | WRITABLE
+    if wp_can_reuse(st, st.pte_frame[pte]):
+        st.pte_flags[pte] = fl | WRITABLE
         c[C_AHEAD_REUSES] += 1
         return 1
     wp_page_copy(st, s, v, q)
-    st.pte_flags[s, q] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+    st.pte_flags[pte] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
     c[C_AHEAD_COPIES] += 1
     c[C_EXTRA_PAGES] += 1
     if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
@@ -623,7 +624,7 @@ def break_cow_ahead(st, s, v, q):
 
 @jit_inline
 def _breakable(st, s, q):
-    return (st.pte_flags[s, q] & (PRESENT | WRITABLE)) == PRESENT
+    return (st.pte_flags[np.uintp(s), np.uintp(q)] & (PRESENT | WRITABLE)) == PRESENT
 
 
 @jit_inline
