@@ -158,17 +158,17 @@ def grow(st: State) -> State:
         changes.update(pte_frame=_grow_rows(st.pte_frame, new), pte_flags=_grow_rows(st.pte_flags, new),
                        slots=_grow_rows(st.slots, new),
                        slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
-    for table, free, top, need in [("frames", "frame_free", core.SC_FRAMES_FREE, core.SC_NEED_FRAMES),
-                                   ("vmas", "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS),
-                                   ("backings", "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS),
-                                   ("pstates", "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES)]:
-        old = len(getattr(st, table))
+    # Each pool: its tables (rows indexed alike), its free stack, the stack's top and what is needed.
+    for tables, free, top, need in [(("frames", "frame_kind"), "frame_free", core.SC_FRAMES_FREE,
+                                     core.SC_NEED_FRAMES),
+                                    (("vmas",), "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS),
+                                    (("backings",), "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS),
+                                    (("pstates",), "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES)]:
+        old = len(getattr(st, tables[0]))
         new = _capacity(old, int(sc[top]), int(sc[need]))
         if new > old:
-            changes[table] = _grow_rows(getattr(st, table), new)
+            changes.update({table: _grow_rows(getattr(st, table), new) for table in tables})
             changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
-            if table == "frames":
-                changes["frame_kind"] = _grow_rows(st.frame_kind, new)
     old = len(st.backing_frames)
     new = _capacity(old, old - int(sc[core.SC_BK_BUMP]), int(sc[core.SC_NEED_BK_FRAMES]))
     if new > old:
