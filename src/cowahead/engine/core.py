@@ -113,6 +113,12 @@ def _push(free, sc, top, item):
 
 
 @jit_inline
+def pte_at(s, d):
+    """The index of slot ``s``'s PTE for dense page ``d`` in pte_flags / pte_frame, unsigned (above)."""
+    return np.uintp(s), np.uintp(d)
+
+
+@jit_inline
 def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
     u = np.uintp(f)
@@ -152,7 +158,7 @@ def map_frame(st, s, d, f, writable):
     if f != ZERO_FRAME:
         st.frames[np.uintp(f), F_MAP] += 1
         st.frames[np.uintp(f), F_REF] += 1
-    pte = (np.uintp(s), np.uintp(d))
+    pte = pte_at(s, d)
     st.pte_frame[pte] = f
     st.pte_flags[pte] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
 
@@ -160,7 +166,7 @@ def map_frame(st, s, d, f, writable):
 @jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
-    if st.pte_flags[np.uintp(s), np.uintp(d)] & PENDING:
+    if st.pte_flags[pte_at(s, d)] & PENDING:
         st.counters[C_AHEAD_WASTE] += 1
         st.counters[C_EXTRA_PAGES] -= 1
 
@@ -594,7 +600,7 @@ def do_fork(st, parent, child):
 @jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
-    old = st.pte_frame[np.uintp(s), np.uintp(d)]
+    old = st.pte_frame[pte_at(s, d)]
     new = alloc_frame(st, ANON)
     st.vmas[np.uintp(v), V_ANON] = 1
     put_frame(st, old, True)
@@ -604,7 +610,7 @@ def wp_page_copy(st, s, v, d):
 @jit_inline
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
-    pte = (np.uintp(s), np.uintp(q))
+    pte = pte_at(s, q)
     fl = st.pte_flags[pte]
     if not (fl & PRESENT) or (fl & WRITABLE):
         return 0
@@ -624,7 +630,7 @@ def break_cow_ahead(st, s, v, q):
 
 @jit_inline
 def _breakable(st, s, q):
-    return (st.pte_flags[np.uintp(s), np.uintp(q)] & (PRESENT | WRITABLE)) == PRESENT
+    return (st.pte_flags[pte_at(s, q)] & (PRESENT | WRITABLE)) == PRESENT
 
 
 @jit_inline
@@ -737,7 +743,7 @@ def cow_ahead(st, s, v, d, pid, now):
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
     kind = st.vmas[np.uintp(v), V_KIND]
-    fl = st.pte_flags[np.uintp(s), np.uintp(d)]
+    fl = st.pte_flags[pte_at(s, d)]
     if not (fl & PRESENT):
         if kind == PRIVATE_ANON:  # do_anonymous_page
             if not write:
@@ -777,7 +783,7 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 @jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
-    pte = (np.uintp(s), np.uintp(d))
+    pte = pte_at(s, d)
     fl = st.pte_flags[pte]
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
@@ -876,7 +882,7 @@ def prefetch_ahead(st, kind, pid, dlo, i):
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.frames, st.pte_frame[np.uintp(s), np.uintp(dlo[np.uintp(j)])], 0)
+        prefetch(st.frames, st.pte_frame[pte_at(s, dlo[np.uintp(j)])], 0)
 
 
 @jit
@@ -904,7 +910,7 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
         s, d = st.slot_of[np.uintp(p)], dlo[e]
         if s < 0:
             return i
-        pte = (np.uintp(s), np.uintp(d))
+        pte = pte_at(s, d)
         fl = flags[pte]
         if k == READ and fl & PRESENT:
             continue
