@@ -46,7 +46,7 @@ from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.machine import machine_metadata, package_versions
-from cowahead.engine.core import (DIRTY, FLAGS_AHEAD, FRAME_AHEAD, N_FRAME_FIELDS, PRESENT, PTE_AHEAD, WRITABLE,
+from cowahead.engine.core import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, N_FRAME_FIELDS, PRESENT, PTE_AHEAD, WRITABLE,
                                   ZAP_AHEAD, finish, page_range)
 from cowahead.engine.prefetch import prefetch
 from cowahead.engine.prepass import decode, future, iter_chunks
@@ -77,7 +77,7 @@ def read_only_loop(kind, pid, address, length):
 
 
 @njit(cache=True)
-def one_child_floor(order, npages, flags, frame, frames, free):
+def one_child_floor(order, npages, ptes, frames, free):
     """The least memory work a one-child trace needs, in the engine's layout and with its prefetching:
     the parent zero-fills pages 0…npages-1, forks, the child writes the dense pages ``order`` (a copy
     when the PTE is write-protected, a dirty bit when not), then both exit. Counts only, no model:
@@ -85,44 +85,41 @@ def one_child_floor(order, npages, flags, frame, frames, free):
     top = 0
     for d in range(npages):  # zero-fill faults, frames from the top of the free stack as the engine
         f = free[free.shape[0] - 1 - d]
-        frame[0, d] = f
-        flags[0, d] = PRESENT | WRITABLE | DIRTY
+        ptes[0, d] = (f << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
         frames[f, 0] = 1
         frames[f, 1] = 1
     for d in range(npages):  # fork: both PTEs write-protected, the frame mapped twice
-        f = frame[0, d]
-        flags[0, d] = PRESENT | DIRTY
-        flags[1, d] = PRESENT | DIRTY
-        frame[1, d] = f
+        pte = ptes[0, d] & ~WRITABLE
+        ptes[0, d] = pte
+        ptes[1, d] = pte
+        f = pte >> FRAME_SHIFT
         frames[f, 0] += 1
         frames[f, 1] += 1
     n, copies, nxt = order.shape[0], 0, free.shape[0] - 1 - npages
     for i in range(n):
-        if i + FLAGS_AHEAD < n:
-            prefetch(flags, 1, order[i + FLAGS_AHEAD])
         if i + PTE_AHEAD < n:
-            prefetch(frame, 1, order[i + PTE_AHEAD])
+            prefetch(ptes, 1, order[i + PTE_AHEAD])
         if i + FRAME_AHEAD < n:
-            prefetch(frames, frame[1, order[i + FRAME_AHEAD]], 0)
+            prefetch(frames, ptes[1, order[i + FRAME_AHEAD]] >> FRAME_SHIFT, 0)
         d = order[i]
-        if flags[1, d] & WRITABLE:
-            flags[1, d] |= DIRTY
+        pte = ptes[1, d]
+        if pte & WRITABLE:
+            ptes[1, d] = pte | DIRTY
             continue
-        old = frame[1, d]
+        old = pte >> FRAME_SHIFT
         frames[old, 0] -= 1
         frames[old, 1] -= 1
         new = free[nxt]
         nxt -= 1
         frames[new, 0] = 1
         frames[new, 1] = 1
-        frame[1, d] = new
-        flags[1, d] = PRESENT | WRITABLE | DIRTY
+        ptes[1, d] = (new << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
         copies += 1
     for s in (1, 0):  # exit: the child, then the parent
         for d in range(npages):
             if d + ZAP_AHEAD < npages:
-                prefetch(frames, frame[s, d + ZAP_AHEAD], 0)
-            f = frame[s, d]
+                prefetch(frames, ptes[s, d + ZAP_AHEAD] >> FRAME_SHIFT, 0)
+            f = ptes[s, d] >> FRAME_SHIFT
             frames[f, 0] -= 1
             frames[f, 1] -= 1
             if frames[f, 1] == 0:
@@ -153,7 +150,7 @@ def bench_floor(trace: Trace, runs: int) -> dict | None:
         return None
     npages = int(trace.metadata["pages"])
     frames = 2 * npages + 1024
-    arrays = lambda: touched((np.zeros((4, npages), np.uint8), np.zeros((4, npages), np.int32),  # noqa: E731
+    arrays = lambda: touched((np.zeros((4, npages), np.uint32),  # noqa: E731
                               np.zeros((frames, N_FRAME_FIELDS), np.int32), np.arange(frames, dtype=np.int32)))
     run_t, copies = timed(lambda a: one_child_floor(order, npages, *a), runs, setup=arrays)
     return {**run_t, "copies": int(copies), "events_per_s": len(trace) / run_t["median"]}

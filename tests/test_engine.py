@@ -144,6 +144,18 @@ def test_memory_follows_live_state_not_trace_length():
     assert pools_after(200) == pools_after(20)
 
 
+def test_more_resident_pages_than_a_pte_can_index_is_a_clear_error(monkeypatch):
+    """A PTE holds a 27-bit frame index; a trace needing more frames stops with one line, not a wrong count."""
+    from cowahead.engine import core
+    from cowahead.errors import CowaheadError
+
+    trace = Stream().mmap(1, 0, 3000).write(1, *range(3000)).trace()
+    assert replay_engine(trace, ["none"])[0].resident_peak == 3000
+    monkeypatch.setattr(core, "MAX_FRAMES", 2048)
+    with pytest.raises(CowaheadError, match="more than 2048 pages resident"):
+        replay_engine(trace, ["none"])
+
+
 @pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
 def test_prefetching_changes_no_count(pattern):
     """Replay prefetches PTEs and frames only when a chunk's pages jump about in a state bigger than the

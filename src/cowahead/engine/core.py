@@ -7,8 +7,8 @@ representation:
 
 * pages are *dense indices* into the trace's page space (``page_space``):
   only pages a read or write touches can ever be present, so PTEs live in
-  ``pte_frame[slot, d]`` / ``pte_flags[slot, d]``: a byte of flags per PTE
-  keeps the array that every access reads small enough for the caches;
+  ``ptes[slot, d]``: one uint32 each, the frame index above FRAME_SHIFT and
+  the flags below, so a fault finds its flags and its frame in one cache line;
 * an address space is a *slot* (reused after exit); VMAs, backing objects
   (shmem, page cache), frames and policy states live in pools with free
   lists. Splitting a VMA edits it in place: counters never depend on which
@@ -40,8 +40,12 @@ ZERO_FRAME = 0
 F_MAP, F_REF = 0, 1
 N_FRAME_FIELDS = 2  # the counts every fault reads, 8 bytes a frame; the kind (read only to reuse) apart
 
-# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states.
+# PTE flag bits; PENDING and HIT are model/memory.py's Ahead states. A PTE is a uint32:
+# (frame << FRAME_SHIFT) | flags, as Linux keeps the pfn and the flags in one pte_t.
 PRESENT, WRITABLE, DIRTY, PENDING, HIT = 1, 2, 4, 8, 16
+FRAME_SHIFT = 5
+FLAGS_MASK = (1 << FRAME_SHIFT) - 1
+MAX_FRAMES = 1 << (32 - FRAME_SHIFT)  # 2^27 frames (512 GiB of 4 KiB pages) fit in a PTE
 
 # Counters, in model/counters.py field order (checked at import by engine/__init__).
 (C_EVENTS, C_ZERO_FILL, C_ZERO_PAGE, C_MAP, C_COW_COPY, C_REUSE, C_OUTSIDE_VMA, C_AHEAD_COPIES,
@@ -75,8 +79,12 @@ N_SCALARS = 18
 POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
 PTRS_PER_PTE = 512
 MMAP_LOTSAMISS = 100
-# Events ahead whose PTE flags, frame index and frame the replay loop prefetches (when pages jump about).
-FLAGS_AHEAD, PTE_AHEAD, FRAME_AHEAD = 32, 16, 8
+# Events ahead whose PTE and frame the replay loop prefetches (when pages jump about). A PTE 32 ahead
+# rather than 16: hotcold none 61M → 65M events/s, random unchanged (touched state).
+PTE_AHEAD, FRAME_AHEAD = 32, 8
+# What the replay loop prefetches: nothing, PTEs only (a chunk after one where few events faulted),
+# or PTEs and the frames they map.
+PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES = 0, 1, 2
 NEAR_PAGES = 8  # an access this close to the last one is "in order": the hardware prefetcher follows it
 ZAP_AHEAD = 32  # PTEs ahead whose frame fork's copy and exit's zap prefetch: each step is short
 # Below this much PTE and frame memory the state stays in cache and prefetching is pure overhead.
@@ -114,8 +122,20 @@ def _push(free, sc, top, item):
 
 @jit_inline
 def pte_at(s, d):
-    """The index of slot ``s``'s PTE for dense page ``d`` in pte_flags / pte_frame, unsigned (above)."""
+    """The index of slot ``s``'s PTE for dense page ``d`` in ptes, unsigned (above)."""
     return np.uintp(s), np.uintp(d)
+
+
+@jit_inline
+def frame_of(pte):
+    """The frame a PTE value maps (meaningful when PRESENT)."""
+    return np.int64(pte >> FRAME_SHIFT)
+
+
+@jit_inline
+def set_flags(st, pte, flags):
+    """Replace the flags of PTE ``pte`` (an index), keeping its frame."""
+    st.ptes[pte] = (st.ptes[pte] & ~FLAGS_MASK) | flags
 
 
 @jit_inline
@@ -158,15 +178,13 @@ def map_frame(st, s, d, f, writable):
     if f != ZERO_FRAME:
         st.frames[np.uintp(f), F_MAP] += 1
         st.frames[np.uintp(f), F_REF] += 1
-    pte = pte_at(s, d)
-    st.pte_frame[pte] = f
-    st.pte_flags[pte] = PRESENT | WRITABLE | DIRTY if writable else PRESENT
+    st.ptes[pte_at(s, d)] = (f << FRAME_SHIFT) | (PRESENT | WRITABLE | DIRTY if writable else PRESENT)
 
 
 @jit_inline
 def settle_ahead(st, s, d):
     """An ahead copy leaving its PTE unwritten was waste."""
-    if st.pte_flags[pte_at(s, d)] & PENDING:
+    if st.ptes[pte_at(s, d)] & PENDING:
         st.counters[C_AHEAD_WASTE] += 1
         st.counters[C_EXTRA_PAGES] -= 1
 
@@ -174,7 +192,7 @@ def settle_ahead(st, s, d):
 @jit_inline
 def far_state(st):
     """Is the PTE and frame memory a replay reaches into too big for the caches? Else prefetching costs."""
-    return st.pte_flags.nbytes + st.pte_frame.nbytes + st.frames.nbytes >= st.sc[SC_PREFETCH_MIN_BYTES]
+    return st.ptes.nbytes + st.frames.nbytes >= st.sc[SC_PREFETCH_MIN_BYTES]
 
 
 @jit
@@ -184,11 +202,12 @@ def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
         e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
-            prefetch(st.frames, st.pte_frame[u, np.uintp(d + ZAP_AHEAD)], 0)
-        if st.pte_flags[u, e] & PRESENT:
+            prefetch(st.frames, frame_of(st.ptes[u, np.uintp(d + ZAP_AHEAD)]), 0)
+        pte = st.ptes[u, e]
+        if pte & PRESENT:
             settle_ahead(st, s, d)
-            st.pte_flags[u, e] = 0
-            put_frame(st, st.pte_frame[u, e], True)
+            st.ptes[u, e] = 0
+            put_frame(st, frame_of(pte), True)
 
 
 # ----- page space --------------------------------------------------------------------
@@ -528,7 +547,7 @@ def ccow_on_fork(st, s):
             end = min(st.region_start[r + 1], vm[v, V_DHI])
             written = 0
             for a in range(d, end):
-                if st.pte_flags[s, a] & HIT:
+                if st.ptes[s, a] & HIT:
                     written += 1
             cov[0, seg + r - rlo] += written
             d = end
@@ -548,20 +567,20 @@ def ccow_on_fork(st, s):
 @jit
 def copy_pte_range(st, sp, sc, dlo, dhi):
     """Private pages become shared and write-protected in both; ahead states end."""
-    flags = st.pte_flags
+    ptes = st.ptes
     far = far_state(st)
     up, uc = np.uintp(sp), np.uintp(sc)
     for d in range(dlo, dhi):
         e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:
-            prefetch(st.frames, st.pte_frame[up, np.uintp(d + ZAP_AHEAD)], 0)
-        fl = flags[up, e]
-        if fl & PRESENT:
+            prefetch(st.frames, frame_of(ptes[up, np.uintp(d + ZAP_AHEAD)]), 0)
+        pte = ptes[up, e]
+        if pte & PRESENT:
             settle_ahead(st, sp, d)
-            flags[up, e] = fl & (PRESENT | DIRTY)
-            flags[uc, e] = fl & (PRESENT | DIRTY)
-            f = st.pte_frame[up, e]
-            st.pte_frame[uc, e] = f
+            shared = pte & ~(WRITABLE | PENDING | HIT)
+            ptes[up, e] = shared
+            ptes[uc, e] = shared
+            f = frame_of(pte)
             if f != ZERO_FRAME:
                 st.frames[np.uintp(f), F_MAP] += 1
                 st.frames[np.uintp(f), F_REF] += 1
@@ -600,7 +619,7 @@ def do_fork(st, parent, child):
 @jit_inline
 def wp_page_copy(st, s, v, d):
     """Copy the old frame into a new exclusive one and map it writable."""
-    old = st.pte_frame[pte_at(s, d)]
+    old = frame_of(st.ptes[pte_at(s, d)])
     new = alloc_frame(st, ANON)
     st.vmas[np.uintp(v), V_ANON] = 1
     put_frame(st, old, True)
@@ -611,16 +630,16 @@ def wp_page_copy(st, s, v, d):
 def break_cow_ahead(st, s, v, q):
     """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
     pte = pte_at(s, q)
-    fl = st.pte_flags[pte]
+    fl = st.ptes[pte]
     if not (fl & PRESENT) or (fl & WRITABLE):
         return 0
     c = st.counters
-    if wp_can_reuse(st, st.pte_frame[pte]):
-        st.pte_flags[pte] = fl | WRITABLE
+    if wp_can_reuse(st, frame_of(fl)):
+        st.ptes[pte] = fl | WRITABLE
         c[C_AHEAD_REUSES] += 1
         return 1
     wp_page_copy(st, s, v, q)
-    st.pte_flags[pte] = PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+    set_flags(st, pte, PRESENT | WRITABLE | PENDING)  # clean, so the next fault can tell
     c[C_AHEAD_COPIES] += 1
     c[C_EXTRA_PAGES] += 1
     if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
@@ -630,7 +649,7 @@ def break_cow_ahead(st, s, v, q):
 
 @jit_inline
 def _breakable(st, s, q):
-    return (st.pte_flags[pte_at(s, q)] & (PRESENT | WRITABLE)) == PRESENT
+    return (st.ptes[pte_at(s, q)] & (PRESENT | WRITABLE)) == PRESENT
 
 
 @jit_inline
@@ -669,7 +688,7 @@ def adaptive_window(st, s, v, d):
     q = pstate_of(st, v)
     miss = ps[q, P_MISS]
     for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
-        fl = st.pte_flags[s, a]
+        fl = st.ptes[s, a]
         if not (fl & (PENDING | HIT)):
             continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
         if fl & DIRTY:
@@ -743,7 +762,7 @@ def cow_ahead(st, s, v, d, pid, now):
 def handle_mm_fault(st, s, v, d, write, pid, now):
     c = st.counters
     kind = st.vmas[np.uintp(v), V_KIND]
-    fl = st.pte_flags[pte_at(s, d)]
+    fl = st.ptes[pte_at(s, d)]
     if not (fl & PRESENT):
         if kind == PRIVATE_ANON:  # do_anonymous_page
             if not write:
@@ -770,9 +789,9 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
             map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
         return
     # do_wp_page
-    if kind == SHARED_ANON or wp_can_reuse(st, st.pte_frame[s, d]):
+    if kind == SHARED_ANON or wp_can_reuse(st, frame_of(fl)):
         c[C_REUSE] += 1
-        st.pte_flags[s, d] = fl | WRITABLE
+        st.ptes[pte_at(s, d)] = fl | WRITABLE
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
@@ -784,20 +803,20 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
     pte = pte_at(s, d)
-    fl = st.pte_flags[pte]
+    fl = st.ptes[pte]
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
         if v < 0:
             st.counters[C_OUTSIDE_VMA] += 1
             return
         handle_mm_fault(st, s, v, d, write, pid, now)
-        fl = st.pte_flags[pte]
+        fl = st.ptes[pte]
     if write:  # _store
         if fl & PENDING:
             st.counters[C_AHEAD_HITS] += 1
             st.counters[C_EXTRA_PAGES] -= 1
             fl = (fl & ~PENDING) | HIT
-        st.pte_flags[pte] = fl | DIRTY
+        st.ptes[pte] = fl | DIRTY
 
 
 # ----- replay ------------------------------------------------------------------------
@@ -824,7 +843,7 @@ def headroom(st, kind, pid, npages, address, length):
         nvmas = st.slots[s, S_NVMAS]
     if kind == READ or kind == WRITE:
         frames, pstates, cov = access_worst(st, npages)
-        frames = min(frames, st.pte_flags.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
+        frames = min(frames, st.ptes.shape[0] * st.pages.shape[0] + sc[SC_BK_LIVE_FRAMES] + npages)
     elif kind == FORK:
         vmas = nvmas + 1
         pstates = nvmas + 1
@@ -864,25 +883,23 @@ def _ahead(st, kind, pid, j):
 
 
 @jit_inline
-def prefetch_ahead(st, kind, pid, dlo, i):
-    """Three stages, each reading what the last one asked for: the PTE flags of an access FLAGS_AHEAD
-    events on; its frame index PTE_AHEAD on; its frame FRAME_AHEAD on. No stage tests the flags for
+def prefetch_ahead(st, kind, pid, dlo, i, what):
+    """Two stages, the second reading what the first asked for: the PTE of an access PTE_AHEAD events
+    on; its frame FRAME_AHEAD on (unless ``what`` is PREFETCH_PTES). No stage tests the flags for
     whether a fault is coming: where faults and hits mix at random, that branch mispredicted about
     once an event, and a needless prefetch costs less (random over 50K pages with prefetching on:
     32M → 37M events/s; over 5M pages no change). Indexed unsigned, as in replay_accesses: the
     writes of random over 5M pages took 111 ms instead of 124."""
-    j = i + FLAGS_AHEAD
-    s = _ahead(st, kind, pid, j)
-    if s >= 0:
-        prefetch(st.pte_flags, s, dlo[np.uintp(j)])
     j = i + PTE_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.pte_frame, s, dlo[np.uintp(j)])
+        prefetch(st.ptes, s, dlo[np.uintp(j)])
+    if what != PREFETCH_PTES_AND_FRAMES:
+        return
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.frames, st.pte_frame[pte_at(s, dlo[np.uintp(j)])], 0)
+        prefetch(st.frames, frame_of(st.ptes[pte_at(s, dlo[np.uintp(j)])]), 0)
 
 
 @jit
@@ -894,12 +911,12 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
     the loop was split off (fresh state, medians of 3, events/s): sequential none 46.4M → 52.2M,
     random none 28.6M → 30.5M, hotcold fixed:16 24.5M → 29.9M."""
     n = kind.shape[0]
-    flags = st.pte_flags
+    ptes = st.ptes
     sc = st.sc
     one_fault_frames, one_fault_pstates, one_fault_cov = access_worst(st, 1)
     for i in range(max(start, 0), n):
-        if prefetching:
-            prefetch_ahead(st, kind, pid, dlo, i)
+        if prefetching != PREFETCH_NONE:
+            prefetch_ahead(st, kind, pid, dlo, i, prefetching)
         # Indexed unsigned: numba then skips its fix-up of negative indices on each load (every index
         # here is >= 0). rewrite 167M → 206M events/s, sequential 80M → 83M (touched state, none).
         e = np.uintp(i)
@@ -911,11 +928,11 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
         if s < 0:
             return i
         pte = pte_at(s, d)
-        fl = flags[pte]
+        fl = ptes[pte]
         if k == READ and fl & PRESENT:
             continue
         if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
-            flags[pte] = fl | DIRTY
+            ptes[pte] = fl | DIRTY
             continue
         # Most faults are on one page: the pools' free counts alone say there is room.
         if not (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
@@ -931,9 +948,15 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
     n = kind.shape[0]
     c = st.counters
     sc = st.sc
-    # Prefetching pays for scattered faults in a state bigger than the caches only: a chunk after one
-    # where few events faulted goes without.
-    prefetching = scattered and not sc[SC_FEW_FAULTS] and far_state(st)
+    # Prefetching pays for scattered accesses in a state bigger than the caches only. A chunk after one
+    # where few events faulted asks for PTEs only: 4 bytes each, they outgrow the core's L2 cache
+    # (rewrite, touched state: 120M → 129M events/s), while its frames stay unread.
+    if not (scattered and far_state(st)):
+        prefetching = PREFETCH_NONE
+    elif sc[SC_FEW_FAULTS]:
+        prefetching = PREFETCH_PTES
+    else:
+        prefetching = PREFETCH_PTES_AND_FRAMES
     faults_before = faults(c)
     i = resume
     while True:

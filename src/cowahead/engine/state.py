@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import CowaheadError
 from ..policies import (AdaptivePolicy, AroundPolicy, CcowPolicy, FixedPolicy, NonePolicy, OraclePolicy,
                         Policy)
 from . import core
@@ -23,8 +24,7 @@ class State(NamedTuple):
     policy: np.ndarray        # policy_params()
     region_of: np.ndarray     # ccow: dense region of each dense page
     region_start: np.ndarray  # ccow: first dense page of each dense region, and the end
-    pte_frame: np.ndarray     # [slot, page] frame index
-    pte_flags: np.ndarray     # [slot, page] PRESENT | WRITABLE | DIRTY | PENDING | HIT
+    ptes: np.ndarray          # [slot, page] uint32: frame << FRAME_SHIFT | PRESENT, WRITABLE, DIRTY, PENDING, HIT
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
@@ -92,7 +92,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     params = policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
     # Room for two address spaces' worth of frames from the start: growing is a copy.
-    slots, frames, vmas = 4, 2 * npages + 1024, 64
+    slots, frames, vmas = 4, min(2 * npages + 1024, core.MAX_FRAMES), 64
     region_of, region_start = _regions(space, params)
     sc = np.zeros(core.N_SCALARS, np.int64)
     sc[core.SC_SLOTS_FREE] = slots
@@ -109,7 +109,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     return State(
         pages=space.pages, direct_base=int(space.direct_base), policy=params,
         region_of=region_of, region_start=region_start,
-        pte_frame=np.zeros((slots, npages), np.int32), pte_flags=np.zeros((slots, npages), np.uint8),
+        ptes=np.zeros((slots, npages), np.uint32),
         slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
         frames=np.zeros((frames, core.N_FRAME_FIELDS), np.int32), frame_kind=frame_kind,
@@ -149,14 +149,21 @@ def _capacity(current: int, free: int, need: int) -> int:
     return capacity
 
 
+def _frames_capped(current: int, free: int, need: int) -> int:
+    """A PTE holds a frame index of 27 bits: past that, the engine cannot replay the trace."""
+    if free + core.MAX_FRAMES - current < need:
+        raise CowaheadError(f"the trace keeps more than {core.MAX_FRAMES} pages resident at once, more than "
+                            "the engine's PTEs can index: replay it with --reference")
+    return core.MAX_FRAMES
+
+
 def grow(st: State) -> State:
     """Make room for what ``headroom`` asked for; returns the (partly) new state."""
     sc, changes = st.sc, {}
     old = len(st.slots)
     new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]))
     if new > old:
-        changes.update(pte_frame=_grow_rows(st.pte_frame, new), pte_flags=_grow_rows(st.pte_flags, new),
-                       slots=_grow_rows(st.slots, new),
+        changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new),
                        slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
     # Each pool: its tables (rows indexed alike), its free stack, the stack's top and what is needed.
     for tables, free, top, need in [(("frames", "frame_kind"), "frame_free", core.SC_FRAMES_FREE,
@@ -166,6 +173,8 @@ def grow(st: State) -> State:
                                     (("pstates",), "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES)]:
         old = len(getattr(st, tables[0]))
         new = _capacity(old, int(sc[top]), int(sc[need]))
+        if free == "frame_free" and new > core.MAX_FRAMES:
+            new = _frames_capped(old, int(sc[top]), int(sc[need]))
         if new > old:
             changes.update({table: _grow_rows(getattr(st, table), new) for table in tables})
             changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
