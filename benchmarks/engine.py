@@ -46,9 +46,9 @@ from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.machine import machine_metadata, package_versions
-from cowahead.engine.core import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, N_FRAME_FIELDS, PRESENT, PTE_AHEAD, WRITABLE,
+from cowahead.engine.core import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, MAPPED, PRESENT, PTE_AHEAD, WRITABLE,
                                   ZAP_AHEAD, finish, page_range)
-from cowahead.engine.prefetch import prefetch
+from cowahead.engine.prefetch import prefetch, prefetch_item
 from cowahead.engine.prepass import decode, future, iter_chunks
 from cowahead.engine.state import new_state
 from cowahead.policies import OraclePolicy, parse_policy
@@ -86,43 +86,36 @@ def one_child_floor(order, npages, ptes, frames, free):
     for d in range(npages):  # zero-fill faults, frames from the top of the free stack as the engine
         f = free[free.shape[0] - 1 - d]
         ptes[0, d] = (f << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
-        frames[f, 0] = 1
-        frames[f, 1] = 1
+        frames[f] = MAPPED
     for d in range(npages):  # fork: both PTEs write-protected, the frame mapped twice
         pte = ptes[0, d] & ~WRITABLE
         ptes[0, d] = pte
         ptes[1, d] = pte
-        f = pte >> FRAME_SHIFT
-        frames[f, 0] += 1
-        frames[f, 1] += 1
+        frames[pte >> FRAME_SHIFT] += MAPPED
     n, copies, nxt = order.shape[0], 0, free.shape[0] - 1 - npages
     for i in range(n):
         if i + PTE_AHEAD < n:
             prefetch(ptes, 1, order[i + PTE_AHEAD])
         if i + FRAME_AHEAD < n:
-            prefetch(frames, ptes[1, order[i + FRAME_AHEAD]] >> FRAME_SHIFT, 0)
+            prefetch_item(frames, ptes[1, order[i + FRAME_AHEAD]] >> FRAME_SHIFT)
         d = order[i]
         pte = ptes[1, d]
         if pte & WRITABLE:
             ptes[1, d] = pte | DIRTY
             continue
-        old = pte >> FRAME_SHIFT
-        frames[old, 0] -= 1
-        frames[old, 1] -= 1
+        frames[pte >> FRAME_SHIFT] -= MAPPED
         new = free[nxt]
         nxt -= 1
-        frames[new, 0] = 1
-        frames[new, 1] = 1
+        frames[new] = MAPPED
         ptes[1, d] = (new << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
         copies += 1
     for s in (1, 0):  # exit: the child, then the parent
         for d in range(npages):
             if d + ZAP_AHEAD < npages:
-                prefetch(frames, ptes[s, d + ZAP_AHEAD] >> FRAME_SHIFT, 0)
+                prefetch_item(frames, ptes[s, d + ZAP_AHEAD] >> FRAME_SHIFT)
             f = ptes[s, d] >> FRAME_SHIFT
-            frames[f, 0] -= 1
-            frames[f, 1] -= 1
-            if frames[f, 1] == 0:
+            frames[f] -= MAPPED
+            if frames[f] == 0:
                 free[top] = f
                 top += 1
     return copies
@@ -151,7 +144,7 @@ def bench_floor(trace: Trace, runs: int) -> dict | None:
     npages = int(trace.metadata["pages"])
     frames = 2 * npages + 1024
     arrays = lambda: touched((np.zeros((4, npages), np.uint32),  # noqa: E731
-                              np.zeros((frames, N_FRAME_FIELDS), np.int32), np.arange(frames, dtype=np.int32)))
+                              np.zeros(frames, np.int64), np.arange(frames, dtype=np.int32)))
     run_t, copies = timed(lambda a: one_child_floor(order, npages, *a), runs, setup=arrays)
     return {**run_t, "copies": int(copies), "events_per_s": len(trace) / run_t["median"]}
 

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from ..trace.events import PAGE_SHIFT
-from .prefetch import prefetch
+from .prefetch import prefetch, prefetch_item
 
 # Event kinds (trace/events.py EventKind) and VMA kinds (VmaKind).
 MMAP, MUNMAP, DONTNEED, READ, WRITE, FORK, EXEC, EXIT = 0, 1, 2, 3, 4, 5, 6, 7
@@ -37,8 +37,11 @@ PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = 0, 1, 2
 # Frame kinds (model/memory.py FrameKind); frame 0 is the shared zero page.
 ANON, ZERO, FILE, SHMEM = 0, 1, 2, 3
 ZERO_FRAME = 0
-F_MAP, F_REF = 0, 1
-N_FRAME_FIELDS = 2  # the counts every fault reads, 8 bytes a frame; the kind (read only to reuse) apart
+# A frame's counts, the ones every fault reads, in one int64: mappings in the low half, references in
+# the high half, so mapping or unmapping a frame is one add; the kind (read only to reuse) lies apart.
+# A mapping is also a reference, so references >= mappings >= 0, and a frame is free when the word is 0.
+ONE_MAP, ONE_REF = 1, 1 << 32
+MAPPED = ONE_MAP + ONE_REF  # what mapping a frame adds
 
 # PTE flag bits; PENDING and HIT are model/memory.py's Ahead states. A PTE is a uint32:
 # (frame << FRAME_SHIFT) | flags, as Linux keeps the pfn and the flags in one pte_t.
@@ -142,8 +145,7 @@ def set_flags(st, pte, flags):
 def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
     u = np.uintp(f)
-    st.frames[u, F_MAP] = 0
-    st.frames[u, F_REF] = 0
+    st.frames[u] = 0
     st.frame_kind[u] = kind
     c = st.counters
     c[C_RESIDENT] += 1
@@ -157,10 +159,8 @@ def put_frame(st, f, unmap):
     if f == ZERO_FRAME:
         return
     u = np.uintp(f)
-    if unmap:
-        st.frames[u, F_MAP] -= 1
-    st.frames[u, F_REF] -= 1
-    if st.frames[u, F_REF] == 0:
+    st.frames[u] -= MAPPED if unmap else ONE_REF
+    if st.frames[u] == 0:
         _push(st.frame_free, st.sc, SC_FRAMES_FREE, f)
         st.counters[C_RESIDENT] -= 1
 
@@ -168,16 +168,15 @@ def put_frame(st, f, unmap):
 @jit_inline
 def wp_can_reuse(st, f):
     """Only an anonymous frame mapped once and referenced once may be reused."""
-    fr, u = st.frames, np.uintp(f)
-    return f != ZERO_FRAME and fr[u, F_MAP] == 1 and fr[u, F_REF] == 1 and st.frame_kind[u] == ANON
+    u = np.uintp(f)
+    return f != ZERO_FRAME and st.frames[u] == MAPPED and st.frame_kind[u] == ANON
 
 
 @jit_inline
 def map_frame(st, s, d, f, writable):
     """A new PTE: writable ones start dirty, as the model's _map_frame."""
     if f != ZERO_FRAME:
-        st.frames[np.uintp(f), F_MAP] += 1
-        st.frames[np.uintp(f), F_REF] += 1
+        st.frames[np.uintp(f)] += MAPPED
     st.ptes[pte_at(s, d)] = (f << FRAME_SHIFT) | (PRESENT | WRITABLE | DIRTY if writable else PRESENT)
 
 
@@ -202,7 +201,7 @@ def zap_pte_range(st, s, dlo, dhi):
     for d in range(dlo, dhi):
         e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:  # frames copied at random pages lie at random: overlap their misses
-            prefetch(st.frames, frame_of(st.ptes[u, np.uintp(d + ZAP_AHEAD)]), 0)
+            prefetch_item(st.frames, frame_of(st.ptes[u, np.uintp(d + ZAP_AHEAD)]))
         pte = st.ptes[u, e]
         if pte & PRESENT:
             settle_ahead(st, s, d)
@@ -368,7 +367,7 @@ def backing_frame(st, v, d, kind):
     f = st.backing_frames[i]
     if f < 0:
         f = alloc_frame(st, kind)
-        st.frames[f, F_REF] += 1
+        st.frames[f] += ONE_REF
         st.backing_frames[i] = f
         st.sc[SC_BK_LIVE_FRAMES] += 1
     return f
@@ -573,7 +572,7 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
     for d in range(dlo, dhi):
         e = np.uintp(d)
         if far and d + ZAP_AHEAD < dhi:
-            prefetch(st.frames, frame_of(ptes[up, np.uintp(d + ZAP_AHEAD)]), 0)
+            prefetch_item(st.frames, frame_of(ptes[up, np.uintp(d + ZAP_AHEAD)]))
         pte = ptes[up, e]
         if pte & PRESENT:
             settle_ahead(st, sp, d)
@@ -582,8 +581,7 @@ def copy_pte_range(st, sp, sc, dlo, dhi):
             ptes[uc, e] = shared
             f = frame_of(pte)
             if f != ZERO_FRAME:
-                st.frames[np.uintp(f), F_MAP] += 1
-                st.frames[np.uintp(f), F_REF] += 1
+                st.frames[np.uintp(f)] += MAPPED
 
 
 @jit
@@ -899,7 +897,7 @@ def prefetch_ahead(st, kind, pid, dlo, i, what):
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
-        prefetch(st.frames, frame_of(st.ptes[pte_at(s, dlo[np.uintp(j)])]), 0)
+        prefetch_item(st.frames, frame_of(st.ptes[pte_at(s, dlo[np.uintp(j)])]))
 
 
 @jit

@@ -28,7 +28,7 @@ class State(NamedTuple):
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
-    frames: np.ndarray        # [frame, F_MAP / F_REF]
+    frames: np.ndarray        # [frame] mappings + references << 32 (core.ONE_MAP, core.ONE_REF)
     frame_kind: np.ndarray    # ANON, ZERO, FILE or SHMEM
     frame_free: np.ndarray
     vmas: np.ndarray
@@ -112,7 +112,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
         ptes=np.zeros((slots, npages), np.uint32),
         slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
-        frames=np.zeros((frames, core.N_FRAME_FIELDS), np.int32), frame_kind=frame_kind,
+        frames=np.zeros(frames, np.int64), frame_kind=frame_kind,
         frame_free=_free_stack(frames, 1, np.int32),  # int32 at once: 10M frames, new_state 28 → 8 ms
         vmas=np.zeros((vmas, core.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
         backings=np.zeros((16, core.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
