@@ -145,12 +145,13 @@ def set_flags(st, pte, flags):
 def alloc_frame(st, kind):
     f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
     u = np.uintp(f)
-    st.frames[u] = 0
     st.frame_kind[u] = kind
     c = st.counters
     c[C_RESIDENT] += 1
     if c[C_RESIDENT] > c[C_RESIDENT_PEAK]:
         c[C_RESIDENT_PEAK] = c[C_RESIDENT]
+    # Last, so that where map_frame follows at once the compiler folds its add into this store.
+    st.frames[u] = 0
     return f
 
 
