@@ -141,20 +141,18 @@ def _grow_free(free: np.ndarray, sc: np.ndarray, top: int, old: int, new: int) -
     return out
 
 
-def _capacity(current: int, free: int, need: int) -> int:
-    """Double until ``need`` more fit."""
+# A pool's limit, where it has one: its most rows, and what they are (for the error past it).
+Limit = tuple[int, str]
+
+
+def _capacity(current: int, free: int, need: int, limit: Limit | None = None) -> int:
+    """Double until ``need`` more fit, never past ``limit``: past it, the engine cannot replay the trace."""
     capacity = current
     while free + capacity - current < need:
-        capacity *= 2
+        if limit is not None and capacity >= limit[0]:
+            raise CowaheadError(f"the trace keeps more than {limit[0]} {limit[1]}: replay it with --reference")
+        capacity = capacity * 2 if limit is None else min(capacity * 2, limit[0])
     return capacity
-
-
-def _frames_capped(current: int, free: int, need: int) -> int:
-    """A PTE holds a frame index of 27 bits: past that, the engine cannot replay the trace."""
-    if free + core.MAX_FRAMES - current < need:
-        raise CowaheadError(f"the trace keeps more than {core.MAX_FRAMES} pages resident at once, more than "
-                            "the engine's PTEs can index: replay it with --reference")
-    return core.MAX_FRAMES
 
 
 def grow(st: State) -> State:
@@ -165,16 +163,16 @@ def grow(st: State) -> State:
     if new > old:
         changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new),
                        slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
-    # Each pool: its tables (rows indexed alike), its free stack, the stack's top and what is needed.
-    for tables, free, top, need in [(("frames", "frame_kind"), "frame_free", core.SC_FRAMES_FREE,
-                                     core.SC_NEED_FRAMES),
-                                    (("vmas",), "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS),
-                                    (("backings",), "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS),
-                                    (("pstates",), "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES)]:
+    # Each pool: its tables (rows indexed alike), its free stack, the stack's top, what is needed, and its
+    # limit: a PTE holds a frame index of 27 bits.
+    frames_limit = (core.MAX_FRAMES, "pages resident at once, more than the engine's PTEs can index")
+    for tables, free, top, need, limit in [
+            (("frames", "frame_kind"), "frame_free", core.SC_FRAMES_FREE, core.SC_NEED_FRAMES, frames_limit),
+            (("vmas",), "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS, None),
+            (("backings",), "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS, None),
+            (("pstates",), "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES, None)]:
         old = len(getattr(st, tables[0]))
-        new = _capacity(old, int(sc[top]), int(sc[need]))
-        if free == "frame_free" and new > core.MAX_FRAMES:
-            new = _frames_capped(old, int(sc[top]), int(sc[need]))
+        new = _capacity(old, int(sc[top]), int(sc[need]), limit)
         if new > old:
             changes.update({table: _grow_rows(getattr(st, table), new) for table in tables})
             changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
