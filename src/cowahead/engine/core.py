@@ -626,24 +626,51 @@ def wp_page_copy(st, s, v, d):
 
 
 @jit_inline
-def break_cow_ahead(st, s, v, q):
-    """One page of a batch: skipped unless present and write-protected (the window is inside ``v``)."""
-    pte = pte_at(s, q)
-    fl = st.ptes[pte]
-    if not (fl & PRESENT) or (fl & WRITABLE):
-        return 0
-    c = st.counters
-    if wp_can_reuse(st, frame_of(fl)):
-        st.ptes[pte] = fl | WRITABLE
-        c[C_AHEAD_REUSES] += 1
-        return 1
-    wp_page_copy(st, s, v, q)
-    set_flags(st, pte, PRESENT | WRITABLE | PENDING)  # clean, so the next fault can tell
-    c[C_AHEAD_COPIES] += 1
-    c[C_EXTRA_PAGES] += 1
-    if c[C_EXTRA_PAGES] > c[C_EXTRA_PAGES_PEAK]:
-        c[C_EXTRA_PAGES_PEAK] = c[C_EXTRA_PAGES]
-    return 1
+def break_cow_range(st, s, v, lo, hi):
+    """break_cow_ahead of the model on each page of [lo, hi) (inside ``v``): skipped unless present and
+    write-protected, then reused or copied. Returns how many were broken.
+
+    wp_page_copy's steps (alloc_frame, put_frame, map_frame) are written out here, with the free
+    stack's top and the counters in locals stored once per window rather than once per page.
+    Measured A/B on the benchmark VM, touched state: hotcold fixed:16 55.8–56.1M → 58.6–59.6M
+    events/s, random fixed:16 43.6–43.9M → 44.8–45.2M; none unchanged (it never comes here)."""
+    ptes, frames, free, c = st.ptes, st.frames, st.frame_free, st.counters
+    u = np.uintp(s)
+    top, resident, peak = st.sc[SC_FRAMES_FREE], c[C_RESIDENT], c[C_RESIDENT_PEAK]
+    copies = reuses = 0
+    for q in range(lo, hi):
+        e = np.uintp(q)
+        pte = ptes[u, e]
+        if (pte & (PRESENT | WRITABLE)) != PRESENT:
+            continue
+        old = frame_of(pte)
+        if wp_can_reuse(st, old):
+            ptes[u, e] = pte | WRITABLE
+            reuses += 1
+            continue
+        top -= 1
+        new = free[np.uintp(top)]
+        st.frame_kind[np.uintp(new)] = ANON
+        frames[np.uintp(new)] = MAPPED
+        resident += 1
+        peak = max(peak, resident)
+        if old != ZERO_FRAME:
+            frames[np.uintp(old)] -= MAPPED
+            if frames[np.uintp(old)] == 0:
+                free[np.uintp(top)] = old
+                top += 1
+                resident -= 1
+        ptes[u, e] = (new << FRAME_SHIFT) | PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+        copies += 1
+    st.sc[SC_FRAMES_FREE] = top
+    c[C_RESIDENT], c[C_RESIDENT_PEAK] = resident, peak
+    if copies:
+        st.vmas[np.uintp(v), V_ANON] = 1
+        c[C_AHEAD_COPIES] += copies
+        c[C_EXTRA_PAGES] += copies  # only rises here, so its peak is the end's
+        c[C_EXTRA_PAGES_PEAK] = max(c[C_EXTRA_PAGES_PEAK], c[C_EXTRA_PAGES])
+    c[C_AHEAD_REUSES] += reuses
+    return copies + reuses
 
 
 @jit_inline
@@ -723,8 +750,7 @@ def cow_ahead(st, s, v, d, pid, now):
     p = page_of(st, d)
     done = 0
     if pol == POL_FIXED:
-        for q in range(d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END]))):
-            done += break_cow_ahead(st, s, v, q)
+        done = break_cow_range(st, s, v, d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END])))
     elif pol == POL_ORACLE:
         keys = st.oracle_keys
         j = np.searchsorted(keys, pid * st.pages.shape[0] + d + 1)
@@ -732,27 +758,25 @@ def cow_ahead(st, s, v, d, pid, now):
             while j < keys.shape[0] and keys[j] < pid * st.pages.shape[0] + q:
                 j += 1
             if _breakable(st, s, q) and written_next(st, pid, q, now, j):
-                done += break_cow_ahead(st, s, v, q)
+                done += break_cow_range(st, s, v, q, q + 1)
     elif pol == POL_AROUND:
         size = st.policy[1]
         aligned = p - p % size
         table = p - p % PTRS_PER_PTE
         start = max(aligned, vm[v, V_START], table)
         end = min(aligned + size, vm[v, V_END], table + PTRS_PER_PTE)
-        for q in range(dense_from(st, d, start), dense_after(st, d, end)):
-            if q != d:
-                done += break_cow_ahead(st, s, v, q)
+        # d itself is writable by now, so the range skips it
+        done = break_cow_range(st, s, v, dense_from(st, d, start), dense_after(st, d, end))
     elif pol == POL_ADAPTIVE:
-        for q in range(d + 1, adaptive_window(st, s, v, d)):
-            done += break_cow_ahead(st, s, v, q)
+        done = break_cow_range(st, s, v, d + 1, adaptive_window(st, s, v, d))
     elif pol == POL_CCOW:
         q = pstate_of(st, v)
         r = region_index(st, d)
         i = st.pstates[q, P_SEG] + r - st.pstates[q, P_RLO]
         st.coverage[0, i] += 1
         if st.slots[s, S_FORKED] and st.coverage[1, i] >= st.policy[2]:
-            for a in range(max(st.region_start[r], vm[v, V_DLO]), min(st.region_start[r + 1], vm[v, V_DHI])):
-                done += break_cow_ahead(st, s, v, a)
+            done = break_cow_range(st, s, v, max(st.region_start[r], vm[v, V_DLO]),
+                                   min(st.region_start[r + 1], vm[v, V_DHI]))
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
 
