@@ -22,6 +22,9 @@ events — the generators' patterns, whose events are nearly all faults, and
   Python API has no prefetcher (no OBL), so this compares replay speed on
   the same stream, not the same model;
 * a full sweep (six families × windows 1..512) through ``cowahead sweep``;
+* peak memory (VmHWM) of one replay in a new process against trace length, 5M to 80M events over the
+  same 200K pages, the trace streamed row group by row group and read whole: streamed, it should
+  not grow with the trace;
 * ``cowahead simulate`` on a small trace once numba's cache is warm.
 
 Results go to benchmarks/results/engine-<date>.json with the machine, the
@@ -207,11 +210,13 @@ def machine() -> dict:
             "versions": package_versions(["cowahead", "numpy", "numba", "pyarrow", "libcachesim"])}
 
 
-def rewrite(pages: int) -> Trace:
-    """2 × pages events that mostly need no fault: map pages/5, write each, then rewrite them at random."""
+def rewrite(pages: int, events: int | None = None) -> Trace:
+    """``events`` (2 × pages) events that mostly need no fault: map pages/5, write each, then rewrite
+    them at random."""
     mapped = max(1, pages // 5)
+    events = 2 * pages if events is None else events
     rng = np.random.default_rng(0)
-    targets = np.concatenate([np.arange(mapped), rng.integers(0, mapped, 2 * pages - mapped)])
+    targets = np.concatenate([np.arange(mapped), rng.integers(0, mapped, events - mapped)])
     n = len(targets) + 1
     cols = {"time_ns": np.arange(n, dtype=np.int64), "pid": np.full(n, 1000, np.int32),
             "kind": np.full(n, int(EventKind.WRITE), np.int8), "length": np.ones(n, np.uint64),
@@ -316,6 +321,46 @@ def bench_sweep(path: Path, runs: int) -> dict:
     return {"policies": policies, "jobs": 2, **stats(values)}
 
 
+# Peak memory of one replay in a new process, the trace read whole or streamed row group by row group.
+PEAK_RSS_SCRIPT = r"""
+import re, sys
+import cowahead.engine.prepass as prepass
+from cowahead.engine import replay_engine
+def peak():  # VmHWM, not ru_maxrss: exec keeps the forking parent's high-water mark in the latter
+    return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+if sys.argv[2] == "streamed":
+    prepass.IN_MEMORY_SHARE = 0.0  # as a trace too big for memory
+before = peak()
+counters = replay_engine(sys.argv[1], ["fixed:16"])[0]
+print(before, peak(), counters.events)
+"""
+
+
+STREAMING_EVENTS = (5_000_000, 20_000_000, 80_000_000)
+
+
+def bench_streaming(cache: Path, pages: int = 1_000_000, events: tuple = STREAMING_EVENTS) -> dict:
+    """Peak memory against trace length at a fixed live state (rewrite over the same pages): streamed, it
+    should stay flat; read whole, it grows with the trace."""
+    rows = []
+    for n in events:
+        path = cache / f"rewrite-{pages}-{n}.parquet"
+        if not path.exists():
+            print(f"generating {path} …", flush=True)
+            write_trace(rewrite(pages, n), path)
+        for mode in ("streamed", "in_memory"):
+            out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT, str(path), mode], check=True,
+                                 capture_output=True, text=True).stdout.split()
+            before, peak, replayed = (int(x) for x in out)
+            rows.append({"events": n, "mapped_pages": pages // 5, "file_bytes": path.stat().st_size,
+                         "mode": mode, "rss_after_import_bytes": before, "peak_rss_bytes": peak,
+                         "replayed_events": replayed})
+            print(f"  streaming: {n:>11,} events {mode:>9}: peak RSS {peak / 2**20:,.0f} MiB "
+                  f"({before / 2**20:,.0f} MiB after import)", flush=True)
+    return {"policy": "fixed:16", "note": "peak RSS of one replay_engine call in a new process; "
+            "'streamed' forces the row-group path (prepass.IN_MEMORY_SHARE = 0)", "runs": rows}
+
+
 def bench_simulate(runs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         small = f"{tmp}/bgsave.parquet"
@@ -350,6 +395,8 @@ def verdict(doc: dict) -> dict:
                                     ratio_to_libcachesim_met=ratio >= TARGETS["ratio_to_libcachesim"])
         out[pattern] = rows
     out["sweep_met"] = doc["sweep"]["median"] <= TARGETS["sweep_seconds"]
+    streamed = [r["peak_rss_bytes"] for r in doc["streaming_memory"]["runs"] if r["mode"] == "streamed"]
+    out["streamed_peak_rss_flat"] = max(streamed) <= 1.25 * min(streamed)  # 16× the events, same live state
     out["simulate_warm_met"] = doc["simulate_warm"]["median"] <= TARGETS["simulate_warm_seconds"]
     return out
 
@@ -375,6 +422,7 @@ def main() -> None:
                                     "libcachesim_lru": bench_libcachesim(path, args.runs)}
     first = args.patterns.split(",")[0]
     doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
+    doc["streaming_memory"] = bench_streaming(args.cache)
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["verdict"] = verdict(doc)
     out = args.out or ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
