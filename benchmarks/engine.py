@@ -22,8 +22,8 @@ events — the generators' patterns, whose events are nearly all faults, and
   Python API has no prefetcher (no OBL), so this compares replay speed on
   the same stream, not the same model;
 * a full sweep (six families × windows 1..512) through ``cowahead sweep``;
-* peak memory (VmHWM) of one replay in a new process against trace length, 5M to 80M events over the
-  same 200K pages, the trace streamed row group by row group and read whole: streamed, it should
+* peak memory (VmHWM) of one replay in a new process against trace length, pages to 16 × pages
+  events over the same pages/25 pages (5M to 80M events over 200K pages by default), the trace streamed row group by row group and read whole: streamed, it should
   not grow with the trace;
 * ``cowahead simulate`` on a small trace once numba's cache is warm.
 
@@ -336,14 +336,11 @@ print(before, peak(), counters.events)
 """
 
 
-STREAMING_EVENTS = (5_000_000, 20_000_000, 80_000_000)
-
-
-def bench_streaming(cache: Path, pages: int = 1_000_000, events: tuple = STREAMING_EVENTS) -> dict:
-    """Peak memory against trace length at a fixed live state (rewrite over the same pages): streamed, it
-    should stay flat; read whole, it grows with the trace."""
-    rows = []
-    for n in events:
+def bench_streaming(cache: Path, events: int) -> dict:
+    """Peak memory against trace length at a fixed live state (rewrite over events/25 pages; 1, 4 and 16
+    times ``events`` events): streamed, it should stay flat; read whole, it grows with the trace."""
+    rows, pages = [], max(5, events // 5)  # rewrite maps a fifth of its pages
+    for n in (events, 4 * events, 16 * events):
         path = cache / f"rewrite-{pages}-{n}.parquet"
         if not path.exists():
             print(f"generating {path} …", flush=True)
@@ -422,7 +419,7 @@ def main() -> None:
                                     "libcachesim_lru": bench_libcachesim(path, args.runs)}
     first = args.patterns.split(",")[0]
     doc["sweep"] = {"pattern": first, **bench_sweep(trace_file(first, args.pages, args.cache), args.sweep_runs)}
-    doc["streaming_memory"] = bench_streaming(args.cache)
+    doc["streaming_memory"] = bench_streaming(args.cache, args.pages)
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["verdict"] = verdict(doc)
     out = args.out or ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"

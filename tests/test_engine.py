@@ -212,6 +212,10 @@ def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
     assert "note" in doc["patterns"]["rewrite"]["engine"]["memory_floor"]
     assert verdict["random"]["none"]["ratio_to_memory_floor"] > 0
     assert doc["sweep"]["policies"] == 51 and isinstance(verdict["sweep_met"], bool)
+    streamed = [r for r in doc["streaming_memory"]["runs"] if r["mode"] == "streamed"]
+    assert [r["replayed_events"] for r in streamed] == [3001, 12001, 48001]  # and the mmap
+    assert all(r["peak_rss_bytes"] >= r["rss_after_import_bytes"] > 0 for r in streamed)
+    assert isinstance(verdict["streamed_peak_rss_flat"], bool)
 
 
 @SETTINGS
