@@ -823,6 +823,17 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
 
 
 @jit_inline
+def store(st, pte, fl):
+    """_store: a write to PTE ``pte`` (an index; ``fl`` its value) dirties it; the first on an ahead copy
+    is a hit."""
+    if fl & PENDING:
+        st.counters[C_AHEAD_HITS] += 1
+        st.counters[C_EXTRA_PAGES] -= 1
+        fl = (fl & ~PENDING) | HIT
+    st.ptes[pte] = fl | DIRTY
+
+
+@jit_inline
 def access(st, s, d, write, pid, now):
     """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
     pte = pte_at(s, d)
@@ -834,12 +845,8 @@ def access(st, s, d, write, pid, now):
             return
         handle_mm_fault(st, s, v, d, write, pid, now)
         fl = st.ptes[pte]
-    if write:  # _store
-        if fl & PENDING:
-            st.counters[C_AHEAD_HITS] += 1
-            st.counters[C_EXTRA_PAGES] -= 1
-            fl = (fl & ~PENDING) | HIT
-        st.ptes[pte] = fl | DIRTY
+    if write:
+        store(st, pte, fl)
 
 
 # ----- replay ------------------------------------------------------------------------
@@ -954,8 +961,8 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
         fl = ptes[pte]
         if k == READ and fl & PRESENT:
             continue
-        if (fl & (PRESENT | WRITABLE | PENDING)) == (PRESENT | WRITABLE):
-            ptes[pte] = fl | DIRTY
+        if (fl & (PRESENT | WRITABLE)) == (PRESENT | WRITABLE):  # a write (reads went on above)
+            store(st, pte, fl)
             continue
         # Most faults are on one page: the pools' free counts alone say there is room.
         if not (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
