@@ -50,3 +50,18 @@ def test_sweep_writes_every_trace_and_policy_with_metadata(tmp_path, suffix, cap
     fixed16 = replay_engine(paths[0], ["fixed:16"])[0]
     assert rows["sequential", "fixed:16"]["ahead_copies"] == fixed16.ahead_copies > 0
     assert "best window per family" in capsys.readouterr().out
+
+
+def test_a_sweeps_json_rebuilds_into_a_report_with_a_plot_per_trace(tmp_path):
+    paths = []
+    for pattern in ["sequential", "hotcold"]:
+        paths.append(tmp_path / f"{pattern}.parquet")
+        write_trace(generate(pattern, pages=600), paths[-1])
+    out = tmp_path / "results.json"
+    assert main(["sweep", *map(str, paths), "-p", "fixed:1..64", "-p", "adaptive", "-o", str(out), "-j", "1"]) == 0
+    assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    for pattern in ["sequential", "hotcold"]:
+        plot = tmp_path / "report" / f"{pattern}-tradeoff.png"
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"{pattern}-tradeoff.png" in page
+    assert "COW-ahead helps: fixed:64" in page  # sequential's verdict names its best window
