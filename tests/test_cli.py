@@ -39,6 +39,30 @@ def test_simulate_prints_a_table(trace, capsys):
     assert code == 0 and "around:8" in out and "predicted" in out
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_simulate_reports_progress_over_every_replayed_event(reference, tmp_path):
+    """The progress bar's count: the engine replays all policies in one pass, the model one pass each."""
+    from cowahead.model.costs import CostModel
+    from cowahead.model.kernel import PROGRESS_EVENTS
+    from cowahead.results import simulate_engine, simulate_reference
+    from cowahead.trace import TraceFile, write_trace
+    from cowahead.trace.generators import generate
+
+    path = tmp_path / "r.parquet"
+    write_trace(generate("random", pages=40_000), path)  # 80,004 events: one full step of the model and a rest
+    events = TraceFile(path).num_events
+    assert events > PROGRESS_EVENTS
+    heard = []
+    policies = ["none", "fixed:16", "adaptive"]
+    if reference:
+        rows = simulate_reference(TraceFile(path).read(), policies, CostModel(), heard.append)
+    else:
+        rows = simulate_engine(path, policies, CostModel(), heard.append)
+    assert sum(heard) == events * (len(policies) if reference else 1)
+    assert len(heard) == (2 * len(policies) if reference else 1)  # the engine's chunk is a million events
+    assert [r["policy"] for r in rows] == policies
+
+
 @pytest.mark.parametrize("argv, message", [
     (["simulate", "{trace}", "-p", "bogus"], "unknown policy 'bogus'"),
     (["simulate", "{trace}", "-p", "fixed:0"], "window must be 1"),

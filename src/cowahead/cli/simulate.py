@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..model.costs import CostModel
 from ..policies import SYNTAX, parse_policy
@@ -12,6 +14,8 @@ from ..report.table import results_table
 from ..results import simulate_engine, simulate_reference
 from ..trace import TraceFile
 
+PROGRESS_COLUMNS = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn()]
 DEFAULT_POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
 
 
@@ -28,10 +32,15 @@ def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: st
     policies = list(policies) or DEFAULT_POLICIES
     for p in policies:
         parse_policy(p)  # a bad policy string fails before any replay
-    if reference:
-        rows = simulate_reference(trace.read(), policies, cost_model)
-    else:
-        rows = simulate_engine(trace, policies, cost_model)
+    # The model replays once per policy; the engine all policies in one pass.
+    total = trace.num_events * (len(policies) if reference else 1)
+    with Progress(*PROGRESS_COLUMNS, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("replay (model)" if reference else "replay (engine)", total=total)
+        advance = lambda events: bar.advance(task, events)  # noqa: E731
+        if reference:
+            rows = simulate_reference(trace.read(), policies, cost_model, advance)
+        else:
+            rows = simulate_engine(trace, policies, cost_model, advance)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

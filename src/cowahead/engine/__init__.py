@@ -9,7 +9,7 @@ modelled.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -42,11 +42,13 @@ def to_counters(st: State) -> Counters:
 
 
 def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace | None = None,
-                  chunk_rows: int = ROW_GROUP_ROWS) -> list[Counters]:
+                  chunk_rows: int = ROW_GROUP_ROWS,
+                  progress: Callable[[int], None] = lambda events: None) -> list[Counters]:
     """Replay ``source`` (a Trace, TraceFile or path) under each policy string; counters in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
-    ``chunk_rows`` sets the chunk size of an in-memory trace (a file's row groups are its chunks).
+    ``chunk_rows`` sets the chunk size of an in-memory trace (a file's row groups are its chunks);
+    ``progress`` hears the events of each chunk once every policy has replayed it.
     """
     parsed = [parse_policy(p) for p in policies]
     source = in_memory_if_small(source)
@@ -58,6 +60,7 @@ def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace
         d = decode(chunk, space)
         states = [replay_chunk(st, d, first_index) for st in states]
         first_index += len(d.kind)
+        progress(len(d.kind))
     for st in states:
         core.finish(st)
     return [to_counters(st) for st in states]

@@ -12,7 +12,7 @@ This model is the reference the fast engine is held equal to.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..trace.events import Event, EventKind, VmaKind
 from ..trace.trace import Trace
@@ -20,6 +20,7 @@ from .counters import Counters
 from .memory import Ahead, Backing, Frame, FrameKind, Mm, Pte, Vma
 
 ZERO_PFN = 0
+PROGRESS_EVENTS = 1 << 16  # how often replay reports progress: a call per event would cost
 
 
 class ModelBug(AssertionError):
@@ -48,11 +49,16 @@ class Kernel:
 
     # ----- replay -----------------------------------------------------------------
 
-    def replay(self, trace: Trace, reads: list[int] | None = None) -> Counters:
-        """Run every event; if ``reads`` is a list, append each value read to it."""
+    def replay(self, trace: Trace, reads: list[int] | None = None,
+               progress: Callable[[int], None] = lambda events: None) -> Counters:
+        """Run every event; if ``reads`` is a list, append each value read to it. ``progress`` hears
+        how many events were run, every PROGRESS_EVENTS and at the end."""
         self.policy.prepare(trace)
         for index, event in enumerate(trace.events()):
             self.apply(event, index, reads)
+            if (index + 1) % PROGRESS_EVENTS == 0:
+                progress(PROGRESS_EVENTS)
+        progress(len(trace) % PROGRESS_EVENTS)
         return self.finish()
 
     def apply(self, event: Event, index: int, reads: list[int] | None = None) -> None:
