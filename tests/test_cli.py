@@ -86,3 +86,32 @@ def test_bad_input_gets_one_line_and_exit_status_2(trace, tmp_path, capsys, argv
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("cowahead: error:") and message in err, err
     assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 130, 250])
+def test_the_results_table_leaves_columns_out_rather_than_clip_numbers(width, trace):
+    """A narrow terminal gets fewer columns, each number whole, and a line naming what was left out."""
+    import io
+
+    from rich.console import Console
+
+    from cowahead.model.costs import CostModel
+    from cowahead.report.table import COLUMNS, results_table
+    from cowahead.results import simulate_engine
+
+    rows = simulate_engine(trace, ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"], CostModel())
+    table = results_table(rows, "t")
+    shown, dropped = table.fitting(width)
+    out = io.StringIO()
+    Console(file=out, width=width).print(shown)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    kept = [c.header for c in shown.columns]
+    assert kept[0] == "policy" and kept[-1] == "Δ time" and len(kept) + len(dropped) == len(COLUMNS)
+    base = rows[0]
+    for name, cell, _ in COLUMNS:
+        if name in kept:
+            for r in rows:
+                assert any(f" {cell(r, base)} " in line for line in lines), (name, cell(r, base))
+    if width in (60, 250):
+        assert (dropped == []) == (width == 250)
