@@ -65,3 +65,30 @@ def test_a_sweeps_json_rebuilds_into_a_report_with_a_plot_per_trace(tmp_path):
         plot = tmp_path / "report" / f"{pattern}-tradeoff.png"
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"{pattern}-tradeoff.png" in page
     assert "COW-ahead helps: fixed:64" in page  # sequential's verdict names its best window
+
+
+def test_the_tradeoff_table_fits_80_columns_without_clipping(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from cowahead.cli.sweep import tradeoff_table
+    from cowahead.model.costs import CostModel
+    from cowahead.sweep import run_sweep
+
+    path = tmp_path / "random.parquet"
+    write_trace(generate("random", pages=3000), path)
+    results = run_sweep([str(path)], expand_policies(["none", "fixed:1..512", "adaptive", "oracle:512"]), 1,
+                        CostModel())
+    table = tradeoff_table(results["workloads"][0])
+    shown, dropped = table.fitting(80)
+    out = io.StringIO()
+    Console(file=out, width=80).print(shown)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    kept = [c.header for c in shown.columns]
+    assert kept[:2] == ["family", "best window"] and kept[-1] == "Δ time"
+    for row in table.rows:
+        for header, cell in zip(table.headers, row):
+            if header in kept and cell:
+                assert any(f" {cell} " in line for line in lines), (header, cell)

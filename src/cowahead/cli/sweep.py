@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from ..errors import CowaheadError
 from ..model.costs import CostModel
 from ..policies import SYNTAX
 from ..report.summary import best_per_family
+from ..report.table import KEEP, FittedTable
 from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep, write_results
 
 
@@ -41,30 +41,28 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
         task = bar.add_task("sweep", total=len(traces) * len(expanded))
         results = run_sweep(list(traces), expanded, jobs, cost_model, lambda n: bar.advance(task, n))
     write_results(results, output)
-    console = Console()
-    console.width = max(console.width, 120)  # the table does not fit 80 columns; pipes get 120
     for workload in results["workloads"]:
-        console.print(tradeoff_table(workload))
+        tradeoff_table(workload).print()
     sweep = results["sweep"]
     err.print(f"{output}: {len(traces)} trace(s) × {len(expanded)} policies in {sweep['wall_seconds']:.1f} s "
               f"on {jobs} workers")
 
 
-def tradeoff_table(workload: dict) -> Table:
+def tradeoff_table(workload: dict) -> FittedTable:
     base = next(r for r in workload["rows"] if r["policy"] == "none")
-    t = Table(title=f"{workload['name']} ({workload['events']:,} events): best window per family — "
-                    f"lowest predicted µs, ties to fewer extra pages")
-    for name in ["family", "best window", "faults saved", "Δ faults", "extra pages peak", "ahead waste",
-                 "predicted µs", "Δ time"]:
-        t.add_column(name, justify="left" if name in ("family", "best window") else "right", no_wrap=True)
-    t.add_row("none", "none", "0", "", "0", "0", f"{base['predicted_us']:,.1f}", "")
-    rows = {r["policy"]: r for r in workload["rows"]}
+    headers = ["family", "best window", "faults saved", "Δ faults", "extra pages peak", "ahead waste",
+               "predicted µs", "Δ time"]
+    ranks = [KEEP, KEEP, 2, 5, 4, 3, 1, KEEP]
+    rows = [["none", "none", "0", "", "0", "0", f"{base['predicted_us']:,.1f}", ""]]
+    by_policy = {r["policy"]: r for r in workload["rows"]}
     for s in best_per_family(workload["rows"]):
-        r = rows[s["policy"]]
-        t.add_row(s["family"], s["policy"], f"{base['faults'] - r['faults']:,}", _pct(s["faults_change_pct"]),
-                  f"{r['extra_pages_peak']:,}", f"{r['ahead_waste']:,}", f"{r['predicted_us']:,.1f}",
-                  _pct(s["predicted_change_pct"]))
-    return t
+        r = by_policy[s["policy"]]
+        rows.append([s["family"], s["policy"], f"{base['faults'] - r['faults']:,}", _pct(s["faults_change_pct"]),
+                     f"{r['extra_pages_peak']:,}", f"{r['ahead_waste']:,}", f"{r['predicted_us']:,.1f}",
+                     _pct(s["predicted_change_pct"])])
+    return FittedTable(f"{workload['name']} ({workload['events']:,} events): best window per family — "
+                       f"lowest predicted µs, ties to fewer extra pages", headers, ranks, rows,
+                       left=("family", "best window"))
 
 
 def _pct(value: float | None) -> str:
