@@ -231,3 +231,36 @@ def test_future_pairs_equal_numpy_unique(keys, spread):
     expected = np.unique(written, return_inverse=True, return_counts=True)
     for got, want in zip(_pairs(written), expected):
         assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 5000), max_size=300), st.sampled_from([1, 7, 10 ** 6]))
+def test_the_oracle_rank_table_equals_searchsorted(keys, spread):
+    """Where the future's keys are dense, the oracle looks up searchsorted in a table; it must agree at
+    every key up to past the last (and there is no table where the keys are sparse)."""
+    import numpy as np
+
+    from cowahead.engine.prepass import _rank
+
+    unique = np.unique(np.array(keys, np.int64) * spread)
+    rank = _rank(unique)
+    if len(rank) == 0:
+        assert len(unique) == 0 or unique[-1] >= 8 * len(unique) + 1024
+        return
+    probes = np.arange(len(rank))
+    assert np.array_equal(rank, np.searchsorted(unique, probes)) and rank[-1] == len(unique)
+
+
+def test_oracle_with_sparse_future_keys_searches_and_equals_reference():
+    """Many pids writing a few pages each: keys too sparse for the rank table, so the engine searches."""
+    from cowahead.engine.prepass import future
+
+    s = Stream().mmap(1, 0, 600).write(1, *range(600))
+    for child in range(2, 40):
+        s.fork(1, child).write(child, 5 * child, 5 * child + 2).exit(child)
+    trace = s.trace()
+    assert len(future(trace, page_space(trace)).rank) == 0
+    assert_engine_equals_reference(trace, ["oracle:4", "oracle:16"])
+    dense = Stream().mmap(1, 0, 64).write(1, *range(64)).fork(1, 2).write(2, *range(0, 64, 3)).trace()
+    assert len(future(dense, page_space(dense)).rank) > 0
+    assert_engine_equals_reference(dense, ["oracle:4", "oracle:16"])

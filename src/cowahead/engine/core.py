@@ -679,6 +679,15 @@ def _breakable(st, s, q):
 
 
 @jit_inline
+def oracle_index(st, key):
+    """searchsorted(oracle_keys, key): one load from the rank table where the keys are dense."""
+    rank = st.oracle_rank
+    if rank.shape[0] > 0:
+        return np.int64(rank[min(key, rank.shape[0] - 1)])
+    return np.searchsorted(st.oracle_keys, key)
+
+
+@jit_inline
 def written_next(st, pid, q, now, j):
     """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)
 
@@ -753,7 +762,7 @@ def cow_ahead(st, s, v, d, pid, now):
         done = break_cow_range(st, s, v, d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END])))
     elif pol == POL_ORACLE:
         keys = st.oracle_keys
-        j = np.searchsorted(keys, pid * st.pages.shape[0] + d + 1)
+        j = oracle_index(st, pid * st.pages.shape[0] + d + 1)
         for q in range(d + 1, dense_after(st, d, min(p + st.policy[1], vm[v, V_END]))):
             while j < keys.shape[0] and keys[j] < pid * st.pages.shape[0] + q:
                 j += 1

@@ -46,6 +46,7 @@ class State(NamedTuple):
     oracle_time: np.ndarray
     oracle_last_drop: np.ndarray
     oracle_cursor: np.ndarray
+    oracle_rank: np.ndarray   # prepass.Future.rank
 
 
 def policy_params(policy: Policy) -> np.ndarray:
@@ -105,7 +106,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
     frame_kind[core.ZERO_FRAME] = core.ZERO
     if future is None or params[0] != core.POL_ORACLE:
         empty = np.zeros(0, np.int64)
-        future = Future(empty, np.zeros(1, np.int64), empty, empty)
+        future = Future(empty, np.zeros(1, np.int64), empty, empty, np.zeros(0, np.int32))
     return State(
         pages=space.pages, direct_base=int(space.direct_base), policy=params,
         region_of=region_of, region_start=region_start,
@@ -121,7 +122,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
         coverage=np.zeros((2, 1024 if params[0] == core.POL_CCOW else 0), np.int32),
         sc=sc, counters=np.zeros(core.N_COUNTERS, np.int64),
         oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
-        oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(),
+        oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(), oracle_rank=future.rank,
     )
 
 
