@@ -298,6 +298,19 @@ def _rank(keys: np.ndarray) -> np.ndarray:
     at nearly every step (3M searches over 3.2M keys: 686 ms, against 28 ms for the table)."""
     if not len(keys) or keys[-1] >= 8 * len(keys) + 1024 or len(keys) > MAX_RANK:
         return np.zeros(0, np.int32)
-    rank = np.zeros(int(keys[-1]) + 2, np.int32)  # int32: half the table, and the same type everywhere
-    np.cumsum(np.bincount(keys, minlength=len(rank) - 1), out=rank[1:])
+    # int32: half the table, and the same type in every State
+    return _fill_rank(keys, np.empty(int(keys[-1]) + 2, np.int32))
+
+
+@njit(cache=True)
+def _fill_rank(keys, rank):
+    """rank[k] = how many keys lie below k, in one pass (bincount and cumsum took 0.1 s on 8M keys)."""
+    k = 0
+    for j in range(keys.shape[0]):
+        while k <= keys[j]:
+            rank[k] = j
+            k += 1
+    while k < rank.shape[0]:
+        rank[k] = keys.shape[0]
+        k += 1
     return rank
