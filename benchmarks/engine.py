@@ -23,8 +23,8 @@ events — the generators' patterns, whose events are nearly all faults, and
   the same stream, not the same model;
 * a full sweep (six families × windows 1..512) through ``cowahead sweep``;
 * peak memory (VmHWM) of one replay in a new process against trace length, pages to 16 × pages
-  events over the same pages/25 pages (5M to 80M events over 200K pages by default), the trace streamed row group by row group and read whole: streamed, it should
-  not grow with the trace;
+  events over the same pages/25 pages (5M to 80M events over 200K pages by default), the trace
+  streamed row group by row group and read whole: streamed, it should not grow with the trace;
 * ``cowahead simulate`` on a small trace once numba's cache is warm.
 
 Results go to benchmarks/results/engine-<date>.json with the machine, the

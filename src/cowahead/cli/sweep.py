@@ -13,7 +13,7 @@ from ..errors import CowaheadError
 from ..model.costs import CostModel
 from ..policies import SYNTAX
 from ..report.summary import best_per_family
-from ..report.table import KEEP, FittedTable
+from ..report.table import KEEP, FittedTable, percent
 from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep, write_results
 
 
@@ -57,13 +57,9 @@ def tradeoff_table(workload: dict) -> FittedTable:
     by_policy = {r["policy"]: r for r in workload["rows"]}
     for s in best_per_family(workload["rows"]):
         r = by_policy[s["policy"]]
-        rows.append([s["family"], s["policy"], f"{base['faults'] - r['faults']:,}", _pct(s["faults_change_pct"]),
+        rows.append([s["family"], s["policy"], f"{base['faults'] - r['faults']:,}", percent(s["faults_change_pct"]),
                      f"{r['extra_pages_peak']:,}", f"{r['ahead_waste']:,}", f"{r['predicted_us']:,.1f}",
-                     _pct(s["predicted_change_pct"])])
+                     percent(s["predicted_change_pct"])])
     return FittedTable(f"{workload['name']} ({workload['events']:,} events): best window per family — "
                        f"lowest predicted µs, ties to fewer extra pages", headers, ranks, rows,
-                       left=("family", "best window"))
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:+.1f}%"
+                       left=("family", "best window"), elsewhere="read the results file")

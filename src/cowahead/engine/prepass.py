@@ -255,9 +255,14 @@ def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, 
     return m
 
 
+def _table_fits(largest: int, count: int) -> bool:
+    """Are keys up to ``largest`` dense enough among ``count`` items for a table indexed by key?"""
+    return largest < 8 * count + 1024
+
+
 def _pairs(written: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct (pid, page) keys, the pair of each written page (in trace order), and writes per pair."""
-    if len(written) and written.max() < 8 * len(written) + 1024:
+    if len(written) and _table_fits(written.max(), len(written)):
         # Keys this dense (at most 64 bytes of table per written page): count and look up, no sort.
         per_key = np.bincount(written)
         keys = np.flatnonzero(per_key)
@@ -294,9 +299,9 @@ def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) ->
 
 def _rank(keys: np.ndarray) -> np.ndarray:
     """How many keys lie below each k up to keys[-1] + 1: the oracle's search per fault becomes one load.
-    Only where the keys are dense (as _pairs' table); a search over millions of keys misses the cache
-    at nearly every step (3M searches over 3.2M keys: 686 ms, against 28 ms for the table)."""
-    if not len(keys) or keys[-1] >= 8 * len(keys) + 1024 or len(keys) > MAX_RANK:
+    Only where the keys are dense (_table_fits, as for _pairs' table); a search over millions of keys
+    misses the cache at nearly every step (3M searches over 3.2M keys: 686 ms, against 28 ms for the table)."""
+    if not len(keys) or not _table_fits(keys[-1], len(keys)) or len(keys) > MAX_RANK:
         return np.zeros(0, np.int32)
     # int32: half the table, and the same type in every State
     return _fill_rank(keys, np.empty(int(keys[-1]) + 2, np.int32))

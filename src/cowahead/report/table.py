@@ -22,6 +22,7 @@ class FittedTable:
     ranks: list[int]          # per column: the lowest goes first when the terminal is too narrow
     rows: list[list[str]]
     left: tuple[str, ...] = ()  # headers whose cells are left-justified (names); numbers go right
+    elsewhere: str = "use --json"  # where a narrow terminal's reader finds the columns left out
 
     def table(self, columns: list[str] | None = None, widths: dict[str, int] | None = None) -> Table:
         """The table with ``columns`` (headers; default all), in order; ``widths`` fixes theirs."""
@@ -59,12 +60,16 @@ class FittedTable:
         table, dropped = self.fitting(console.width)
         console.print(table)
         if dropped:
-            console.print(f"(too narrow for {', '.join(dropped)}: widen the terminal, or use --json)")
+            console.print(f"(too narrow for {', '.join(dropped)}: widen the terminal, or {self.elsewhere})")
+
+
+def percent(pct: float | None) -> str:
+    """A change in percent as the tables print it; empty when there is none."""
+    return "" if pct is None else f"{pct:+.1f}%"
 
 
 def _delta(value: float, base: float | None) -> str:
-    pct = change(value, base) if base is not None else None
-    return "" if pct is None else f"{pct:+.1f}%"
+    return percent(change(value, base) if base is not None else None)
 
 
 def _count(key: str) -> Callable[[dict, dict | None], str]:
