@@ -147,7 +147,7 @@ def bench_floor(trace: Trace, runs: int) -> dict | None:
     npages = int(trace.metadata["pages"])
     frames = 2 * npages + 1024
     arrays = lambda: touched((np.zeros((4, npages), np.uint32),  # noqa: E731
-                              np.zeros(frames, np.int64), np.arange(frames, dtype=np.int32)))
+                              np.zeros(frames, np.uint32), np.arange(frames, dtype=np.int32)))
     run_t, copies = timed(lambda a: one_child_floor(order, npages, *a), runs, setup=arrays)
     return {**run_t, "copies": int(copies), "events_per_s": len(trace) / run_t["median"]}
 

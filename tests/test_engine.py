@@ -156,6 +156,43 @@ def test_more_resident_pages_than_a_pte_can_index_is_a_clear_error(monkeypatch):
         replay_engine(trace, ["none"])
 
 
+def test_a_frame_mapped_by_the_most_address_spaces_the_engine_holds_keeps_exact_counts():
+    """A frame's counts are 16 bits each. A page-cache frame mapped in as many address spaces as a fork
+    leaves room for (MAX_SLOTS - 1: a fork asks for two free slots) has one reference more, near the
+    most they hold. Its copies and unmaps still count as the model's."""
+    from cowahead.engine import core
+
+    s = Stream().mmap(1, 0, 2, VmaKind.PRIVATE_FILE).read(1, 0)
+    children = range(2, core.MAX_SLOTS)
+    for child in children:
+        s.fork(1, child)
+    for child in children:
+        s.read(child, 0)
+    s.write(children[-1], 0).write(1, 0, 1)
+    for child in children:
+        s.exit(child)
+    trace = s.exit(1).trace()
+    for policy in ("none", "fixed:2"):
+        counters = replay_engine(trace, [policy])[0]
+        assert counters == replay_reference(trace, policy), policy
+    assert counters.cow_copy == 3  # the last child's, then the parent's on page 0 and on page 1 (unread)
+
+
+def test_more_live_address_spaces_than_a_frames_counts_hold_is_a_clear_error(monkeypatch):
+    """Past MAX_SLOTS live address spaces a frame's 16-bit counts could overflow: one line, not a wrong count."""
+    from cowahead.engine import core
+    from cowahead.errors import CowaheadError
+
+    s = Stream().mmap(1, 0, 1).write(1, 0)
+    for child in range(2, 12):
+        s.fork(1, child)
+    trace = s.trace()
+    assert replay_engine(trace, ["none"])[0] == replay_reference(trace, "none")
+    monkeypatch.setattr(core, "MAX_SLOTS", 8)
+    with pytest.raises(CowaheadError, match="more than 8 address spaces at once"):
+        replay_engine(trace, ["none"])
+
+
 @pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
 def test_prefetching_changes_no_count(pattern):
     """Replay prefetches PTEs and frames only when a chunk's pages jump about in a state bigger than the

@@ -28,7 +28,7 @@ class State(NamedTuple):
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
-    frames: np.ndarray        # [frame] mappings + references << 32 (core.ONE_MAP, core.ONE_REF)
+    frames: np.ndarray        # [frame] uint32: mappings + references << 16 (core.ONE_MAP, core.ONE_REF)
     frame_kind: np.ndarray    # ANON, ZERO, FILE or SHMEM
     frame_free: np.ndarray
     vmas: np.ndarray
@@ -113,7 +113,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
         ptes=np.zeros((slots, npages), np.uint32),
         slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
-        frames=np.zeros(frames, np.int64), frame_kind=frame_kind,
+        frames=np.zeros(frames, np.uint32), frame_kind=frame_kind,
         frame_free=_free_stack(frames, 1, np.int32),  # int32 at once: 10M frames, new_state 28 → 8 ms
         vmas=np.zeros((vmas, core.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
         backings=np.zeros((16, core.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
@@ -160,7 +160,8 @@ def grow(st: State) -> State:
     """Make room for what ``headroom`` asked for; returns the (partly) new state."""
     sc, changes = st.sc, {}
     old = len(st.slots)
-    new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]))
+    new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]),
+                    (core.MAX_SLOTS, "address spaces at once, more than a frame's 16-bit counts hold"))
     if new > old:
         changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new),
                        slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
