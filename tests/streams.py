@@ -3,7 +3,7 @@
 from hypothesis import strategies as st
 
 from conftest import Stream
-from cowahead.trace import EventKind, PAGE_SIZE, VmaKind
+from cowahead.trace import EventKind, VmaKind
 
 # Pages 480 … 560 relative to a page-table-aligned base: streams cross a page-table boundary at 512.
 LOW, HIGH = 480, 560

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 
 from ..model.counters import FIELD_NAMES, Counters
 from ..policies import OraclePolicy, parse_policy

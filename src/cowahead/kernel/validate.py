@@ -39,7 +39,6 @@ from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
 from .guestprogs import INGUEST, INTEGRITY, compile_programs
 from .vm import GuestResult, run_in_guest
-from .vmstat import COW_COUNTERS
 
 WINDOWS = (0, 4, 16, 64)
 POLICIES = ("fixed", "around", "adaptive")

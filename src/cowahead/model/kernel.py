@@ -12,7 +12,7 @@ This model is the reference the fast engine is held equal to.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 from ..trace.events import Event, EventKind, VmaKind
 from ..trace.trace import Trace
