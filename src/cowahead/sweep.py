@@ -22,6 +22,7 @@ from typing import Callable
 from .errors import CowaheadError
 from .model.costs import CostModel
 from .model.counters import Counters
+from .output import write_atomically
 from .policies import parse_policy
 from .report.results_file import new_results, save_results
 from .results import result_row
@@ -118,8 +119,6 @@ def write_results(results: dict, path: Path) -> None:
         meta = {k: v for k, v in results.items() if k != "workloads"}
         meta["workloads"] = [{k: v for k, v in w.items() if k != "rows"} for w in results["workloads"]]
         table = pa.Table.from_pylist(flat).replace_schema_metadata({b"cowahead": json.dumps(meta).encode()})
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: pq.write_table(table, tmp))
     else:
         save_results(results, path)

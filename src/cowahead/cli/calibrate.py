@@ -10,7 +10,6 @@ CostModel's fields, so `cowahead simulate --costs FILE` predicts with them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import CowaheadError
+from ..output import output_file, write_atomically
 from ..real import linux
 from ..real.calibration import calibrate, document
 
@@ -29,6 +29,7 @@ from ..real.calibration import calibrate, document
 @click.option("--repeats", "-r", type=click.IntRange(5, 100), default=7, show_default=True,
               help="Rounds after the warm-up; the median is kept.")
 def command(output: str, pages: int, repeats: int) -> None:
+    output_file(output)
     support = linux.probe_support()
     if not support.populate_write:
         raise CowaheadError(support.problems[-1])
@@ -40,7 +41,7 @@ def command(output: str, pages: int, repeats: int) -> None:
         task = progress.add_task("rounds", total=repeats + 1)
         results = calibrate(pages, repeats, lambda _: progress.update(task, advance=1, refresh=True))
     doc = document(results, pages, repeats)
-    Path(output).write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomically(output, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     out = Console() if Console().is_terminal else Console(width=120)
     table = Table(title=f"{output}: µs per page, medians of {repeats} ({pages} pages, {doc['metadata']['kernel']}); "
                         "CPU time (user+system) is what the costs use")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..model.costs import CostModel
+from ..output import output_folder
 from ..report.summary import best_per_family, verdict
 from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 
@@ -32,6 +33,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int |
         settings = dataclasses.replace(settings, pages=pages)
     names = list(workloads) or DEFAULT_WORKLOADS
     check_workloads(names)  # before the progress display takes the terminal
+    output_folder(output)
     err = Console(stderr=True)
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

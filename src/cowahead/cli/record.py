@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import CowaheadError
+from ..output import output_file
 from ..record import Recorder, Recording
 
 STAGES = {"record": "recording", "convert": "converting"}
@@ -71,6 +72,9 @@ def command(output: str, pid: int | None, keep_perf_data: str | None, command: t
         raise CowaheadError("nothing to record: give --pid PID or a command after --")
     if pid is not None and command:
         raise CowaheadError("give either --pid PID or a command, not both")
+    output_file(output)
+    if keep_perf_data:
+        output_file(keep_perf_data)
     recorder = Recorder(output, keep_perf_data)
     recorder.start(list(command) or None, pid)
     console = Console(stderr=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..output import output_folder
 from ..report.results_file import load_results
 
 
@@ -14,5 +15,6 @@ from ..report.results_file import load_results
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 def command(results_path: Path, output: Path) -> None:
     from ..report.html import write_report  # matplotlib: imported only when a report is drawn
-    page = write_report(load_results(results_path), output)
+    results = load_results(results_path)
+    page = write_report(results, output_folder(output))
     click.echo(f"{page}")

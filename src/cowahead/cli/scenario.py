@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..output import output_file
 from ..scenarios import SCENARIOS, TOLERANCE, scenario
 from .record import COLUMNS, _Bar, summary
 
@@ -36,6 +37,7 @@ def list_scenarios() -> None:
 def run(name: str, output: str) -> None:
     """Run scenario NAME, recording it into TRACE; print the trace against the program's counters."""
     module = scenario(name)
+    output_file(output)
     console = Console(stderr=True)
     with Progress(*COLUMNS, console=console, transient=True) as progress:
         result = module.run(Path(output), _Bar(progress))

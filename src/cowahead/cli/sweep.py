@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import CowaheadError
 from ..model.costs import CostModel
+from ..output import output_file
 from ..policies import SYNTAX
 from ..report.summary import best_per_family
 from ..report.table import KEEP, FittedTable, percent
@@ -35,6 +36,7 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
         expanded.insert(0, "none")  # the baseline every comparison needs
     if output.suffix not in (".json", ".parquet"):
         raise CowaheadError(f"{output}: the results file must end in .json or .parquet")
+    output_file(output)
     err = Console(stderr=True)
     columns = [TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:

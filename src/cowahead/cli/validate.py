@@ -11,7 +11,6 @@ tell (not root: PFNs read as zero).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -19,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import CowaheadError
+from ..output import output_file, write_atomically
 from ..real.plan import COMPARED_KINDS
 from ..real.truth import Comparison
 from ..real.validate import check_support, document, settings, validate
@@ -33,6 +33,8 @@ SHOWN_MISMATCHES = 20
 @click.option("--seed", "-s", type=int, default=0, show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int, output: str | None) -> None:
+    if output:
+        output_file(output)
     err = Console(stderr=True)
     config = settings(quick, pages, list(policies), seed)
     kept, warnings = check_support(config.policies)
@@ -55,7 +57,8 @@ def command(quick: bool, pages: int | None, policies: tuple[str, ...], seed: int
     if not results:
         raise CowaheadError("no pattern could be run for real; nothing was validated")
     if output:
-        Path(output).write_text(json.dumps(document(config, results, skipped), indent=2) + "\n")
+        doc = document(config, results, skipped)
+        write_atomically(output, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # a log or a pipe: keep the table's columns whole

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import CowaheadError
+from ..output import write_atomically
 from ..machine import machine_metadata, package_versions
 
 PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
@@ -28,10 +27,7 @@ def new_results(costs: dict) -> dict:
 
 def save_results(results: dict, path: Path) -> None:
     """Atomic: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
 
 
 def load_results(path: Path) -> dict:

@@ -9,10 +9,8 @@ holds a JSON object with at least ``format``, ``version``, ``page_size``,
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
+from ..output import write_atomically
 from .events import COLUMNS, PAGE_SIZE, EventKind
 from .trace import Trace
 
@@ -54,21 +53,7 @@ def write_trace(trace: Trace, path: str | Path) -> None:
     meta = {**base_metadata(trace.metadata.get("source", "unknown")), **trace.metadata}
     table = pa.table({k: trace.columns[k] for k in COLUMNS}, schema=SCHEMA)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a trace is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS))
 
 
 class TraceFile:

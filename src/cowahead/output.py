@@ -1,0 +1,63 @@
+"""Where results and traces are written: the folder made if missing, files replaced atomically.
+
+Every verb that writes a file calls ``output_file`` before its long work (a sweep, a recording, a
+real-kernel validation), so a path that cannot be written fails in one line at once rather than
+with a traceback after the work; the write itself then goes through ``write_atomically``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import CowaheadError
+
+
+def output_file(path: str | Path) -> Path:
+    """``path`` as a Path, its folder made if missing; a CowaheadError if it cannot be written there."""
+    path = Path(path)
+    if path.is_dir():
+        raise CowaheadError(f"{path}: is a directory; give a file name to write")
+    _make(path.parent, f"{path}: its folder {path.parent}")
+    return path
+
+
+def output_folder(path: str | Path) -> Path:
+    """A folder for a report or an evaluation, made if missing; a CowaheadError if it cannot be."""
+    path = Path(path)
+    _make(path, f"{path}: the folder")
+    return path
+
+
+def _make(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # the folder, or one above it, is a file
+        raise CowaheadError(f"{what} cannot be made: a file is in the way") from None
+    except OSError as e:
+        raise CowaheadError(f"{what} cannot be made ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CowaheadError(f"{what} is not writable")
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file in ``path``'s folder, then rename it to ``path``: a reader never sees half
+    a file, and a write that fails (or is interrupted) leaves what was there and no temporary behind."""
+    path = output_file(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results and traces are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
