@@ -10,6 +10,7 @@ import pytest
 from cowahead.cli.main import main
 from cowahead.engine import replay_engine
 from cowahead.errors import CowaheadError
+from cowahead.report.results_file import load_results
 from cowahead.sweep import expand_policies
 from cowahead.trace import write_trace
 from cowahead.trace.generators import generate
@@ -52,13 +53,19 @@ def test_sweep_writes_every_trace_and_policy_with_metadata(tmp_path, suffix, cap
     assert "best window per family" in capsys.readouterr().out
 
 
-def test_a_sweeps_json_rebuilds_into_a_report_with_a_plot_per_trace(tmp_path):
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_a_sweeps_results_rebuild_into_a_report_with_a_plot_per_trace(tmp_path, suffix):
     paths = []
     for pattern in ["sequential", "hotcold"]:
         paths.append(tmp_path / f"{pattern}.parquet")
         write_trace(generate(pattern, pages=600), paths[-1])
-    out = tmp_path / "results.json"
+    out = tmp_path / f"results{suffix}"
     assert main(["sweep", *map(str, paths), "-p", "fixed:1..64", "-p", "adaptive", "-o", str(out), "-j", "1"]) == 0
+    if suffix == ".parquet":  # read back into the very workloads the JSON form holds
+        as_json = tmp_path / "results.json"
+        assert main(["sweep", *map(str, paths), "-p", "fixed:1..64", "-p", "adaptive", "-o", str(as_json)]) == 0
+        workloads = load_results(out)["workloads"]
+        assert workloads == load_results(as_json)["workloads"] and len(workloads[1]["rows"]) == 9
     assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     for pattern in ["sequential", "hotcold"]:

@@ -22,9 +22,8 @@ from typing import Callable
 from .errors import CowaheadError
 from .model.costs import CostModel
 from .model.counters import Counters
-from .output import write_atomically
 from .policies import parse_policy
-from .report.results_file import new_results, save_results
+from .report.results_file import new_results
 from .results import result_row
 from .trace import TraceFile
 
@@ -108,17 +107,3 @@ def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostMode
         "rows": [rows[path, p] for p in policies],
     } for path, trace in opened.items()]
     return results
-
-
-def write_results(results: dict, path: Path) -> None:
-    """JSON (the results document), or Parquet (one row per trace × policy, the rest as metadata)."""
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        flat = [{"trace": w["name"], **row} for w in results["workloads"] for row in w["rows"]]
-        meta = {k: v for k, v in results.items() if k != "workloads"}
-        meta["workloads"] = [{k: v for k, v in w.items() if k != "rows"} for w in results["workloads"]]
-        table = pa.Table.from_pylist(flat).replace_schema_metadata({b"cowahead": json.dumps(meta).encode()})
-        write_atomically(path, lambda tmp: pq.write_table(table, tmp))
-    else:
-        save_results(results, path)

@@ -13,9 +13,10 @@ from ..errors import CowaheadError
 from ..model.costs import CostModel
 from ..output import output_file
 from ..policies import SYNTAX
+from ..report.results_file import save_results
 from ..report.summary import best_per_family
 from ..report.table import KEEP, FittedTable, percent
-from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep, write_results
+from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep
 
 
 @click.command("sweep", help=f"Replay every TRACE under every --policy ({SYNTAX}); A..B in a policy "
@@ -42,7 +43,7 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("sweep", total=len(traces) * len(expanded))
         results = run_sweep(list(traces), expanded, jobs, cost_model, lambda n: bar.advance(task, n))
-    write_results(results, output)
+    save_results(results, output)
     for workload in results["workloads"]:
         tradeoff_table(workload).print()
     sweep = results["sweep"]
