@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import multiprocessing
 import os
 import re
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -66,11 +67,17 @@ def _page_space(path: str, mtime_ns: int):
     return page_space(TraceFile(path))
 
 
-def replay_group(path: str, policies: list[str]) -> list[dict]:
+def replay_group(task: tuple[str, list[str]]) -> tuple[str, list[str], list[dict]]:
     """One task of the pool: the engine's counters for a group of policies on one trace file."""
     from .engine import replay_engine
+    path, policies = task
     space = _page_space(path, os.stat(path).st_mtime_ns)
-    return [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
+    return path, policies, [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which keeps what is done and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def plan_groups(pages: int, policies: list[str], jobs: int) -> list[list[str]]:
@@ -82,28 +89,42 @@ def plan_groups(pages: int, policies: list[str], jobs: int) -> list[list[str]]:
 
 def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostModel,
               progress: Callable[[int], None] = lambda n: None) -> dict:
-    """Replay every trace under every policy; returns a results document (report/results_file.py)."""
-    opened = {path: TraceFile(path) for path in traces}  # fails early on a bad file
+    """Replay every trace under every policy; returns a results document (report/results_file.py).
+
+    On Ctrl-C the workers stop and the document holds what was replayed: ``sweep.interrupted`` is
+    true, each workload lists its ``missing`` policies, and a trace whose baseline (none) was not
+    replayed yet is left out (nothing there can be compared)."""
+    opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
     tasks = []
     for path in opened:
         # computed here first, so forked workers inherit the cache
-        pages = len(_page_space(str(path), os.stat(path).st_mtime_ns).pages)
+        pages = len(_page_space(path, os.stat(path).st_mtime_ns).pages)
         tasks += [(path, group) for group in plan_groups(pages, policies, jobs)]
+    tasks.sort(key=lambda task: "none" not in task[1])  # every trace's baseline first
     rows: dict[tuple[str, str], dict] = {}
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending = {pool.submit(replay_group, str(path), group): (path, group) for path, group in tasks}
-        for done in as_completed(pending):
-            path, group = pending[done]
-            for policy, counters in zip(group, done.result()):
-                rows[path, policy] = result_row(parse_policy(policy).name, Counters(**counters), costs)
-            progress(len(group))
+    interrupted = False
+    try:
+        with multiprocessing.Pool(jobs, initializer=_ignore_interrupts) as pool:  # leaving it terminates
+            for path, group, counters in pool.imap_unordered(replay_group, tasks):
+                for policy, c in zip(group, counters):
+                    rows[path, policy] = result_row(parse_policy(policy).name, Counters(**c), costs)
+                progress(len(group))
+    except KeyboardInterrupt:
+        interrupted = True
     wall = time.perf_counter() - started
     results = new_results(json.loads(costs.to_json()))
-    results["sweep"] = {"policies": policies, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba"}
-    results["workloads"] = [{
-        "name": Path(path).stem, "source": trace.metadata.get("source", "?"), "path": str(path),
-        "events": trace.num_events, "description": f"sweep of {len(policies)} policies",
-        "rows": [rows[path, p] for p in policies],
-    } for path, trace in opened.items()]
+    results["sweep"] = {"policies": policies, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba",
+                        "interrupted": interrupted, "replays": len(rows), "planned": len(opened) * len(policies)}
+    results["workloads"] = [_workload(path, trace, policies, rows) for path, trace in opened.items()
+                            if (path, "none") in rows]
     return results
+
+
+def _workload(path: str, trace: TraceFile, policies: list[str], rows: dict) -> dict:
+    missing = [p for p in policies if (path, p) not in rows]
+    return {"name": Path(path).stem, "source": trace.metadata.get("source", "?"), "path": path,
+            "events": trace.num_events, "description": f"sweep of {len(policies)} policies",
+            "rows": [rows[path, p] for p in policies if (path, p) in rows],
+            **({"missing": missing, "notes": [f"interrupted: {len(missing)} of {len(policies)} policies were "
+                                              f"not replayed ({', '.join(missing)})"]} if missing else {})}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -47,6 +48,10 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
     for workload in results["workloads"]:
         tradeoff_table(workload).print()
     sweep = results["sweep"]
+    if sweep["interrupted"]:  # what was replayed is kept, as record keeps the trace of what ran
+        click.echo(f"cowahead: interrupted; {sweep['replays']} of {sweep['planned']} replays kept in {output} "
+                   "(each trace lists its missing policies)", err=True)
+        sys.exit(130)
     err.print(f"{output}: {len(traces)} trace(s) × {len(expanded)} policies in {sweep['wall_seconds']:.1f} s "
               f"on {jobs} workers")
 
