@@ -151,3 +151,22 @@ def test_ctrl_c_stops_the_workers_and_writes_the_partial_results(tmp_path):
     assert doc["sweep"]["interrupted"] and doc["sweep"]["replays"] < doc["sweep"]["planned"] == 51
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_ctrl_c_during_evaluates_replay_stops_the_evaluation(tmp_path):
+    """evaluate's replay is a sweep, but an evaluation has no partial form: Ctrl-C there stops it."""
+    import dataclasses
+
+    from cowahead.model.costs import CostModel
+    from cowahead.suite import Settings, evaluate
+
+    def step(description, total):
+        def advance(n):
+            if description.startswith("replay"):
+                raise KeyboardInterrupt
+        return advance
+
+    settings = dataclasses.replace(Settings.default(True, real=False), pages=256)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(["sequential"], settings, tmp_path / "ev", CostModel(), step)
+    assert not (tmp_path / "ev" / "results.json").exists()

@@ -123,6 +123,8 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     paths = [str(w.trace_path) for w in workloads]
     advance = step("replay (engine, both cores)", len(paths) * len(settings.policies))
     results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance)
+    if results["sweep"]["interrupted"]:
+        raise KeyboardInterrupt  # unlike a sweep, an evaluation has no partial form: Ctrl-C stops it here too
     lap("replay")
     advance = step("fault heatmaps", len(workloads))
     for workload, entry in zip(workloads, results["workloads"]):

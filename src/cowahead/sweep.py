@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import re
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -75,6 +75,14 @@ def replay_group(task: tuple[str, list[str]]) -> tuple[str, list[str], list[dict
     return path, policies, [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers of an interrupted sweep rather than wait for their groups. The executor has no public
+    way before Python 3.14 (terminate_workers); multiprocessing.Pool's terminate could hang (its task
+    thread blocked on a queue lock a killed worker held: 1 run in 100 here)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+
+
 def _ignore_interrupts() -> None:
     """Workers leave Ctrl-C to the parent, which keeps what is done and stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -104,14 +112,18 @@ def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostMode
     rows: dict[tuple[str, str], dict] = {}
     started = time.perf_counter()
     interrupted = False
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts)
     try:
-        with multiprocessing.Pool(jobs, initializer=_ignore_interrupts) as pool:  # leaving it terminates
-            for path, group, counters in pool.imap_unordered(replay_group, tasks):
-                for policy, c in zip(group, counters):
-                    rows[path, policy] = result_row(parse_policy(policy).name, Counters(**c), costs)
-                progress(len(group))
+        for done in as_completed([pool.submit(replay_group, task) for task in tasks]):
+            path, group, counters = done.result()
+            for policy, c in zip(group, counters):
+                rows[path, policy] = result_row(parse_policy(policy).name, Counters(**c), costs)
+            progress(len(group))
     except KeyboardInterrupt:
         interrupted = True
+        _stop_workers(pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - started
     results = new_results(json.loads(costs.to_json()))
     results["sweep"] = {"policies": policies, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba",
