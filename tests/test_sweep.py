@@ -134,8 +134,10 @@ def test_ctrl_c_stops_the_workers_and_writes_the_partial_results(tmp_path):
 
     trace, out = tmp_path / "random.parquet", tmp_path / "r.json"
     write_trace(generate("random", pages=1_000_000), trace)
+    # SIGINT's default action, even where the test runs in a background job (which inherits it ignored)
     sweep = subprocess.Popen([sys.executable, "-m", "cowahead.cli.main", "sweep", str(trace), "-j", "1", "-o", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parent = psutil.Process(sweep.pid)
     deadline = time.monotonic() + 60
     while not parent.children() and time.monotonic() < deadline:
