@@ -30,6 +30,17 @@ def test_bad_ranges_are_one_line_errors(bad, tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("bad", ["missing.parquet", "foreign.parquet", "truncated.parquet"])
+def test_a_bad_trace_is_exactly_one_line(bad, tmp_path, capsys):
+    good = tmp_path / "good.parquet"
+    write_trace(generate("random", pages=64), good)
+    (tmp_path / "foreign.parquet").write_text("not a trace")
+    (tmp_path / "truncated.parquet").write_bytes(good.read_bytes()[:300])
+    assert main(["sweep", str(good), str(tmp_path / bad), "-o", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"cowahead: error: {tmp_path / bad}")
+
+
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_sweep_writes_every_trace_and_policy_with_metadata(tmp_path, suffix, capsys):
     paths = []

@@ -18,6 +18,7 @@ from ..report.results_file import save_results
 from ..report.summary import best_per_family
 from ..report.table import KEEP, FittedTable, percent
 from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep
+from ..trace import TraceFile
 
 
 @click.command("sweep", help=f"Replay every TRACE under every --policy ({SYNTAX}); A..B in a policy "
@@ -39,6 +40,8 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
     if output.suffix not in (".json", ".parquet"):
         raise CowaheadError(f"{output}: the results file must end in .json or .parquet")
     output_file(output)
+    for trace in traces:
+        TraceFile(trace)  # a bad trace is one line, before the progress display takes the terminal
     err = Console(stderr=True)
     columns = [TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
