@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
-from ..output import write_atomically
 from ..machine import machine_metadata, package_versions
+from ..output import write_atomically
 
 PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 FORMAT = "cowahead-results"
