@@ -131,6 +131,9 @@ def test_an_interrupted_sweep_keeps_what_it_replayed(tmp_path):
     assert kept["rows"][0]["policy"] == "none"  # the baseline is replayed first
     assert sorted(kept["missing"] + [r["policy"] for r in kept["rows"]]) == sorted(policies)
     assert kept["rows"] == run_sweep([str(trace)], policies, 1, CostModel())["workloads"][0]["rows"][:len(kept["rows"])]
+    from cowahead.report.html import write_report
+    page = write_report(doc, tmp_path / "report").read_text()
+    assert f"interrupted: {len(kept['missing'])} of {len(policies)} policies were not replayed" in page
 
 
 def test_ctrl_c_stops_the_workers_and_writes_the_partial_results(tmp_path):

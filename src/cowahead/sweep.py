@@ -67,12 +67,11 @@ def _page_space(path: str, mtime_ns: int):
     return page_space(TraceFile(path))
 
 
-def replay_group(task: tuple[str, list[str]]) -> tuple[str, list[str], list[dict]]:
+def replay_group(path: str, policies: list[str]) -> list[dict]:
     """One task of the pool: the engine's counters for a group of policies on one trace file."""
     from .engine import replay_engine
-    path, policies = task
     space = _page_space(path, os.stat(path).st_mtime_ns)
-    return path, policies, [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
+    return [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -100,7 +99,7 @@ def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostMode
     """Replay every trace under every policy; returns a results document (report/results_file.py).
 
     On Ctrl-C the workers stop and the document holds what was replayed: ``sweep.interrupted`` is
-    true, each workload lists its ``missing`` policies, and a trace whose baseline (none) was not
+    true, each workload lists its ``missing`` policies (the report notes them), and a trace whose baseline (none) was not
     replayed yet is left out (nothing there can be compared)."""
     opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
     tasks = []
@@ -114,10 +113,11 @@ def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostMode
     interrupted = False
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts)
     try:
-        for done in as_completed([pool.submit(replay_group, task) for task in tasks]):
-            path, group, counters = done.result()
-            for policy, c in zip(group, counters):
-                rows[path, policy] = result_row(parse_policy(policy).name, Counters(**c), costs)
+        pending = {pool.submit(replay_group, path, group): (path, group) for path, group in tasks}
+        for done in as_completed(pending):
+            path, group = pending[done]
+            for policy, counters in zip(group, done.result()):
+                rows[path, policy] = result_row(parse_policy(policy).name, Counters(**counters), costs)
             progress(len(group))
     except KeyboardInterrupt:
         interrupted = True
@@ -138,5 +138,4 @@ def _workload(path: str, trace: TraceFile, policies: list[str], rows: dict) -> d
     return {"name": Path(path).stem, "source": trace.metadata.get("source", "?"), "path": path,
             "events": trace.num_events, "description": f"sweep of {len(policies)} policies",
             "rows": [rows[path, p] for p in policies if (path, p) in rows],
-            **({"missing": missing, "notes": [f"interrupted: {len(missing)} of {len(policies)} policies were "
-                                              f"not replayed ({', '.join(missing)})"]} if missing else {})}
+            **({"missing": missing} if missing else {})}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-
 from ..model.counters import FIELD_NAMES, Counters
 from ..policies import OraclePolicy, parse_policy
 from ..trace.parquet import ROW_GROUP_ROWS

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-
 from . import linux
 from .plan import Op
 from .runner import OpRecord, ProcessRecord, RunResult

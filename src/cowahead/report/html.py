@@ -93,7 +93,10 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
 
 
 def _notes(workload: dict) -> str:
-    notes = workload.get("notes") or []
+    notes = list(workload.get("notes") or [])
+    if workload.get("missing"):  # an interrupted sweep
+        notes.append(f"interrupted: {len(workload['missing'])} of {len(workload['missing']) + len(workload['rows'])} "
+                     f"policies were not replayed ({', '.join(workload['missing'])})")
     return "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
 
 

@@ -1,7 +1,7 @@
 """The results document ``evaluate`` and ``sweep`` write and ``report`` reads: versioned, with metadata.
 
 JSON holds the document as it is. Parquet (``sweep -o R.parquet``) holds one row per workload × policy,
-with a ``trace`` column naming the workload, and the rest of the document as metadata; ``load_results``
+with a ``trace`` column naming the workload, and the rest of the document as metadata under the key traces use; ``load_results``
 reads either back into the same document.
 """
 
@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 from ..errors import CowaheadError
 from ..machine import machine_metadata, package_versions
 from ..output import write_atomically
+from ..trace.parquet import METADATA_KEY
 
 PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 FORMAT = "cowahead-results"
 VERSION = 1
-METADATA_KEY = b"cowahead"
 
 
 def new_results(costs: dict) -> dict:
