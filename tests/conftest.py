@@ -1,3 +1,6 @@
+import glob
+import shutil
+
 import pytest
 
 from cowahead.trace import Event, EventKind, PAGE_SIZE, Trace, VmaKind
@@ -53,3 +56,23 @@ class Stream:
 @pytest.fixture
 def stream() -> Stream:
     return Stream()
+
+
+def requires(what: str, package: str) -> pytest.MarkDecorator:
+    """A test needs a program on PATH (or an absolute path, a glob) from a Debian package.
+
+    Where it is missing the test fails, naming the package: scripts/setup installs every package the
+    code needs, so a missing one is the set-up's fault and must not hide as a skip."""
+    return pytest.mark.requires(what=what, package=package)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "requires(what, package): a program or path from a Debian package")
+
+
+def pytest_runtest_setup(item) -> None:
+    for mark in item.iter_markers("requires"):
+        what, package = mark.kwargs["what"], mark.kwargs["package"]
+        present = glob.glob(what) if what.startswith("/") else shutil.which(what)
+        if not present:
+            pytest.fail(f"{what} not found: install Debian package {package} (./scripts/setup does)", pytrace=False)

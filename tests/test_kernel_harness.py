@@ -7,35 +7,38 @@ QEMU, virtme-ng or the stock kernel (linux-image-amd64) is missing.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.kernel import kbuild
 from cowahead.kernel.guestprogs import compile_programs
 from cowahead.kernel.validate import child_stream, kernel_counters, model_counters, model_policy
-from cowahead.kernel.vm import guest_script, qemu_available, run_in_guest, stock_kernel, vng_path
+from cowahead.kernel.vm import guest_script, run_in_guest, stock_kernel
 from cowahead.kernel.vmstat import parse_vmstat, vmstat_delta
 from cowahead.trace.generators import generate
 
 
-def _can_boot() -> str | None:
-    """Why a guest cannot boot here, or None."""
-    if not qemu_available():
-        return "qemu-system-x86_64 is not installed (Debian qemu-system-x86; scripts/setup)"
-    try:
-        vng_path()
-    except CowaheadError:
-        return "virtme-ng (vng) is not installed (pip; scripts/setup)"
-    if stock_kernel() is None:
-        return "no /boot/vmlinuz-* (Debian linux-image-amd64; scripts/setup)"
-    return None
+def needs_guest(test):
+    """QEMU, a stock kernel and virtme-ng's own needs (a static busybox, which it checks with `file`)."""
+    for what, package in [("qemu-system-x86_64", "qemu-system-x86"), ("/boot/vmlinuz-*", "linux-image-amd64"),
+                          ("busybox", "busybox-static"), ("file", "file")]:
+        test = requires(what, package)(test)
+    return pytest.mark.usefixtures("static_busybox")(test)
 
 
-needs_guest = pytest.mark.skipif(_can_boot() is not None, reason=str(_can_boot()))
+@pytest.fixture
+def static_busybox() -> None:
+    """virtme-ng refuses a dynamically linked busybox (Debian's plain busybox, pulled in by initramfs-tools)."""
+    from virtme import mkinitramfs
+    from virtme.commands.run import is_statically_linked
+    busybox = mkinitramfs.find_busybox(root="/", is_native=True)
+    if busybox is None or not is_statically_linked(busybox):
+        pytest.fail("no statically linked busybox: install Debian package busybox-static (./scripts/setup does)",
+                    pytrace=False)
 
 
 def test_parse_vmstat_and_delta():
@@ -67,7 +70,7 @@ def test_model_side_of_the_comparison():
     assert kernel_counters(output) == model_counters(trace, "fixed:16")
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+@requires("gcc", "build-essential")
 def test_guest_programs_run_on_the_host(tmp_path):
     """The workload and the vmsplice check run on any kernel; without the patch its counters read -1."""
     programs = compile_programs(tmp_path)
@@ -79,7 +82,7 @@ def test_guest_programs_run_on_the_host(tmp_path):
     assert subprocess.run([programs["vmsplice_leak"], "15"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not kbuild.SOURCE_TARBALL.exists(), reason="Debian linux-source-6.1 is not installed")
+@requires(str(kbuild.SOURCE_TARBALL), "linux-source-6.1")
 def test_patch_applies_to_linux_source_6_1(tmp_path):
     files = [line[len("+++ b/"):].split("\t")[0] for line in kbuild.PATCH.read_text().splitlines()
              if line.startswith("+++ b/")]
@@ -134,7 +137,7 @@ def test_kernel_run_verb_rejects_bad_input_in_one_line(capsys):
     assert len(errors) == 2 and all(line.startswith("cowahead: error: ") for line in errors)
 
 
-@pytest.mark.skipif(shutil.which("patch") is None, reason="patch is not installed")
+@requires("patch", "patch")
 def test_swapping_patch_versions_keeps_mtimes_of_unchanged_files(tmp_path):
     """A new patch version must not make make rebuild files whose content did not change."""
     import os

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import requires
 from cowahead.cli.main import main
 from cowahead.model import Kernel
 from cowahead.policies import parse_policy
@@ -46,7 +47,7 @@ WRITTEN = [page for page in range(K + M) if page % 5 != 4][:K]
 
 def perf_unavailable() -> str | None:
     if shutil.which("perf") is None:
-        return "perf is not installed (Debian package linux-perf)"
+        return None  # requires() below fails the test, naming the package
     if os.geteuid() != 0 and Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip() != "-1":
         return "kernel tracepoints need root or sysctl kernel.perf_event_paranoid=-1"
     probe = subprocess.run(["perf", "record", "-q", "-o", "/dev/null", "-e", "exceptions:page_fault_user", "--", "true"],
@@ -56,7 +57,10 @@ def perf_unavailable() -> str | None:
     return None
 
 
-needs_perf = pytest.mark.skipif(perf_unavailable() is not None, reason=str(perf_unavailable()))
+def needs_perf(test):
+    """perf from linux-perf (missing: the test fails), and the right to record tracepoints (else a skip, saying why)."""
+    test = pytest.mark.skipif(perf_unavailable() is not None, reason=str(perf_unavailable()))(test)
+    return requires("perf", "linux-perf")(test)
 
 
 def the_region(trace) -> tuple[int, int]:
@@ -181,7 +185,7 @@ def test_not_permitted_names_the_sysctl(tmp_path, monkeypatch, capsys):
     if paranoid == "-1":
         pytest.skip("kernel.perf_event_paranoid is -1 here: an unprivileged user may record")
     if shutil.which("perf") is None:
-        pytest.skip("perf is not installed (Debian package linux-perf)")
+        pytest.fail("perf not found: install Debian package linux-perf (./scripts/setup does)")
     assert main(["record", "-o", str(tmp_path / "t.parquet"), "--", "true"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "kernel.perf_event_paranoid" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib import image as mpimg
 
+from conftest import requires
 from cowahead.cli.main import main
 from cowahead.model.costs import CostModel
 from cowahead.report.heatmap import heatmap
@@ -20,7 +21,7 @@ from cowahead.trace.generators import generate
 from dataclasses import asdict
 
 CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed; ./scripts/setup installs it")
+needs_chromium = requires("chromium", "chromium")
 POLICIES = ["none", "fixed:4", "fixed:32", "around:16", "adaptive", "ccow", "oracle:4", "oracle:32"]
 
 
