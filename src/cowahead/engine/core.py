@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from ..trace.events import PAGE_SHIFT
+from . import cache  # noqa: F401  (before any @jit: keys numba's cache on all engine sources)
 from .prefetch import prefetch, prefetch_item
 
 # Event kinds (trace/events.py EventKind) and VMA kinds (VmaKind).

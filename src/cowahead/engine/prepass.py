@@ -20,6 +20,7 @@ from ..errors import CowaheadError
 from ..trace.events import COLUMNS
 from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from ..trace.trace import Trace
+from . import cache  # noqa: F401  (before any @njit: keys numba's cache on all engine sources)
 from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index, page_range
 
 # What replay reads of a trace: no time, since events replay in the file's order (the oracle's clock
