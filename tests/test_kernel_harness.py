@@ -165,17 +165,34 @@ def test_swapping_patch_versions_keeps_mtimes_of_unchanged_files(tmp_path):
 
 def test_predicted_time_per_page_from_instruction_counts():
     from cowahead.kernel.validate import predicted_times
+    from cowahead.model.costs import CostModel
+    # a hand-made calibration: trap_us = cow_fault_us − ahead_copy_us = 3.0 − 2.0 = 1.0, work_us = 2.0
+    costs = CostModel(cow_fault_us=3.0, ahead_copy_us=2.0, ahead_call_us=0.5)
     rows = [{"pattern": "sequential", "policy": "fixed", "window": w, "pages_written": 2048, "cow_broken_pages": 2048,
              "faults": f, "cow_fault_copy": f, "cow_ahead_copy": 2048 - f, "model_ahead_batches": f if w else 0,
              "kernel_instructions_per_written_page": ipp, "kernel_instructions_per_cow_page": ipp}
-            for w, f, ipp in ((0, 2048, 6500.0), (16, 128, 5200.0))]
-    out = predicted_times(rows, trap_instructions=600)
+            for w, f, ipp in ((0, 2048, 6400.0), (16, 128, 4825.0))]
+    out = predicted_times(rows, costs, trap_instructions=400)
+    assert out["trap_us"] == 1.0 and out["work_us"] == 2.0
     w0, w16 = out["rows"]
-    assert w0["predicted_us_per_page"] == pytest.approx(2.515, abs=1e-3)  # window 0 is the COW fault
-    assert w16["predicted_us_per_page"] == pytest.approx(128 / 2048 * 0.465 + 0.8 * 2.05, abs=1e-3)
-    excluded = 128 / 2048 * 0.465 + (5200 - 128 / 2048 * 600) / (6500 - 600) * 2.05
-    assert w16["predicted_us_per_page_trap_excluded"] == pytest.approx(excluded, abs=1e-3)
-    assert w16["vs_window_0"] < 0 and w0["vs_window_0"] == 0
+    # window 0: 2048/2048 faults × 1.0 + (6400/6400) × 2.0 = 3.0, the COW fault itself
+    assert w0["predicted_us_per_page"] == pytest.approx(3.0, abs=1e-3)
+    # window 16: 128/2048 = 0.0625 faults × 1.0 + (4825/6400 = 0.75390625) × 2.0 = 0.0625 + 1.5078125 = 1.5703125
+    assert w16["predicted_us_per_page"] == pytest.approx(1.5703125, abs=1e-3)
+    # the trap's 400 instructions out first: (4825 − 0.0625 × 400) / (6400 − 1 × 400) = 4800 / 6000 = 0.8,
+    # so 0.0625 × 1.0 + 0.8 × 2.0 = 1.6625; window 0 stays 1 × 1.0 + (6000 / 6000) × 2.0 = 3.0
+    assert w16["predicted_us_per_page_trap_excluded"] == pytest.approx(1.6625, abs=1e-3)
+    assert w0["predicted_us_per_page_trap_excluded"] == pytest.approx(3.0, abs=1e-3)
+    # the cost model for contrast: (128 × 3.0 + 1920 × 2.0 + 128 × 0.5) / 2048 = 4288 / 2048 = 2.09375
+    assert w16["model_us_per_page"] == pytest.approx(2.09375, abs=1e-3) and w0["model_us_per_page"] == 3.0
+    assert w16["faults_per_page"] == 0.0625 and w16["instructions_ratio"] == pytest.approx(0.75390625, abs=1e-4)
+    # against window 0, from the figures rounded to 3 places: 1.570 / 3.0 − 1 = −0.4767; 1.6625 (1.662 or
+    # 1.663) / 3.0 − 1 = −0.4460 or −0.4457
+    assert w16["vs_window_0"] == pytest.approx(-0.4767, abs=1e-4) and w0["vs_window_0"] == 0
+    assert w16["trap_excluded_vs_window_0"] == pytest.approx(-0.4458, abs=3e-4)
+    # whatever the calibration, window 0 costs one COW fault per page: trap_us + work_us = cow_fault_us
+    shipped = CostModel()
+    assert predicted_times(rows)["rows"][0]["predicted_us_per_page"] == pytest.approx(shipped.cow_fault_us, abs=1e-3)
 
 
 def test_ftrace_parse_counts_nested_traced_calls():

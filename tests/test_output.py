@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from cowahead.cli.main import main
@@ -23,8 +26,15 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomically(path, half_then_fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
-    write_atomically(path, lambda tmp: tmp.write_text("new"))
-    assert path.read_text() == "new" and oct(path.stat().st_mode & 0o077) != "0o0"  # not mkstemp's 0600
+    # the new file gets the mode any new file gets under the umask, 0666 masked (not mkstemp's 0600)
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            write_atomically(path, lambda tmp: tmp.write_text(f"new {umask:o}"))
+        finally:
+            os.umask(old)
+        assert path.read_text() == f"new {umask:o}" and oct(stat.S_IMODE(path.stat().st_mode)) == oct(mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_an_output_in_a_missing_folder_gets_its_folder(tmp_path, capsys):

@@ -107,9 +107,18 @@ def test_one_wrong_byte_fails_the_integrity_check():
 @pytest.mark.parametrize("policy", POLICIES)
 def test_unmeasured_runs_keep_every_write_and_leak_none(policy):
     for pattern in ("bgsave", "forkexec", "prefork"):
-        result = run_plan(build_plan(generate(pattern, 128, seed=3), policy), measure=False)
+        plan = build_plan(generate(pattern, 128, seed=3), policy)
+        result = run_plan(plan, measure=False)
         assert result.integrity == []
-        assert result.work_ns > 0
+        # every memory step ran once, in the process the trace names; unmeasured, so no pagemap was read
+        memory_steps = [(i, s.pid, s.op.value) for i, s in enumerate(plan.steps)
+                        if s.op in (Op.WRITE, Op.READ, Op.AHEAD)]
+        ran = sorted((op.step, p.pid, op.op) for p in result.processes for op in p.ops if op.op != Op.FORK.value)
+        assert memory_steps and ran == memory_steps
+        assert {p.pid for p in result.processes} == set(plan.pids)
+        assert all(op.before is None and op.after is None for p in result.processes for op in p.ops)
+        # processes take turns, so the times of their steps add up to no more than the whole run took
+        assert 0 < result.work_ns <= result.wall_ns
 
 
 @needs_kernel
