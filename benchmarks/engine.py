@@ -48,12 +48,13 @@ import numpy as np
 from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
-from cowahead.machine import machine_metadata, package_versions
-from cowahead.engine.core import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, MAPPED, PRESENT, PTE_AHEAD, WRITABLE,
-                                  ZAP_AHEAD, finish, page_range)
+from cowahead.engine.layout import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, MAPPED, PRESENT, PTE_AHEAD, WRITABLE,
+                                    ZAP_AHEAD, page_range)
 from cowahead.engine.prefetch import prefetch, prefetch_item
 from cowahead.engine.prepass import decode, future, iter_chunks
+from cowahead.engine.replay import finish
 from cowahead.engine.state import new_state
+from cowahead.machine import machine_metadata, package_versions
 from cowahead.policies import OraclePolicy, parse_policy
 from cowahead.trace import PAGE_SIZE, EventKind, Trace, TraceFile, write_trace
 from cowahead.trace.events import PAGE_SHIFT

@@ -3,13 +3,17 @@
 from hypothesis import strategies as st
 
 from conftest import Stream
+from cowahead.policies import default_policies
 from cowahead.trace import EventKind, VmaKind
 
 # Pages 480 … 560 relative to a page-table-aligned base: streams cross a page-table boundary at 512.
 LOW, HIGH = 480, 560
 
-POLICIES = ["none", "fixed:1", "fixed:3", "fixed:8", "around:4", "around:16", "adaptive:8", "adaptive",
-            "ccow:8,0.5", "ccow:4,0.5", "ccow", "oracle:4", "oracle:16"]
+# Windows chosen to hit the edges, then every policy's own example from the registry (policies/*.py), so
+# that a new policy file is in every property and differential test without editing this list.
+POLICIES = list(dict.fromkeys(["none", "fixed:1", "fixed:3", "fixed:8", "around:4", "around:16", "adaptive:8",
+                               "adaptive", "ccow:8,0.5", "ccow:4,0.5", "ccow", "oracle:4", "oracle:16"]
+                              + default_policies("example")))
 
 
 @st.composite

@@ -44,7 +44,7 @@ def test_simulate_reports_progress_over_every_replayed_event(reference, tmp_path
     """The progress bar's count: the engine replays all policies in one pass, the model one pass each."""
     from cowahead.model.costs import CostModel
     from cowahead.model.kernel import PROGRESS_EVENTS
-    from cowahead.results import simulate_engine, simulate_reference
+    from cowahead.results.rows import simulate_engine, simulate_reference
     from cowahead.trace import TraceFile, write_trace
     from cowahead.trace.generators import generate
 
@@ -97,7 +97,7 @@ def test_the_results_table_leaves_columns_out_rather_than_clip_numbers(width, tr
 
     from cowahead.model.costs import CostModel
     from cowahead.report.table import COLUMNS, results_table
-    from cowahead.results import simulate_engine
+    from cowahead.results.rows import simulate_engine
 
     rows = simulate_engine(trace, ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"], CostModel())
     table = results_table(rows, "t")

@@ -15,8 +15,8 @@ from cowahead.errors import CowaheadError
 from cowahead.model.costs import CostModel
 from cowahead.model.counters import Counters
 from cowahead.real import timing
-from cowahead.report.summary import best_per_family, change, verdict
-from cowahead.results import result_row
+from cowahead.results.summary import best_per_family, change, verdict
+from cowahead.results.rows import result_row
 
 # One power of ten per cost constant, so each term shows as its own digit of the total.
 DIGITS = CostModel(cow_fault_us=1, zero_fill_us=10, zero_page_us=100, map_us=1_000, reuse_us=10_000,

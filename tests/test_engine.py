@@ -9,13 +9,16 @@ and cuts the stream into small chunks), and every generator pattern.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import Stream
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from streams import POLICIES, event_streams, snapshot_streams
-from cowahead.engine import page_space, replay_engine
+
+from cowahead.engine import fault_log, page_space, replay_engine, replay_states, to_counters
 from cowahead.engine.prepass import DIRECT_SPAN
-from cowahead.results import replay_reference
+from cowahead.model import Kernel
+from cowahead.policies import parse_policy
+from cowahead.results.rows import replay_reference
 from cowahead.trace import EventKind, VmaKind, write_trace
 from cowahead.trace.generators import PATTERNS, generate
 
@@ -74,6 +77,26 @@ def test_engine_equals_reference_on_rough_streams_in_small_chunks(stream, chunk_
     assert_engine_equals_reference(stream.trace(), chunk_rows=chunk_rows)
 
 
+def model_fault_log(trace, policy):
+    """The reference model's faults (not its ahead copies): (event index, page) in order."""
+    kernel = Kernel(parse_policy(policy), log_faults=True)
+    kernel.replay(trace)
+    return [(index, page) for index, _, page, kind in kernel.fault_log if not kind.startswith("ahead_")]
+
+
+@SETTINGS
+@given(st.one_of(rough_streams(), snapshot_streams()), st.integers(1, 64),
+       st.sampled_from(["none", "fixed:8", "ccow:16,0.1"]))
+def test_the_engines_fault_log_equals_the_models(stream, chunk_rows, policy):
+    """The heatmap's data comes from the engine's replay: it must be the model's fault log, fault for fault,
+    also where the log grows across chunks; a state that keeps none counts the same."""
+    trace = stream.trace()
+    logged, plain = replay_states(trace, [policy, "adaptive"], chunk_rows=chunk_rows, log_faults=(policy,))
+    events, pages = fault_log(logged)
+    assert list(zip(events.tolist(), pages.tolist())) == model_fault_log(trace, policy)
+    assert len(plain.fault_log) == 0 and to_counters(logged) == replay_reference(trace, policy)
+
+
 def test_far_apart_pages_use_the_sparse_page_space():
     s = Stream().mmap(1, 0, 4).write(1, 0).mmap(1, FAR, 4).write(1, FAR + 1).fork(1, 2).write(2, 0, FAR + 1)
     space = page_space(s.trace())
@@ -125,7 +148,7 @@ def test_oracle_does_not_copy_ahead_a_page_dropped_before_its_next_write(drop):
 
 def test_memory_follows_live_state_not_trace_length():
     """Children forked and exited one after another reuse the same slots, frames and ccow segments."""
-    from cowahead.engine import core, replay_chunk
+    from cowahead.engine import layout, replay_chunk
     from cowahead.engine.prepass import decode, iter_chunks
     from cowahead.engine.state import new_state
     from cowahead.policies import parse_policy
@@ -139,19 +162,19 @@ def test_memory_follows_live_state_not_trace_length():
         st = new_state(space, parse_policy("ccow:64,0.01"), None)
         for chunk in iter_chunks(trace):
             st = replay_chunk(st, decode(chunk, space), 0)
-        return len(st.slots), len(st.frames), st.sc[core.SC_COV_BUMP], st.sc[core.SC_BK_BUMP]
+        return len(st.slots), len(st.frames), st.sc[layout.SC_COV_BUMP], st.sc[layout.SC_BK_BUMP]
 
     assert pools_after(200) == pools_after(20)
 
 
 def test_more_resident_pages_than_a_pte_can_index_is_a_clear_error(monkeypatch):
     """A PTE holds a 27-bit frame index; a trace needing more frames stops with one line, not a wrong count."""
-    from cowahead.engine import core
+    from cowahead.engine import layout
     from cowahead.errors import CowaheadError
 
     trace = Stream().mmap(1, 0, 3000).write(1, *range(3000)).trace()
     assert replay_engine(trace, ["none"])[0].resident_peak == 3000
-    monkeypatch.setattr(core, "MAX_FRAMES", 2048)
+    monkeypatch.setattr(layout, "MAX_FRAMES", 2048)
     with pytest.raises(CowaheadError, match="more than 2048 pages resident"):
         replay_engine(trace, ["none"])
 
@@ -160,10 +183,10 @@ def test_a_frame_mapped_by_the_most_address_spaces_the_engine_holds_keeps_exact_
     """A frame's counts are 16 bits each. A page-cache frame mapped in as many address spaces as a fork
     leaves room for (MAX_SLOTS - 1: a fork asks for two free slots) has one reference more, near the
     most they hold. Its copies and unmaps still count as the model's."""
-    from cowahead.engine import core
+    from cowahead.engine import layout
 
     s = Stream().mmap(1, 0, 2, VmaKind.PRIVATE_FILE).read(1, 0)
-    children = range(2, core.MAX_SLOTS)
+    children = range(2, layout.MAX_SLOTS)
     for child in children:
         s.fork(1, child)
     for child in children:
@@ -180,7 +203,7 @@ def test_a_frame_mapped_by_the_most_address_spaces_the_engine_holds_keeps_exact_
 
 def test_more_live_address_spaces_than_a_frames_counts_hold_is_a_clear_error(monkeypatch):
     """Past MAX_SLOTS live address spaces a frame's 16-bit counts could overflow: one line, not a wrong count."""
-    from cowahead.engine import core
+    from cowahead.engine import layout
     from cowahead.errors import CowaheadError
 
     s = Stream().mmap(1, 0, 1).write(1, 0)
@@ -188,7 +211,7 @@ def test_more_live_address_spaces_than_a_frames_counts_hold_is_a_clear_error(mon
         s.fork(1, child)
     trace = s.trace()
     assert replay_engine(trace, ["none"])[0] == replay_reference(trace, "none")
-    monkeypatch.setattr(core, "MAX_SLOTS", 8)
+    monkeypatch.setattr(layout, "MAX_SLOTS", 8)
     with pytest.raises(CowaheadError, match="more than 8 address spaces at once"):
         replay_engine(trace, ["none"])
 
@@ -200,8 +223,9 @@ def test_prefetching_changes_no_count(pattern):
     from dataclasses import replace
 
     from cowahead.engine import replay_chunk, to_counters
-    from cowahead.engine.core import SC_PREFETCH_MIN_BYTES, finish
+    from cowahead.engine.layout import SC_PREFETCH_MIN_BYTES
     from cowahead.engine.prepass import decode, iter_chunks
+    from cowahead.engine.replay import finish
     from cowahead.engine.state import new_state
     from cowahead.policies import parse_policy
 

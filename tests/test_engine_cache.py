@@ -1,6 +1,6 @@
 """numba's cache of the engine is keyed on all engine sources (engine/cache.py, issue 17).
 
-A copy of the package, in fresh processes: ``prepass._scan_chunk`` calls ``core.page_range`` from
+A copy of the package, in fresh processes: ``prepass._scan_chunk`` calls ``layout.page_range`` from
 another file. Editing ``page_range`` alone changes what ``_scan_chunk`` returns; without an edit a
 process loads ``_scan_chunk`` from the cache and rewrites no index file.
 """
@@ -22,9 +22,9 @@ PROBE = """
 import json, sys
 import numpy as np
 import cowahead
-from cowahead.engine import core, prepass
+from cowahead.engine import layout, prepass
 
-kind = np.array([core.READ, core.READ, core.WRITE], np.int8)
+kind = np.array([layout.READ, layout.READ, layout.WRITE], np.int8)
 pid = np.array([1, 1, 1], np.int32)
 address = np.array([0x10000, 0x20ff0, 0x40000], np.int64)
 length = np.array([4096, 32, 8], np.int64)
@@ -68,11 +68,11 @@ def test_an_edit_to_a_callee_in_another_file_recompiles_its_caller(tmp_path):
     assert _index_files(engine) == written
 
     # page_range now touches one page more per access; prepass.py is unchanged.
-    core = engine / "core.py"
-    source = core.read_text()
+    layout = engine / "layout.py"
+    source = layout.read_text()
     edited, n = re.subn(r"(def page_range\(.*?\n(?:    .*\n)*?    return .*?) \+ 1\n", r"\1 + 2\n", source)
-    assert n == 1, "core.page_range's last line no longer ends in '+ 1': update this test's edit"
-    core.write_text(edited)
+    assert n == 1, "layout.page_range's last line no longer ends in '+ 1': update this test's edit"
+    layout.write_text(edited)
 
     after = _run(tmp_path)
     assert after["touched"] == 4 + 3 and after["misses"] == 1 and after["hits"] == 0
@@ -80,3 +80,18 @@ def test_an_edit_to_a_callee_in_another_file_recompiles_its_caller(tmp_path):
 
     settled = _run(tmp_path)  # and the new code is cached in its turn
     assert settled["touched"] == 7 and settled["hits"] == 1 and settled["misses"] == 0
+
+
+def test_the_key_covers_the_files_whose_constants_the_engine_freezes_in(tmp_path):
+    """layout.py derives the event kinds and counter positions from trace/ and model/: an edit there
+    changes the stamp too, and an edit elsewhere in the package does not."""
+    from cowahead.engine.cache import sources_stamp
+
+    shutil.copytree(PACKAGE, tmp_path / "cowahead", ignore=shutil.ignore_patterns("__pycache__"))
+    engine = str(tmp_path / "cowahead" / "engine")
+    before = sources_stamp(engine)
+    (tmp_path / "cowahead" / "report" / "html.py").write_text("# not the engine's\n")
+    assert sources_stamp(engine) == before
+    events = tmp_path / "cowahead" / "trace" / "events.py"
+    events.write_text(events.read_text().replace("WRITE = 4", "WRITE = 9"))
+    assert sources_stamp(engine) != before

@@ -261,9 +261,10 @@ def test_calibrate_writes_a_versioned_file_that_simulate_can_use(tmp_path):
     output = tmp_path / "cal.json"
     assert main(["calibrate", "-o", str(output), "--pages", "256", "--repeats", "5"]) == 0
     doc = json.loads(output.read_text())
-    assert (doc["format"], doc["version"]) == ("cowahead-calibration", 1)
+    assert (doc["format"], doc["version"]) == ("cowahead-calibration", 2)
     assert set(doc["costs"]) == {f.name for f in fields(CostModel)}
-    assert {"kernel", "cpu", "thp", "cowahead", "repeats"} <= set(doc["metadata"])
+    assert {"kernel", "cpu", "thp"} <= set(doc["machine"]) and doc["versions"]["cowahead"]
+    assert doc["settings"] == {"pages": 256, "repeats": 5, "warmup_rounds": 1}
     assert list(doc["populate_write_us_per_page"]) == [str(1 << k) for k in range(10)]
     for name, m in doc["measurements"].items():
         assert len(m["values_us"]) == 5 and m["median_us"] > 0, name

@@ -10,15 +10,20 @@ import pytest
 from cowahead.cli.main import main
 from cowahead.engine import replay_engine
 from cowahead.errors import CowaheadError
-from cowahead.report.results_file import load_results
+from cowahead.results.document import load_results
 from cowahead.sweep import expand_policies
 from cowahead.trace import write_trace
 from cowahead.trace.generators import generate
 
 
+def names(policies) -> list[str]:
+    return [p.name for p in policies]
+
+
 def test_a_range_expands_to_the_powers_of_two_inside_it():
-    assert expand_policies(["fixed:1..512"]) == [f"fixed:{1 << k}" for k in range(10)]
-    assert expand_policies(["ccow:3..20,0.5", "none"]) == ["ccow:4,0.5", "ccow:8,0.5", "ccow:16,0.5", "none"]
+    assert names(expand_policies(["fixed:1..512"])) == [f"fixed:{1 << k}" for k in range(10)]
+    assert names(expand_policies(["ccow:3..20,0.5", "none"])) == ["ccow:4,0.5", "ccow:8,0.5", "ccow:16,0.5", "none"]
+    assert names(expand_policies(["fixed:16", "FIXED:16", "none"])) == ["fixed:16", "none"]  # each policy once
 
 
 @pytest.mark.parametrize("bad", ["fixed:1...8", "fixed:8..2", "fixed:a..b", "fixed:..8", "fixed:1..2..4",
@@ -129,7 +134,7 @@ def test_an_interrupted_sweep_keeps_what_it_replayed(tmp_path):
     kept = doc["workloads"][0]
     assert doc["sweep"]["interrupted"] and doc["sweep"]["replays"] == len(kept["rows"]) < len(policies)
     assert kept["rows"][0]["policy"] == "none"  # the baseline is replayed first
-    assert sorted(kept["missing"] + [r["policy"] for r in kept["rows"]]) == sorted(policies)
+    assert sorted(kept["missing"] + [r["policy"] for r in kept["rows"]]) == sorted(names(policies))
     assert kept["rows"] == run_sweep([str(trace)], policies, 1, CostModel())["workloads"][0]["rows"][:len(kept["rows"])]
     from cowahead.report.html import write_report
     page = write_report(doc, tmp_path / "report").read_text()

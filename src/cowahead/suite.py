@@ -2,8 +2,8 @@
 
 ``evaluate`` resolves each workload (a generator pattern, a scenario, or a
 trace file) to a trace under ``DIR/traces``, sweeps every policy and window
-over all of them with the engine on both cores, adds each workload's fault
-heatmap, times the best window of each policy for real where the workload
+over all of them with the engine on both cores (the ``none`` replay also
+gives each workload's fault heatmap), times the best window of each policy for real where the workload
 can run for real (the generators, through user-space COW-ahead), records
 what each scenario's program says of itself, and writes ``DIR/results.json``
 and ``DIR/index.html``.
@@ -19,12 +19,13 @@ from typing import Callable
 
 from .errors import CowaheadError
 from .model.costs import CostModel
-from .report.heatmap import heatmap
-from .report.results_file import save_results
-from .report.summary import best_per_family
+from .policies import Policy, default_policies
+from .real.timing import time_policies
+from .results.document import save_results
+from .results.summary import best_per_family
 from .scenarios import SCENARIOS, scenario
 from .sweep import expand_policies, run_sweep
-from .trace import TraceFile, read_trace, write_trace
+from .trace import Trace, TraceFile, write_trace
 from .trace.generators import PATTERNS, generate
 
 GENERATORS = ["sequential", "strided:4", "random", "zipf:1.2", "hotcold", "forkexec", "prefork", "bgsave"]
@@ -35,18 +36,15 @@ DEFAULT_WORKLOADS = GENERATORS + list(SCENARIOS)
 class Settings:
     quick: bool
     pages: int          # pages each generator maps
-    policies: list[str]
+    policies: list[Policy]
     real_repeats: int   # real runs per policy, medians; 0 = no real timing
     seed: int = 0
 
     @classmethod
     def default(cls, quick: bool, real: bool = True) -> "Settings":
         if quick:
-            grid = ["none", "fixed:4..64", "around:4..64", "adaptive", "ccow", "oracle:4..64"]
-            return cls(True, 2048, expand_policies(grid), 3 if real else 0)
-        grid = ["none", "fixed:2..512", "around:2..512", "adaptive:4..512", "ccow:512,0.5", "ccow",
-                "ccow:512,0.9", "oracle:2..512"]
-        return cls(False, 16384, expand_policies(grid), 5 if real else 0)
+            return cls(True, 2048, expand_policies(default_policies("evaluate-quick")), 3 if real else 0)
+        return cls(False, 16384, expand_policies(default_policies("evaluate")), 5 if real else 0)
 
 
 @dataclass
@@ -57,6 +55,7 @@ class Workload:
     description: str = ""
     notes: list[str] = field(default_factory=list)
     scenario: dict | None = None
+    trace: Trace | None = None  # a generated trace, kept rather than read back from trace_path
 
 
 def resolve(name: str) -> str:
@@ -88,7 +87,8 @@ def prepare(name: str, settings: Settings, traces_dir: Path, progress=None) -> W
     if kind == "generator":
         trace = generate(name, settings.pages, settings.seed)
         write_trace(trace, path)
-        return Workload(name, kind, path, f"Generated pattern {name}, {settings.pages:,} pages, seed {settings.seed}.")
+        return Workload(name, kind, path, f"Generated pattern {name}, {settings.pages:,} pages, seed {settings.seed}.",
+                        trace=trace)
     if kind == "scenario":
         module = scenario(name)
         result = module.run(path, progress)
@@ -122,23 +122,21 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
         advance(1)
     paths = [str(w.trace_path) for w in workloads]
     advance = step("replay (engine, both cores)", len(paths) * len(settings.policies))
-    results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance)
+    # The none replay keeps its fault log for the heatmap; generated traces are replayed from memory.
+    results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance,
+                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in workloads if w.trace})
     if results["sweep"]["interrupted"]:
         raise KeyboardInterrupt  # unlike a sweep, an evaluation has no partial form: Ctrl-C stops it here too
     lap("replay")
-    advance = step("fault heatmaps", len(workloads))
     for workload, entry in zip(workloads, results["workloads"]):
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
                      notes=workload.notes, trace=os.path.relpath(workload.trace_path, out_dir))
         if workload.scenario:
             entry["scenario"] = workload.scenario
-        entry["heatmap"] = heatmap(read_trace(workload.trace_path))
-        advance(1)
-    lap("heatmaps")
     if settings.real_repeats:
         _time_for_real(workloads, results, settings, step, lap)
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
-                           "policies": settings.policies, "real_repeats": settings.real_repeats}
+                           "policies": [p.name for p in settings.policies], "real_repeats": settings.real_repeats}
     results["timings_s"] = timings
     save_results(results, out_dir / "results.json")
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
@@ -148,14 +146,13 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
 
 def _time_for_real(workloads: list[Workload], results: dict, settings: Settings, step, lap) -> None:
     """Real time change of each family's best window, for workloads that can run for real."""
-    from .real.timing import time_policies
-    runnable = [(w, e) for w, e in zip(workloads, results["workloads"]) if w.kind == "generator"]
+    runnable = [(w, e) for w, e in zip(workloads, results["workloads"]) if w.trace is not None]
     chosen = {w.name: ["none"] + [s["policy"] for s in best_per_family(e["rows"])] for w, e in runnable}
     # each policy but none runs beside a none cut into the same calls: 2n - 1 plans per workload
     runs = sum(2 * len(p) - 1 for p in chosen.values()) * settings.real_repeats
     advance = step("real runs (user-space COW-ahead)", runs)
     for workload, entry in runnable:
-        entry["real"] = time_policies(read_trace(workload.trace_path), chosen[workload.name],
+        entry["real"] = time_policies(workload.trace, chosen[workload.name],
                                       settings.real_repeats, advance)
         lap(f"real runs {workload.name}")
 

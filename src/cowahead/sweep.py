@@ -23,23 +23,24 @@ from typing import Callable
 from .errors import CowaheadError
 from .model.costs import CostModel
 from .model.counters import Counters
-from .policies import parse_policy
-from .report.results_file import new_results
-from .results import result_row
-from .trace import TraceFile
+from .policies import Policy, default_policies, parse_policies
+from .results.document import new_results
+from .results.heatmap import heatmap as fault_heatmap
+from .results.rows import result_row
+from .trace import Trace, TraceFile
+from .trace.events import COLUMNS
 
 RANGE = re.compile(r"(\d*)\.\.(\d*)")
-WINDOWS = "1..512"
-DEFAULT_POLICIES = ["none", f"fixed:{WINDOWS}", f"around:{WINDOWS}", f"adaptive:{WINDOWS}", f"ccow:{WINDOWS}",
-                    f"oracle:{WINDOWS}"]
+DEFAULT_POLICIES = default_policies("sweep")
 # Per policy the engine keeps about this many bytes per page of the trace's page space
 # (PTEs of a few address spaces, two frames per page): groups stay under MEMORY_PER_WORKER.
 BYTES_PER_PAGE = 40
 MEMORY_PER_WORKER = 1 << 30
 
 
-def expand_policies(texts: list[str]) -> list[str]:
-    """Expand ``A..B`` ranges into the powers of two between A and B; validate every result."""
+def expand_policies(texts: list[str]) -> list[Policy]:
+    """Expand ``A..B`` ranges into the powers of two between A and B; each result parsed once (the specs
+    travel on from here), the same policy twice kept once."""
     out: list[str] = []
     for text in texts:
         found = list(RANGE.finditer(text))
@@ -56,22 +57,58 @@ def expand_policies(texts: list[str]) -> list[str]:
         if lo < 1 or lo > hi or not powers:
             raise CowaheadError(f"policy '{text}': range {lo}..{hi} holds no power of two ≥ 1 (write it low..high)")
         out.extend(text[:m.start()] + str(p) + text[m.end():] for p in powers)
-    for text in out:
-        parse_policy(text)
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(parse_policies(out)))
+
+
+# Traces the caller already holds (a generated one), by path: never read back from the file.
+_IN_MEMORY: dict[str, Trace] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def _source(path: str, mtime_ns: int):
+    """A trace's columns, read once and kept where small (forked workers inherit them: the file is read
+    once in a whole sweep); a big one stays a file, streamed row group by row group."""
+    from .engine.prepass import fits_in_memory  # numba loads only when a sweep runs
+    if path in _IN_MEMORY:
+        return _IN_MEMORY[path].columns
+    trace = TraceFile(path)
+    return trace.read_columns() if fits_in_memory(trace, tuple(COLUMNS)) else trace
+
+
+def _key(path: str) -> tuple[str, int]:
+    return path, os.stat(path).st_mtime_ns
 
 
 @functools.lru_cache(maxsize=4)
 def _page_space(path: str, mtime_ns: int):
     from .engine import page_space
-    return page_space(TraceFile(path))
+    return page_space(_source(path, mtime_ns))
 
 
-def replay_group(path: str, policies: list[str]) -> list[dict]:
-    """One task of the pool: the engine's counters for a group of policies on one trace file."""
-    from .engine import replay_engine
-    space = _page_space(path, os.stat(path).st_mtime_ns)
-    return [asdict(c) for c in replay_engine(TraceFile(path), policies, space=space)]
+@functools.lru_cache(maxsize=2)
+def _decoded(path: str, mtime_ns: int) -> list | None:
+    """A small trace's chunks, decoded once per worker for every group it replays (a big one: None, each
+    group then streams and decodes its row groups, so memory stays bounded)."""
+    from .engine import decoded_chunks
+    source = _source(path, mtime_ns)
+    return list(decoded_chunks(source, _page_space(path, mtime_ns))) if isinstance(source, dict) else None
+
+
+def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
+    """One task of the pool: the engine's counters for a group of policies on one trace file, and, with
+    ``heatmap`` and ``none`` among them, the fault heatmap of that replay."""
+    from .engine import fault_log, replay_states, to_counters
+    log = ("none",) if heatmap else ()
+    states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
+                           decoded=_decoded(*_key(path)))
+    counters = [asdict(to_counters(st)) for st in states]
+    logged = [st for p, st in zip(policies, states) if p.name in log]
+    return counters, (fault_heatmap(_heatmap_columns(path), *fault_log(logged[0])) if logged else None)
+
+
+def _heatmap_columns(path: str) -> dict:
+    source = _source(*_key(path))
+    return source if isinstance(source, dict) else source.read_columns(("time_ns", "kind", "address", "length"))
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -87,37 +124,45 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def plan_groups(pages: int, policies: list[str], jobs: int) -> list[list[str]]:
+def plan_groups(pages: int, policies: list[Policy], jobs: int) -> list[list[Policy]]:
     """Split one trace's policies into groups: enough to keep every worker busy, small enough to fit."""
     fit = max(1, MEMORY_PER_WORKER // max(1, BYTES_PER_PAGE * pages))
     size = max(1, min(fit, math.ceil(len(policies) / (2 * jobs))))
     return [policies[i:i + size] for i in range(0, len(policies), size)]
 
 
-def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostModel,
-              progress: Callable[[int], None] = lambda n: None) -> dict:
-    """Replay every trace under every policy; returns a results document (report/results_file.py).
+def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostModel,
+              progress: Callable[[int], None] = lambda n: None, heatmaps: bool = False,
+              in_memory: dict[str, Trace] | None = None) -> dict:
+    """Replay every trace under every policy; returns a results document (results/document.py).
 
     On Ctrl-C the workers stop and the document holds what was replayed: ``sweep.interrupted`` is
     true, each workload lists its ``missing`` policies (the report notes them), and a trace whose baseline (none) was not
-    replayed yet is left out (nothing there can be compared)."""
+    replayed yet is left out (nothing there can be compared). With ``heatmaps`` each workload gets the fault
+    heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back."""
     opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
+    _IN_MEMORY.clear()
+    _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})
     tasks = []
     for path in opened:
-        # computed here first, so forked workers inherit the cache
-        pages = len(_page_space(path, os.stat(path).st_mtime_ns).pages)
+        # computed here first, so forked workers inherit the caches: the trace read and its page space
+        pages = len(_page_space(*_key(path)).pages)
         tasks += [(path, group) for group in plan_groups(pages, policies, jobs)]
-    tasks.sort(key=lambda task: "none" not in task[1])  # every trace's baseline first
+    tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
     rows: dict[tuple[str, str], dict] = {}
+    maps: dict[str, dict] = {}
     started = time.perf_counter()
     interrupted = False
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts)
     try:
-        pending = {pool.submit(replay_group, path, group): (path, group) for path, group in tasks}
+        pending = {pool.submit(replay_group, path, group, heatmaps): (path, group) for path, group in tasks}
         for done in as_completed(pending):
             path, group = pending[done]
-            for policy, counters in zip(group, done.result()):
-                rows[path, policy] = result_row(parse_policy(policy).name, Counters(**counters), costs)
+            counted, heatmap = done.result()
+            for policy, counters in zip(group, counted):
+                rows[path, policy.name] = result_row(policy.name, Counters(**counters), costs)
+            if heatmap is not None:
+                maps[path] = heatmap
             progress(len(group))
     except KeyboardInterrupt:
         interrupted = True
@@ -126,16 +171,18 @@ def run_sweep(traces: list[str], policies: list[str], jobs: int, costs: CostMode
         pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - started
     results = new_results(json.loads(costs.to_json()))
-    results["sweep"] = {"policies": policies, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba",
+    names = [p.name for p in policies]
+    results["sweep"] = {"policies": names, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba",
                         "interrupted": interrupted, "replays": len(rows), "planned": len(opened) * len(policies)}
-    results["workloads"] = [_workload(path, trace, policies, rows) for path, trace in opened.items()
+    results["workloads"] = [_workload(path, trace, names, rows, maps.get(path)) for path, trace in opened.items()
                             if (path, "none") in rows]
+    _IN_MEMORY.clear()
     return results
 
 
-def _workload(path: str, trace: TraceFile, policies: list[str], rows: dict) -> dict:
+def _workload(path: str, trace: TraceFile, policies: list[str], rows: dict, heatmap: dict | None) -> dict:
     missing = [p for p in policies if (path, p) not in rows]
     return {"name": Path(path).stem, "source": trace.metadata.get("source", "?"), "path": path,
             "events": trace.num_events, "description": f"sweep of {len(policies)} policies",
             "rows": [rows[path, p] for p in policies if (path, p) in rows],
-            **({"missing": missing} if missing else {})}
+            **({"missing": missing} if missing else {}), **({"heatmap": heatmap} if heatmap else {})}

@@ -43,7 +43,7 @@ def command(output: str, pages: int, repeats: int) -> None:
     doc = document(results, pages, repeats)
     write_atomically(output, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     out = Console() if Console().is_terminal else Console(width=120)
-    table = Table(title=f"{output}: µs per page, medians of {repeats} ({pages} pages, {doc['metadata']['kernel']}); "
+    table = Table(title=f"{output}: µs per page, medians of {repeats} ({pages} pages, {doc['machine']['kernel']}); "
                         "CPU time (user+system) is what the costs use")
     for name in ("measurement", "CPU µs (median)", "min", "max", "IQR/median", "wall µs (median)", "faults/page"):
         table.add_column(name, justify="left" if name == "measurement" else "right")

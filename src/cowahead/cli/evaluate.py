@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..model.costs import CostModel
 from ..output import output_folder
-from ..report.summary import best_per_family, verdict
+from ..results.summary import best_per_family, verdict
 from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 
 

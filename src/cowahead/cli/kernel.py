@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CowaheadError
+from ..kernel.check import RESULTS_DIR, check
 from ..kernel.kbuild import DEFAULT_BUILD_DIR, PATCH, build, built_kernel
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 
@@ -61,7 +62,6 @@ def run_command(kernel: Path | None, build_dir: Path, cow_ahead: int | None, pol
               help="Directory for kernel-<date>.json; default benchmarks/results.")
 def check_command(build_dir: Path, skip_build: bool, out_dir: Path | None) -> None:
     """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
-    from ..kernel.check import RESULTS_DIR, check
     try:
         path = check(build_dir, skip_build, out_dir or RESULTS_DIR, log=lambda m: click.echo(m, err=True))
     except FileNotFoundError as e:

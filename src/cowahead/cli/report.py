@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..output import output_folder
-from ..report.results_file import load_results
+from ..results.document import load_results
 
 
 @click.command("report", help="Rebuild DIR/index.html and its plots from a results.json that evaluate wrote.")

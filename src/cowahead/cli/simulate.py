@@ -9,14 +9,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..model.costs import CostModel
-from ..policies import SYNTAX, parse_policy
+from ..policies import SYNTAX, default_policies, parse_policies
 from ..report.table import results_table
-from ..results import simulate_engine, simulate_reference
+from ..results.rows import simulate_engine, simulate_reference
 from ..trace import TraceFile
 
 PROGRESS_COLUMNS = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn()]
-DEFAULT_POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
 
 
 @click.command("simulate", help=f"Replay TRACE under each --policy ({SYNTAX}).")
@@ -29,9 +28,7 @@ DEFAULT_POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle
 def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: str | None, reference: bool) -> None:
     cost_model = CostModel.load(costs) if costs else CostModel()
     trace = TraceFile(trace_path)
-    policies = list(policies) or DEFAULT_POLICIES
-    for p in policies:
-        parse_policy(p)  # a bad policy string fails before any replay
+    policies = parse_policies(list(policies) or default_policies("example"))  # a bad one fails before any replay
     # The model replays once per policy; the engine all policies in one pass.
     total = trace.num_events * (len(policies) if reference else 1)
     with Progress(*PROGRESS_COLUMNS, console=Console(stderr=True), transient=True) as bar:

@@ -13,10 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CowaheadError
 from ..model.costs import CostModel
 from ..output import output_file
-from ..policies import SYNTAX
-from ..report.results_file import save_results
-from ..report.summary import best_per_family
+from ..policies import SYNTAX, parse_policy
 from ..report.table import KEEP, FittedTable, percent
+from ..results.document import save_results
+from ..results.summary import best_per_family
 from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep
 from ..trace import TraceFile
 
@@ -35,8 +35,8 @@ from ..trace import TraceFile
 def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jobs: int, costs: str | None) -> None:
     cost_model = CostModel.load(costs) if costs else CostModel()
     expanded = expand_policies(list(policies) or DEFAULT_POLICIES)
-    if "none" not in expanded:
-        expanded.insert(0, "none")  # the baseline every comparison needs
+    if all(p.name != "none" for p in expanded):
+        expanded.insert(0, parse_policy("none"))  # the baseline every comparison needs
     if output.suffix not in (".json", ".parquet"):
         raise CowaheadError(f"{output}: the results file must end in .json or .parquet")
     output_file(output)

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..model.counters import FIELD_NAMES, Counters
-from ..policies import OraclePolicy, parse_policy
-from ..trace.parquet import ROW_GROUP_ROWS
-from . import core
-from .prepass import PageSpace, TraceSource, decode, future, in_memory_if_small, iter_chunks, page_space
-from .state import State, grow, new_state
+import numpy as np
 
-if FIELD_NAMES != ["events", "zero_fill", "zero_page", "map", "cow_copy", "reuse", "outside_vma", "ahead_copies",
-                   "ahead_reuses", "ahead_batches", "ahead_hits", "ahead_waste", "extra_pages", "extra_pages_peak",
-                   "extra_pages_final", "resident", "resident_peak"]:
-    raise ImportError("model/counters.py changed its fields: update engine/core.py's C_* indices")
+from ..model.counters import FIELD_NAMES, Counters
+from ..policies import OraclePolicy, Policy, parse_policies
+from ..trace.parquet import ROW_GROUP_ROWS
+from . import layout, replay
+from .prepass import Decoded, PageSpace, TraceSource, decoded_chunks, future, in_memory_if_small, page_space
+from .state import State, grow, log_room, new_state
 
 
 def replay_chunk(st: State, d, first_index: int) -> State:
     """Replay one decoded chunk, growing the state's pools whenever an event needs room."""
     resume, n = 0, len(d.kind)
     while True:
-        resume = core.replay_chunk(st, d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, resume,
+        resume = replay.replay_chunk(st, d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, resume,
                                     d.scattered)
         if resume == n:
             return st
@@ -39,29 +36,48 @@ def to_counters(st: State) -> Counters:
     return Counters(**{name: int(v) for name, v in zip(FIELD_NAMES, st.counters)})
 
 
-def replay_engine(source: TraceSource, policies: Sequence[str], space: PageSpace | None = None,
-                  chunk_rows: int = ROW_GROUP_ROWS,
-                  progress: Callable[[int], None] = lambda events: None) -> list[Counters]:
-    """Replay ``source`` (a Trace, TraceFile or path) under each policy string; counters in order.
+def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,
+                  chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
+                  log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None) -> list[State]:
+    """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
     ``chunk_rows`` sets the chunk size of an in-memory trace (a file's row groups are its chunks);
-    ``progress`` hears the events of each chunk once every policy has replayed it.
+    ``progress`` hears the events of each chunk once every policy has replayed it;
+    the policies named in ``log_faults`` keep the model's fault log (``fault_log``);
+    ``decoded``: the trace's chunks already decoded (``decoded_chunks``), kept by a caller that replays
+    the same trace again.
     """
-    parsed = [parse_policy(p) for p in policies]
+    parsed = parse_policies(policies)
     source = in_memory_if_small(source)
     space = space or page_space(source, chunk_rows)
-    oracle_future = future(source, space, chunk_rows) if any(isinstance(p, OraclePolicy) for p in parsed) else None
-    states = [new_state(space, p, oracle_future) for p in parsed]
+    oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
+                     else None)
+    states = [new_state(space, p, oracle_future, p.name in log_faults) for p in parsed]
     first_index = 0
-    for chunk in iter_chunks(source, chunk_rows):
-        d = decode(chunk, space)
-        states = [replay_chunk(st, d, first_index) for st in states]
+    for d in decoded_chunks(source, space, chunk_rows, decoded):
+        accessed = int((d.dhi - d.dlo).sum())
+        states = [replay_chunk(log_room(st, accessed), d, first_index) for st in states]
         first_index += len(d.kind)
         progress(len(d.kind))
     for st in states:
-        core.finish(st)
-    return [to_counters(st) for st in states]
+        replay.finish(st)
+    return states
 
 
-__all__ = ["replay_engine", "page_space", "PageSpace", "TraceSource"]
+def replay_engine(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,
+                  chunk_rows: int = ROW_GROUP_ROWS,
+                  progress: Callable[[int], None] = lambda events: None) -> list[Counters]:
+    """Replay ``source`` under each policy (replay_states); the counters, in order."""
+    return [to_counters(st) for st in replay_states(source, policies, space, chunk_rows, progress)]
+
+
+def fault_log(st: State) -> tuple[np.ndarray, np.ndarray]:
+    """A state's fault log as (event index, page number) arrays, in the order the faults happened."""
+    log = st.fault_log[:int(st.sc[layout.SC_LOG_LEN])]
+    pages = st.pages[log[:, 1]] if st.direct_base < 0 else st.direct_base + log[:, 1]
+    return log[:, 0].copy(), pages.astype(np.int64)
+
+
+__all__ = ["replay_engine", "replay_states", "fault_log", "decoded_chunks", "page_space", "PageSpace",
+           "TraceSource"]

@@ -2,7 +2,7 @@
 
 numba stamps a cached function with a hash of the one file that defines it. A
 compiled caller holds its callees' code too (inlined, or linked into its
-library), so after an edit to ``core.page_range`` the cache of
+library), so after an edit to ``layout.page_range`` the cache of
 ``prepass._scan_chunk`` still matched ``prepass.py`` and ran the old
 ``page_range`` (issue 17). Here every function defined in this folder gets one
 stamp instead: a SHA-256 over the names and contents of all the folder's
@@ -25,9 +25,10 @@ as an empty index and overwrites the entry in place, so stale entries never pile
 up and there is nothing to prune, which would race with a sweep's parallel workers
 still loading the old directory.
 
-Limits: the key covers this folder only. A constant a jitted function reads
-from another package (``trace.events.PAGE_SHIFT`` in core.py) is frozen into the
-compiled code, so an edit to it still needs ``__pycache__`` cleared. And
+The key also covers the few files outside the folder whose constants the
+compiled code freezes in (``FROZEN_IN``: the event, VMA and frame kinds, the
+counters, adaptive's miss limit); a constant read from any other file would
+need adding there. And
 ``NUMBA_CACHE_LOCATOR_CLASSES``, if set, replaces numba's list and this locator
 with it. Import this module before any ``@njit(cache=True)`` here is defined:
 numba picks a function's locator when it is decorated.
@@ -44,14 +45,20 @@ ENGINE_DIR = os.path.dirname(os.path.realpath(__file__))
 _LOCATORS = caching.CacheImpl._locator_classes  # numba's own list, shared by all its caches
 
 
-def sources_stamp(folder: str = ENGINE_DIR) -> str:
-    """SHA-256 over the relative path and contents of every .py file under ``folder``, in sorted order."""
+# Files outside the folder whose constants the compiled code freezes in: layout.py derives the event,
+# VMA and frame kinds and the counter positions from them, windows.py reads MMAP_LOTSAMISS.
+FROZEN_IN = ("../trace/events.py", "../model/counters.py", "../model/memory.py", "../policies/adaptive.py")
+
+
+def sources_stamp(folder: str = ENGINE_DIR, frozen_in: tuple[str, ...] = FROZEN_IN) -> str:
+    """SHA-256 over the relative path and contents of every .py file under ``folder`` (in sorted order),
+    then of each file of ``frozen_in`` (relative to ``folder``)."""
     digest = hashlib.sha256()
     paths = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         paths += [os.path.join(root, f) for f in files if f.endswith(".py")]
-    for path in sorted(paths):
+    for path in sorted(paths) + [os.path.normpath(os.path.join(folder, f)) for f in frozen_in]:
         if not os.path.isfile(path):  # an editor's lock file: a dangling symlink
             continue
         with open(path, "rb") as f:

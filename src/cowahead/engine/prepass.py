@@ -21,7 +21,7 @@ from ..trace.events import COLUMNS
 from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from ..trace.trace import Trace
 from . import cache  # noqa: F401  (before any @njit: keys numba's cache on all engine sources)
-from .core import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index, page_range
+from .layout import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index, page_range
 
 # What replay reads of a trace: no time, since events replay in the file's order (the oracle's clock
 # is the event's index). Leaving time_ns out of a read saves a fifth of the bytes and about a third
@@ -39,7 +39,6 @@ IN_MEMORY_SHARE = 0.25
 # Dense page indices are int32 in decoded chunks (direct spans are far smaller).
 MAX_DENSE_PAGES = (1 << 31) - 1
 MAX_RANK = (1 << 31) - 1  # the oracle's rank table is int32
-BYTES_PER_EVENT = sum(np.dtype(COLUMNS[k]).itemsize for k in REPLAY_COLUMNS)
 
 
 def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[Columns]:
@@ -59,10 +58,15 @@ def in_memory_if_small(source: TraceSource) -> TraceSource:
     costliest part of a pass)."""
     if isinstance(source, (str, Path)):
         source = TraceFile(source)
-    if (isinstance(source, TraceFile)
-            and source.num_events * BYTES_PER_EVENT <= IN_MEMORY_SHARE * psutil.virtual_memory().available):
+    if isinstance(source, TraceFile) and fits_in_memory(source):
         return source.read_columns(REPLAY_COLUMNS)
     return source
+
+
+def fits_in_memory(trace: TraceFile, columns=REPLAY_COLUMNS) -> bool:
+    """Are ``columns`` of the whole trace small enough to hold (a share of the available memory)?"""
+    per_event = sum(np.dtype(COLUMNS[k]).itemsize for k in columns)
+    return trace.num_events * per_event <= IN_MEMORY_SHARE * psutil.virtual_memory().available
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class Decoded:
     kind: np.ndarray
     pid: np.ndarray      # int32 pid index
     arg: np.ndarray      # a fork's child pid index; else the event's arg (the chunk's own without forks)
-    address: np.ndarray  # the chunk's own: other events' page ranges come from them (core.page_range)
+    address: np.ndarray  # the chunk's own: other events' page ranges come from them (layout.page_range)
     length: np.ndarray
     dlo: np.ndarray      # int32 dense range of a read or write (0, 0 for other events)
     dhi: np.ndarray
@@ -277,10 +281,20 @@ def _pairs(written: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return keys, pair, counts
 
 
-def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) -> Future:
+def decoded_chunks(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS,
+                   decoded: list[Decoded] | None = None) -> Iterator[Decoded]:
+    """The trace's chunks decoded: ``decoded`` where the caller keeps them, else decoded as read."""
+    if decoded is not None:
+        yield from decoded
+        return
+    for chunk in iter_chunks(source, rows):
+        yield decode(chunk, space)
+
+
+def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS,
+           decoded: list[Decoded] | None = None) -> Future:
     npages = len(space.pages)
-    parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages)
-             for d in (decode(c, space) for c in iter_chunks(source, rows))]
+    parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages) for d in decoded_chunks(source, space, rows, decoded)]
     keys, pair, counts = _pairs(np.concatenate(parts) if parts else np.zeros(0, np.int64))
     start = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(counts, out=start[1:])
@@ -290,8 +304,7 @@ def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS) ->
     last_barrier = np.full(max(1, len(space.pids)), -1, np.int64)
     last_drop_of_pair = np.full(len(keys), -1, np.int64)
     first_index, m = 0, 0
-    for chunk in iter_chunks(source, rows):
-        d = decode(chunk, space)
+    for d in decoded_chunks(source, space, rows, decoded):
         m = _fill_future(d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, space.pages,
                          space.direct_base, keys, pair, m, fill, last_barrier, last_drop_of_pair, time, last_drop)
         first_index += len(d.kind)

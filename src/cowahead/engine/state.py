@@ -1,6 +1,6 @@
 """The engine's state for one policy: numpy arrays in a NamedTuple, and how they grow.
 
-core.py reads and writes these arrays; when an event might overflow a pool,
+the compiled modules (layout.py names the fields) read and write these arrays; when an event might overflow a pool,
 ``replay_chunk`` stops before it and ``grow`` makes room (doubling), so
 memory follows what the trace keeps alive, not its length.
 """
@@ -12,9 +12,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import CowaheadError
-from ..policies import (AdaptivePolicy, AroundPolicy, CcowPolicy, FixedPolicy, NonePolicy, OraclePolicy,
-                        Policy)
-from . import core
+from ..policies import Policy
+from . import layout
+from .windows import ENGINE_KINDS, POL_CCOW, POL_ORACLE
 from .prepass import Future, PageSpace
 
 
@@ -28,7 +28,7 @@ class State(NamedTuple):
     slots: np.ndarray
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
-    frames: np.ndarray        # [frame] uint32: mappings + references << 16 (core.ONE_MAP, core.ONE_REF)
+    frames: np.ndarray        # [frame] uint32: mappings + references << 16 (layout.ONE_MAP, layout.ONE_REF)
     frame_kind: np.ndarray    # ANON, ZERO, FILE or SHMEM
     frame_free: np.ndarray
     vmas: np.ndarray
@@ -47,25 +47,17 @@ class State(NamedTuple):
     oracle_last_drop: np.ndarray
     oracle_cursor: np.ndarray
     oracle_rank: np.ndarray   # prepass.Future.rank
+    fault_log: np.ndarray     # [fault, (event index, dense page)] where kept (log_faults), else 0 rows
 
 
 def policy_params(policy: Policy) -> np.ndarray:
-    """kind, window (N or MAX; ccow: region pages), ccow threshold pages, ccow log2 region size or -1."""
-    if isinstance(policy, NonePolicy):
-        return np.array([core.POL_NONE, 0, 0, -1], np.int64)
-    if isinstance(policy, FixedPolicy):
-        return np.array([core.POL_FIXED, policy.pages, 0, -1], np.int64)
-    if isinstance(policy, AroundPolicy):
-        return np.array([core.POL_AROUND, policy.pages, 0, -1], np.int64)
-    if isinstance(policy, AdaptivePolicy):
-        return np.array([core.POL_ADAPTIVE, policy.max_pages, 0, -1], np.int64)
-    if isinstance(policy, CcowPolicy):
-        size = policy.region_pages
-        shift = size.bit_length() - 1 if size & (size - 1) == 0 else -1
-        return np.array([core.POL_CCOW, size, policy.threshold_pages, shift], np.int64)
-    if isinstance(policy, OraclePolicy):
-        return np.array([core.POL_ORACLE, policy.pages, 0, -1], np.int64)
-    raise TypeError(f"the engine has no implementation of policy {policy.name}")
+    """kind, window (N or MAX; ccow: region pages), threshold pages (ccow), log2 of the window or -1."""
+    kind = ENGINE_KINDS.get(policy.family)
+    if kind is None:
+        raise TypeError(f"the engine has no implementation of policy {policy.name}")
+    window, threshold = policy.engine_params()
+    shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
+    return np.array([kind, window, threshold, shift], np.int64)
 
 
 def _free_stack(capacity: int, first: int = 0, dtype=np.int64) -> np.ndarray:
@@ -73,11 +65,11 @@ def _free_stack(capacity: int, first: int = 0, dtype=np.int64) -> np.ndarray:
 
 
 def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if params[0] != core.POL_CCOW or len(space.pages) == 0:
+    if params[layout.PP_KIND] != POL_CCOW or len(space.pages) == 0:
         return np.zeros(1, np.int32), np.zeros(1, np.int64)
-    size, n = int(params[1]), len(space.pages)
-    if space.direct_base >= 0 and params[3] >= 0:
-        # one dense run, a power-of-two size: core.region_index shifts, only the region starts are read
+    size, n = int(params[layout.PP_WINDOW]), len(space.pages)
+    if space.direct_base >= 0 and params[layout.PP_SHIFT] >= 0:
+        # one dense run, a power-of-two size: layout.region_index shifts, only the region starts are read
         starts = np.arange((-space.direct_base) % size or size, n, size)
         region_of = np.zeros(1, np.int32)
     else:
@@ -89,41 +81,50 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return region_of, np.concatenate([[0], starts, [n]]).astype(np.int64)
 
 
-def new_state(space: PageSpace, policy: Policy, future: Future | None) -> State:
+def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False) -> State:
     params = policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
     # Room for two address spaces' worth of frames from the start: growing is a copy.
-    slots, frames, vmas = 4, min(2 * npages + 1024, core.MAX_FRAMES), 64
+    slots, frames, vmas = 4, min(2 * npages + 1024, layout.MAX_FRAMES), 64
     region_of, region_start = _regions(space, params)
-    sc = np.zeros(core.N_SCALARS, np.int64)
-    sc[core.SC_SLOTS_FREE] = slots
-    sc[core.SC_FRAMES_FREE] = frames - 1  # frame 0 is the zero page
-    sc[core.SC_VMAS_FREE] = vmas
-    sc[core.SC_BACKINGS_FREE] = 16
-    sc[core.SC_PSTATES_FREE] = 64
-    sc[core.SC_PREFETCH_MIN_BYTES] = core.PREFETCH_MIN_STATE_BYTES
+    sc = np.zeros(layout.N_SCALARS, np.int64)
+    sc[layout.SC_SLOTS_FREE] = slots
+    sc[layout.SC_FRAMES_FREE] = frames - 1  # frame 0 is the zero page
+    sc[layout.SC_VMAS_FREE] = vmas
+    sc[layout.SC_BACKINGS_FREE] = 16
+    sc[layout.SC_PSTATES_FREE] = 64
+    sc[layout.SC_PREFETCH_MIN_BYTES] = layout.PREFETCH_MIN_STATE_BYTES
     frame_kind = np.zeros(frames, np.uint8)
-    frame_kind[core.ZERO_FRAME] = core.ZERO
-    if future is None or params[0] != core.POL_ORACLE:
+    frame_kind[layout.ZERO_FRAME] = layout.ZERO
+    if future is None or params[layout.PP_KIND] != POL_ORACLE:
         empty = np.zeros(0, np.int64)
         future = Future(empty, np.zeros(1, np.int64), empty, empty, np.zeros(0, np.int32))
     return State(
         pages=space.pages, direct_base=int(space.direct_base), policy=params,
         region_of=region_of, region_start=region_start,
         ptes=np.zeros((slots, npages), np.uint32),
-        slots=np.zeros((slots, core.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
+        slots=np.zeros((slots, layout.N_SLOT_FIELDS), np.int64), slot_free=_free_stack(slots),
         slot_of=np.full(npids, -1, np.int64),
         frames=np.zeros(frames, np.uint32), frame_kind=frame_kind,
         frame_free=_free_stack(frames, 1, np.int32),  # int32 at once: 10M frames, new_state 28 → 8 ms
-        vmas=np.zeros((vmas, core.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
-        backings=np.zeros((16, core.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
+        vmas=np.zeros((vmas, layout.N_VMA_FIELDS), np.int64), vma_free=_free_stack(vmas),
+        backings=np.zeros((16, layout.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
         backing_frames=np.zeros(1024, np.int32),
-        pstates=np.zeros((64, core.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
-        coverage=np.zeros((2, 1024 if params[0] == core.POL_CCOW else 0), np.int32),
-        sc=sc, counters=np.zeros(core.N_COUNTERS, np.int64),
+        pstates=np.zeros((64, layout.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
+        coverage=np.zeros((2, 1024 if params[layout.PP_KIND] == POL_CCOW else 0), np.int32),
+        sc=sc, counters=np.zeros(layout.N_COUNTERS, np.int64),
         oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
         oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(), oracle_rank=future.rank,
+        fault_log=np.zeros((1024 if log_faults else 0, 2), np.int64),
     )
+
+
+def log_room(st: State, pages: int) -> State:
+    """A state that keeps a fault log, with room for ``pages`` more faults (at most one per page accessed)."""
+    log, used = st.fault_log, int(st.sc[layout.SC_LOG_LEN])
+    if len(log) == 0 or len(log) - used >= pages:
+        return st
+    return st._replace(fault_log=_grow_rows(log, max(2 * len(log), used + pages)))
 
 
 def _grow_rows(table: np.ndarray, rows: int) -> np.ndarray:
@@ -160,33 +161,33 @@ def grow(st: State) -> State:
     """Make room for what ``headroom`` asked for; returns the (partly) new state."""
     sc, changes = st.sc, {}
     old = len(st.slots)
-    new = _capacity(old, int(sc[core.SC_SLOTS_FREE]), int(sc[core.SC_NEED_SLOTS]),
-                    (core.MAX_SLOTS, "address spaces at once, more than a frame's 16-bit counts hold"))
+    new = _capacity(old, int(sc[layout.SC_SLOTS_FREE]), int(sc[layout.SC_NEED_SLOTS]),
+                    (layout.MAX_SLOTS, "address spaces at once, more than a frame's 16-bit counts hold"))
     if new > old:
         changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new),
-                       slot_free=_grow_free(st.slot_free, sc, core.SC_SLOTS_FREE, old, new))
+                       slot_free=_grow_free(st.slot_free, sc, layout.SC_SLOTS_FREE, old, new))
     # Each pool: its tables (rows indexed alike), its free stack, the stack's top, what is needed, and its
     # limit: a PTE holds a frame index of 27 bits.
-    frames_limit = (core.MAX_FRAMES, "pages resident at once, more than the engine's PTEs can index")
+    frames_limit = (layout.MAX_FRAMES, "pages resident at once, more than the engine's PTEs can index")
     for tables, free, top, need, limit in [
-            (("frames", "frame_kind"), "frame_free", core.SC_FRAMES_FREE, core.SC_NEED_FRAMES, frames_limit),
-            (("vmas",), "vma_free", core.SC_VMAS_FREE, core.SC_NEED_VMAS, None),
-            (("backings",), "backing_free", core.SC_BACKINGS_FREE, core.SC_NEED_BACKINGS, None),
-            (("pstates",), "pstate_free", core.SC_PSTATES_FREE, core.SC_NEED_PSTATES, None)]:
+            (("frames", "frame_kind"), "frame_free", layout.SC_FRAMES_FREE, layout.SC_NEED_FRAMES, frames_limit),
+            (("vmas",), "vma_free", layout.SC_VMAS_FREE, layout.SC_NEED_VMAS, None),
+            (("backings",), "backing_free", layout.SC_BACKINGS_FREE, layout.SC_NEED_BACKINGS, None),
+            (("pstates",), "pstate_free", layout.SC_PSTATES_FREE, layout.SC_NEED_PSTATES, None)]:
         old = len(getattr(st, tables[0]))
         new = _capacity(old, int(sc[top]), int(sc[need]), limit)
         if new > old:
             changes.update({table: _grow_rows(getattr(st, table), new) for table in tables})
             changes[free] = _grow_free(getattr(st, free), sc, top, old, new)
     old = len(st.backing_frames)
-    new = _capacity(old, old - int(sc[core.SC_BK_BUMP]), int(sc[core.SC_NEED_BK_FRAMES]))
+    new = _capacity(old, old - int(sc[layout.SC_BK_BUMP]), int(sc[layout.SC_NEED_BK_FRAMES]))
     if new > old:
         changes["backing_frames"] = _grow_rows(st.backing_frames, new)
     old = st.coverage.shape[1]
-    new = _capacity(max(old, 1), max(old, 1) - int(sc[core.SC_COV_BUMP]), int(sc[core.SC_NEED_COV]))
+    new = _capacity(max(old, 1), max(old, 1) - int(sc[layout.SC_COV_BUMP]), int(sc[layout.SC_NEED_COV]))
     if new > old:
         coverage = np.zeros((2, new), np.int32)
         coverage[:, :old] = st.coverage
         changes["coverage"] = coverage
-    sc[core.SC_NEED_FRAMES:core.SC_NEED_SLOTS + 1] = 0
+    sc[layout.SC_NEED_FRAMES:layout.SC_NEED_SLOTS + 1] = 0
     return st._replace(**changes)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import platform
 import subprocess
-import sys
 from pathlib import Path
 
+from ..output import write_atomically
+from ..results.header import header
 from .kbuild import PATCH, REPO_ROOT, build, built_kernel
 from .validate import integrity, measure, validate
 from .vm import run_in_guest, vng_path
 
-SCHEMA = "cowahead.kernel-check/1"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -27,12 +26,10 @@ def _version(args: list[str]) -> str:
 
 
 def metadata(kernel: Path) -> dict:
-    return {"schema": SCHEMA, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": {"node": platform.node(), "kernel": platform.release(), "machine": platform.machine()},
-            "kernel_image": str(kernel), "patch": str(PATCH),
+    return {**header("kernel-check"), "kernel_image": str(kernel), "patch": str(PATCH),
             "patch_sha256": hashlib.sha256(PATCH.read_bytes()).hexdigest(),
             "vng": _version([vng_path(), "--version"]),
-            "qemu": _version(["qemu-system-x86_64", "--version"]), "python": sys.version.split()[0]}
+            "qemu": _version(["qemu-system-x86_64", "--version"])}
 
 
 def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR, log=print) -> Path:
@@ -71,5 +68,5 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"kernel-{dt.date.today().isoformat()}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path

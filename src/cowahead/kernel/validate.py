@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.costs import CostModel
 from ..model.kernel import Kernel
 from ..policies import parse_policy
 from ..trace.events import PAGE_SHIFT, EventKind
@@ -241,7 +242,6 @@ def predicted_times(rows: list[dict], costs=None, trap_instructions: float = TRA
     is the cost model as it stands (cow_copy × cow_fault_us + ahead copies × ahead_copy_us + batches
     × ahead_call_us, batches from the model's replay of the same trace), for contrast.
     """
-    from ..model.costs import CostModel
     costs = costs or CostModel()
     trap_us, work_us = costs.cow_fault_us - costs.ahead_copy_us, costs.ahead_copy_us
     base = {r["pattern"]: r for r in rows if r["window"] == 0}

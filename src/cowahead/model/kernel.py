@@ -17,6 +17,7 @@ from typing import Callable
 from ..trace.events import Event, EventKind, VmaKind
 from ..trace.trace import Trace
 from .counters import Counters
+from .fault import VmFault
 from .memory import Ahead, Backing, Frame, FrameKind, Mm, Pte, Vma
 
 ZERO_PFN = 0
@@ -34,12 +35,12 @@ def file_content(backing: Backing, offset: int) -> int:
 
 class Kernel:
     def __init__(self, policy, log_faults: bool = False) -> None:
+        """``policy`` answers ``window(vmf)``, ``on_fork(mm)`` and ``prepare(trace)`` (cowahead.policies)."""
         self.policy = policy
         self.counters = Counters()
         # With log_faults, every fault and ahead action as (event index, pid, page, kind):
         # kind is a Counters field name (zero_fill, cow_copy, ...) or ahead_copies / ahead_reuses.
         self.fault_log: list[tuple[int, int, int, str]] | None = [] if log_faults else None
-        self._last_fault = ""
         self.processes: dict[int, Mm] = {}
         self.live: dict[int, Frame] = {}
         self.zero_page = Frame(ZERO_PFN, FrameKind.ZERO, 0)
@@ -242,8 +243,10 @@ class Kernel:
             return 0
         pte = mm.ptes.get(page)
         if pte is None or (write and not pte.writable):
-            pte = self.handle_mm_fault(pid, mm, vma, page, write)
-            self._log(pid, page, self._last_fault)
+            vmf = VmFault(pid, mm, vma, page, write, self._index, pte)
+            self.handle_mm_fault(vmf)
+            self._log(pid, page, vmf.outcome)
+            pte = vmf.pte
         if write:
             self._store(pte, value)
         return pte.frame.content
@@ -256,45 +259,49 @@ class Kernel:
         pte.dirty = True
         pte.frame.content = value
 
-    def _count(self, kind: str) -> None:
+    def _count(self, vmf: VmFault, kind: str) -> None:
+        """Bump the named counter (PGFAULT's kinds) and record it as the fault's outcome."""
         setattr(self.counters, kind, getattr(self.counters, kind) + 1)
-        self._last_fault = kind
+        vmf.outcome = kind
 
     def _log(self, pid: int, page: int, kind: str) -> None:
         if self.fault_log is not None:
             self.fault_log.append((self._index, pid, page, kind))
 
-    def handle_mm_fault(self, pid: int, mm: Mm, vma: Vma, page: int, write: bool) -> Pte:
-        pte = mm.ptes.get(page)
-        if pte is None:
-            if vma.kind == VmaKind.PRIVATE_ANON:
-                return self.do_anonymous_page(mm, vma, page, write)
-            if vma.kind == VmaKind.SHARED_ANON:
-                return self.do_shared_fault(mm, vma, page, write)
-            if write:
-                return self.do_cow_fault(mm, vma, page)
-            return self.do_read_fault(mm, vma, page)
-        return self.do_wp_page(pid, mm, vma, page, pte)
+    def handle_mm_fault(self, vmf: VmFault) -> None:
+        """Dispatch on the PTE and the VMA; the handler leaves the PTE to access through in ``vmf.pte``."""
+        if vmf.pte is not None:
+            return self.do_wp_page(vmf)
+        kind = vmf.vma.kind
+        if kind == VmaKind.PRIVATE_ANON:
+            return self.do_anonymous_page(vmf)
+        if kind == VmaKind.SHARED_ANON:
+            return self.do_shared_fault(vmf)
+        if vmf.write:
+            return self.do_cow_fault(vmf)
+        return self.do_read_fault(vmf)
 
-    def do_anonymous_page(self, mm: Mm, vma: Vma, page: int, write: bool) -> Pte:
-        if not write:
-            self._count("zero_page")
-            return self._map_frame(mm, page, self.zero_page, writable=False)
-        self._count("zero_fill")
-        vma.anon_vma = True
-        return self._map_frame(mm, page, self._alloc_frame(FrameKind.ANON, 0), writable=True)
+    def do_anonymous_page(self, vmf: VmFault) -> None:
+        if not vmf.write:
+            self._count(vmf, "zero_page")
+            vmf.pte = self._map_frame(vmf.mm, vmf.page, self.zero_page, writable=False)
+            return
+        self._count(vmf, "zero_fill")
+        vmf.vma.anon_vma = True
+        vmf.pte = self._map_frame(vmf.mm, vmf.page, self._alloc_frame(FrameKind.ANON, 0), writable=True)
 
-    def do_shared_fault(self, mm: Mm, vma: Vma, page: int, write: bool) -> Pte:
+    def do_shared_fault(self, vmf: VmFault) -> None:
         """A shmem page: allocated zeroed on first touch by anyone, else just mapped."""
-        offset = vma.backing_offset(page)
-        frame = vma.backing.pages.get(offset)
+        backing = vmf.vma.backing
+        offset = vmf.vma.backing_offset(vmf.page)
+        frame = backing.pages.get(offset)
         if frame is None:
-            frame = vma.backing.pages[offset] = self._alloc_frame(FrameKind.SHMEM, 0)
+            frame = backing.pages[offset] = self._alloc_frame(FrameKind.SHMEM, 0)
             frame.refcount += 1  # the shmem object's own reference
-            self._count("zero_fill")
+            self._count(vmf, "zero_fill")
         else:
-            self._count("map")
-        return self._map_frame(mm, page, frame, writable=write)
+            self._count(vmf, "map")
+        vmf.pte = self._map_frame(vmf.mm, vmf.page, frame, writable=vmf.write)
 
     def _page_cache_frame(self, vma: Vma, page: int) -> Frame:
         offset = vma.backing_offset(page)
@@ -304,37 +311,35 @@ class Kernel:
             frame.refcount += 1  # the page cache's own reference
         return frame
 
-    def do_read_fault(self, mm: Mm, vma: Vma, page: int) -> Pte:
-        self._count("map")
-        return self._map_frame(mm, page, self._page_cache_frame(vma, page), writable=False)
+    def do_read_fault(self, vmf: VmFault) -> None:
+        self._count(vmf, "map")
+        vmf.pte = self._map_frame(vmf.mm, vmf.page, self._page_cache_frame(vmf.vma, vmf.page), writable=False)
 
-    def do_cow_fault(self, mm: Mm, vma: Vma, page: int) -> Pte:
+    def do_cow_fault(self, vmf: VmFault) -> None:
         """Write to an unmapped page of a private file: copy the page-cache page."""
-        self._count("cow_copy")
-        vma.anon_vma = True
-        source = self._page_cache_frame(vma, page)
-        return self._map_frame(mm, page, self._alloc_frame(FrameKind.ANON, source.content), writable=True)
+        self._count(vmf, "cow_copy")
+        vmf.vma.anon_vma = True
+        source = self._page_cache_frame(vmf.vma, vmf.page)
+        vmf.pte = self._map_frame(vmf.mm, vmf.page, self._alloc_frame(FrameKind.ANON, source.content), writable=True)
 
-    def do_wp_page(self, pid: int, mm: Mm, vma: Vma, page: int, pte: Pte) -> Pte:
-        if not vma.is_private:
-            self._count("reuse")  # wp_page_shared: a shared mapping never copies
-            return self.wp_page_reuse(pte)
-        if self.wp_can_reuse(pte.frame):
-            self._count("reuse")
-            return self.wp_page_reuse(pte)
-        self._count("cow_copy")
-        pte = self.wp_page_copy(mm, vma, page, pte)
-        self.cow_ahead(pid, mm, vma, page)
-        return pte
+    def do_wp_page(self, vmf: VmFault) -> None:
+        if not vmf.vma.is_private:
+            self._count(vmf, "reuse")  # wp_page_shared: a shared mapping never copies
+            return self.wp_page_reuse(vmf)
+        if self.wp_can_reuse(vmf.pte.frame):
+            self._count(vmf, "reuse")
+            return self.wp_page_reuse(vmf)
+        self._count(vmf, "cow_copy")
+        vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
+        self.cow_ahead(vmf)
 
     @staticmethod
     def wp_can_reuse(frame: Frame) -> bool:
         return frame.is_exclusive()
 
     @staticmethod
-    def wp_page_reuse(pte: Pte) -> Pte:
-        pte.writable = True
-        return pte
+    def wp_page_reuse(vmf: VmFault) -> None:
+        vmf.pte.writable = True
 
     def wp_page_copy(self, mm: Mm, vma: Vma, page: int, pte: Pte) -> Pte:
         """Copy the old frame into a new exclusive one and map it writable."""
@@ -346,12 +351,11 @@ class Kernel:
 
     # ----- COW-ahead ------------------------------------------------------------------------
 
-    def cow_ahead(self, pid: int, mm: Mm, vma: Vma, page: int) -> None:
+    def cow_ahead(self, vmf: VmFault) -> None:
         """Break COW on the policy's window; each page passes the same exclusivity check."""
-        from ..policies.base import WpFault
         done = 0
-        for ahead in self.policy.window(WpFault(mm, vma, page, pid, self._index)):
-            done += self.break_cow_ahead(pid, mm, vma, ahead)
+        for ahead in self.policy.window(vmf):
+            done += self.break_cow_ahead(vmf.pid, vmf.mm, vmf.vma, ahead)
         if done:
             self.counters.ahead_batches += 1
 

@@ -23,7 +23,8 @@ class FrameKind(IntEnum):
 
 
 class Ahead(IntEnum):
-    """What COW-ahead did to a PTE since the last fork."""
+    """What COW-ahead did to a PTE since the last fork: the model's waste bookkeeping. A kernel (and so a
+    policy) sees only ``Pte.copied_ahead``, a page flag, and the PTE's dirty bit."""
     NONE = 0
     PENDING = 1  # copied ahead, not written yet: an extra resident page
     HIT = 2      # copied ahead, then written without a fault
@@ -48,6 +49,11 @@ class Pte:
     writable: bool
     dirty: bool = False
     ahead: Ahead = Ahead.NONE
+
+    @property
+    def copied_ahead(self) -> bool:
+        """The page flag a kernel would set on a page COW-ahead copied, until the next fork."""
+        return self.ahead != Ahead.NONE
 
 
 @dataclass(eq=False)

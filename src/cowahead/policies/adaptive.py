@@ -15,9 +15,13 @@ the dirty ones as hits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..model.memory import Ahead
-from .base import Policy, WpFault
+from .base import Policy, parse_window
+
+if TYPE_CHECKING:
+    from ..model.fault import VmFault
+
 
 MMAP_LOTSAMISS = 100
 DEFAULT_MAX = 32  # VM_READAHEAD_PAGES: 128 KiB
@@ -42,11 +46,29 @@ def next_window(window: int, max_pages: int) -> int:
 
 
 class AdaptivePolicy(Policy):
+    family = "adaptive"
+    syntax = "adaptive[:MAX]"
+    summary = ("per VMA: a COW fault right after the previous window is sequential and grows the window 4, "
+               "then ×4 / ×2 up to MAX (default 32); any other fault resets it; pages it copied ahead that are "
+               "clean (dirty bit) at the next fault are misses, and more than 100 misses turn it off")
+    position = 30
+    anchor = "`get_init_ra_size`, `get_next_ra_size`, `mmap_miss`"
+    colour = "tab:green"
+    defaults = {"example": ("adaptive",), "sweep": ("adaptive:1..512",), "evaluate": ("adaptive:4..512",),
+                "evaluate-quick": ("adaptive",)}
+
     def __init__(self, max_pages: int = DEFAULT_MAX) -> None:
         self.max_pages = max_pages
         self.name = "adaptive" if max_pages == DEFAULT_MAX else f"adaptive:{max_pages}"
 
-    def window(self, fault: WpFault) -> range:
+    @classmethod
+    def parse(cls, text: str, args: str) -> "AdaptivePolicy":
+        return cls(parse_window(text, args)) if args else cls()
+
+    def engine_params(self) -> tuple[int, int]:
+        return self.max_pages, 0
+
+    def window(self, fault: VmFault) -> range:
         state = fault.vma.policy_state
         if not isinstance(state, RampState):
             state = fault.vma.policy_state = RampState()
@@ -65,12 +87,15 @@ class AdaptivePolicy(Policy):
         return ahead
 
     @staticmethod
-    def _learn_from_dirty_bits(state: RampState, fault: WpFault) -> None:
+    def _learn_from_dirty_bits(state: RampState, fault: VmFault) -> None:
         for q in state.last_ahead:
             pte = fault.mm.ptes.get(q)
-            if pte is None or pte.ahead == Ahead.NONE:
+            if pte is None or not pte.copied_ahead:
                 continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
             if pte.dirty:
                 state.miss = max(0, state.miss - 1)
             else:
                 state.miss += 1
+
+
+POLICY = AdaptivePolicy

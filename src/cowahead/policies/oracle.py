@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from ..trace.events import EventKind
-from .base import Policy, WpFault
+from .base import Policy, parse_window
+
+if TYPE_CHECKING:
+    from ..model.fault import VmFault
 
 
 class Future:
@@ -49,14 +53,34 @@ class Future:
 
 
 class OraclePolicy(Policy):
+    family = "oracle"
+    syntax = "oracle:N"
+    summary = "`fixed:N`, but only pages the process writes next"
+    position = 90
+    anchor = "the limit a realizable policy is judged by"
+    colour = "black"
+    realizable = False
+    defaults = {"example": ("oracle:16",), "sweep": ("oracle:1..512",), "evaluate": ("oracle:2..512",),
+                "evaluate-quick": ("oracle:4..64",)}
+
     def __init__(self, pages: int) -> None:
         self.pages = pages
         self.name = f"oracle:{pages}"
         self.future: Future | None = None
 
+    @classmethod
+    def parse(cls, text: str, args: str) -> "OraclePolicy":
+        return cls(parse_window(text, args))
+
+    def engine_params(self) -> tuple[int, int]:
+        return self.pages, 0
+
     def prepare(self, trace) -> None:
         self.future = Future(trace)
 
-    def window(self, fault: WpFault) -> list[int]:
+    def window(self, fault: VmFault) -> list[int]:
         pages = range(fault.page + 1, min(fault.page + self.pages, fault.vma.end))
         return [q for q in pages if self.future.written_next(fault.pid, q, fault.index)]
+
+
+POLICY = OraclePolicy

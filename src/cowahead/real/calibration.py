@@ -11,23 +11,21 @@ warm-up, kept apart from the values.
 
 from __future__ import annotations
 
-import datetime as dt
+import mmap
 import os
 import statistics
 import struct
 import time
-from importlib.metadata import version
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
 
 from ..model.costs import CostModel
+from ..results.header import header
 from ..trace.events import PAGE_SIZE
 from . import linux
 
-FORMAT = "cowahead-calibration"
-VERSION = 1
 WINDOWS = [1 << k for k in range(10)]  # 1 … 512 pages: up to one page table
 SPREAD_WARN = 0.20  # interquartile range / median above this: too noisy to trust
 _RESULT = struct.Struct("ddd")  # CPU µs per page, wall µs per page, faults per page
@@ -118,7 +116,6 @@ def zero_page(pages: int) -> tuple[float, float, float]:
 
 
 def shared_first_touch(pages: int) -> tuple[float, float, float]:
-    import mmap
     shared = mmap.mmap(-1, pages * PAGE_SIZE)  # MAP_SHARED|MAP_ANONYMOUS: shmem, never COW
     view = np.frombuffer(shared, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
     return _timed(pages, lambda: view.__setitem__((slice(None), 0), 2))
@@ -248,16 +245,13 @@ def populate_write_fit(results: dict[str, Measurement]) -> dict:
 
 def document(results: dict[str, Measurement], pages: int, repeats: int) -> dict:
     """The calibration file: versioned, with machine metadata; ``costs`` holds CostModel's fields."""
-    meta = linux.machine_metadata()
-    now = dt.datetime.now(dt.timezone.utc)
+    doc = header("calibration")
+    meta = doc["machine"]
     machine = f"{meta['cpus']}-CPU {meta['cpu']} ({meta['hostname']}), Linux {meta['kernel']}"
-    costs = cost_model(results, machine, now.date().isoformat())
+    costs = cost_model(results, machine, doc["created"][:10])
     return {
-        "format": FORMAT,
-        "version": VERSION,
-        "created": now.isoformat(timespec="seconds"),
-        "metadata": {**meta, "cowahead": version("cowahead"), "pages": pages, "repeats": repeats,
-                     "warmup_rounds": 1},
+        **doc,
+        "settings": {"pages": pages, "repeats": repeats, "warmup_rounds": 1},
         "costs": {f.name: getattr(costs, f.name) for f in fields(CostModel)},
         "populate_write_us_per_page": {str(w): round(results[f"populate_write_{w}"].median_us, 4)
                                        for w in WINDOWS},

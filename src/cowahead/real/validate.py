@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CowaheadError
-from ..policies import parse_policy
+from ..policies import default_policies, family_of, parse_policy
+from ..results.header import header
 from ..trace.generators import PATTERNS, generate
 from . import linux
 from .plan import build_plan
 from .runner import run_plan
 from .truth import Comparison, compare
 
-POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
-QUICK_POLICIES = ["none", "fixed:16", "adaptive"]
+POLICIES = default_policies("example")
+QUICK_POLICIES = [p for p in POLICIES if family_of(p) in ("none", "fixed", "adaptive")]
 PAGES, QUICK_PAGES = 1024, 256
 
 
@@ -76,13 +77,9 @@ def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | N
 
 def document(config: ValidateSettings, results: list[Comparison], skipped: list[str]) -> dict:
     """A validation run as a versioned JSON document with the machine's metadata."""
-    import datetime as dt
-    from importlib.metadata import version
     return {
-        "format": "cowahead-validate", "version": 1,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "metadata": {**linux.machine_metadata(), "cowahead": version("cowahead"), "pages": config.pages,
-                     "seed": config.seed, "policies": config.policies},
+        **header("validate"),
+        "settings": {"pages": config.pages, "seed": config.seed, "policies": config.policies},
         "runs": [{"pattern": r.pattern, "policy": r.policy, "ok": r.ok, "model": dict(r.model), "kernel": dict(r.real),
                   "minflt": r.minflt, "faults": r.faults, "noise": r.noise, "mismatches": r.mismatches,
                   "unexplained": r.unexplained, "integrity": r.integrity} for r in results],

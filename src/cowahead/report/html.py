@@ -11,8 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from ..results.summary import best_per_family, verdict
 from . import plots
-from .summary import best_per_family, verdict
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }

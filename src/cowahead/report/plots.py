@@ -10,22 +10,20 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .summary import family  # noqa: E402
-
-FAMILY_COLOURS = {"fixed": "tab:blue", "around": "tab:orange", "adaptive": "tab:green", "ccow": "tab:purple",
-                  "oracle": "black"}
+from ..policies import colours, realizable  # noqa: E402
+from ..results.summary import family  # noqa: E402
 
 
 def tradeoff(rows: list[dict], title: str, path: Path) -> Path:
     """Faults saved (% of none) against extra resident pages (peak), one curve per policy family."""
     base = next(r for r in rows if r["policy"] == "none")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for name, colour in FAMILY_COLOURS.items():
+    for name, colour in colours().items():
         points = sorted((r["extra_pages_peak"], _saved(r, base), r["policy"]) for r in rows if family(r["policy"]) == name)
         if not points:
             continue
         xs, ys, labels = zip(*points)
-        style = dict(linestyle="--", marker="s", label=f"{name} (frontier)") if name == "oracle" else \
+        style = dict(linestyle="--", marker="s", label=f"{name} (frontier)") if not realizable(name) else \
             dict(marker="o", label=name)
         ax.plot(xs, ys, color=colour, **style)
         for x, y, label in points[-1:]:

@@ -8,7 +8,7 @@ from typing import Callable
 from rich.console import Console
 from rich.table import Table
 
-from .summary import change
+from ..results.summary import change
 
 KEEP = 99  # the rank of a column never left out
 

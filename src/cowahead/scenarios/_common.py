@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import CowaheadError
 from ..model import Kernel
 from ..policies import parse_policy
 from ..record import Recorder, Recording
@@ -111,9 +113,7 @@ __all__ = ["TOLERANCE", "COW", "Comparison", "ScenarioResult", "fault_mask", "mo
 
 def run_command(command: list[str], output: Path | None, progress=None) -> tuple[Recording | None, float]:
     """Run ``command`` to the end, recorded into ``output`` if given; (recording, wall seconds of the run)."""
-    import subprocess
 
-    from ..errors import CowaheadError
     if output is None:
         t = time.monotonic()
         done = subprocess.run(command)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,11 +19,10 @@ import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
 from ..output import write_atomically
+from ..results.header import check_header, header
 from .events import COLUMNS, PAGE_SIZE, EventKind
 from .trace import Trace
 
-FORMAT = "cowahead-trace"
-VERSION = 1
 METADATA_KEY = b"cowahead"
 ROW_GROUP_ROWS = 1 << 20
 
@@ -33,16 +30,14 @@ SCHEMA = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in COLUMN
 
 
 def base_metadata(source: str) -> dict:
-    """Metadata every trace carries: where, on what, by which command."""
+    """Metadata every trace carries: the common header (results/header.py) and the trace's own fields;
+    ``host`` and ``kernel`` repeat the machine's for readers of version 1."""
     return {
-        "format": FORMAT,
-        "version": VERSION,
+        **header("trace"),
         "page_size": PAGE_SIZE,
         "source": source,
         "host": platform.node(),
         "kernel": platform.release(),
-        "command": " ".join(sys.argv),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kinds": {k.name: int(k) for k in EventKind},
     }
 
@@ -118,10 +113,7 @@ def _check_metadata(path: Path, file: pq.ParquetFile) -> dict:
         meta = json.loads(raw)
     except ValueError:
         raise CowaheadError(f"{path}: the cowahead metadata is not valid JSON; the file is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CowaheadError(f"{path}: metadata says format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}")
-    if meta.get("version") != VERSION:
-        raise CowaheadError(f"{path}: trace format version {meta.get('version')}, this cowahead reads version {VERSION}")
+    check_header(meta, "trace", str(path))
     if meta.get("page_size") != PAGE_SIZE:
         raise CowaheadError(f"{path}: page size {meta.get('page_size')}, the model knows only {PAGE_SIZE}")
     return meta

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .model.costs import CostModel
-from .model.counters import Counters
-from .model.kernel import Kernel
-from .policies import parse_policy
-from .trace.trace import Trace
+from ..model.costs import CostModel
+from ..model.counters import Counters
+from ..model.kernel import Kernel
+from ..policies import Policy, parse_policies, parse_policy
+from ..trace.trace import Trace
 
 Progress = Callable[[int], None]  # told how many more events were replayed
 
@@ -28,21 +28,22 @@ def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
     return row
 
 
-def replay_reference(trace: Trace, policy: str, progress: Progress = lambda events: None) -> Counters:
+def replay_reference(trace: Trace, policy: str | Policy, progress: Progress = lambda events: None) -> Counters:
     """Replay ``trace`` through the plain model under one policy string."""
     return Kernel(parse_policy(policy)).replay(trace, progress=progress)
 
 
-def simulate_reference(trace: Trace, policies: list[str], costs: CostModel,
+def simulate_reference(trace: Trace, policies: list[str | Policy], costs: CostModel,
                        progress: Progress = lambda events: None) -> list[dict]:
     """One row per policy; the model replays the trace once per policy (``progress`` hears every pass)."""
-    return [result_row(parse_policy(p).name, replay_reference(trace, p, progress), costs) for p in policies]
+    specs = parse_policies(policies)
+    return [result_row(p.name, replay_reference(trace, p, progress), costs) for p in specs]
 
 
-def simulate_engine(source, policies: list[str], costs: CostModel,
+def simulate_engine(source, policies: list[str | Policy], costs: CostModel,
                     progress: Progress = lambda events: None) -> list[dict]:
     """The same rows from the compiled engine; ``source`` is a Trace, a TraceFile or a path. The engine
     replays all policies in one pass (``progress`` hears it once)."""
-    from .engine import replay_engine  # numba loads only when the engine is used
-    names = [parse_policy(p).name for p in policies]
-    return [result_row(name, c, costs) for name, c in zip(names, replay_engine(source, policies, progress=progress))]
+    from ..engine import replay_engine  # numba loads only when the engine is used
+    specs = parse_policies(policies)
+    return [result_row(p.name, c, costs) for p, c in zip(specs, replay_engine(source, specs, progress=progress))]

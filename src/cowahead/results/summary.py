@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ..policies import realizable
 
 # Below this a predicted change is no result: the calibration's constants drift ~10 % with load.
 NEGLIGIBLE_PCT = 2.0
@@ -48,9 +49,9 @@ def best_per_family(rows: list[dict]) -> list[dict]:
 
 def verdict(summaries: list[dict]) -> str:
     """One sentence: does any realizable policy beat Linux today on predicted time?"""
-    acting = [s for s in summaries if s["family"] != "oracle" and s["ahead_copies"] > 0
+    acting = [s for s in summaries if realizable(s["family"]) and s["ahead_copies"] > 0
               and s["predicted_change_pct"] is not None]
-    idle = sorted(s["family"] for s in summaries if s["family"] != "oracle" and s["ahead_copies"] == 0)
+    idle = sorted(s["family"] for s in summaries if realizable(s["family"]) and s["ahead_copies"] == 0)
     idle_note = f" ({', '.join(idle)} stayed off: nothing copied ahead)" if idle else ""
     if not acting:
         return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."

@@ -8,30 +8,19 @@ reads either back into the same document.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
-from ..machine import machine_metadata, package_versions
 from ..output import write_atomically
 from ..trace.parquet import METADATA_KEY
-
-PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
-FORMAT = "cowahead-results"
-VERSION = 1
+from .header import check_header, header
 
 
 def new_results(costs: dict) -> dict:
-    return {"format": FORMAT, "version": VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(["cowahead", *sys.argv[1:]]),
-            "machine": machine_metadata(),
-            "versions": {"python": sys.version.split()[0], **package_versions(PACKAGES)},
-            "costs": costs, "workloads": []}
+    return {**header("results"), "costs": costs, "workloads": []}
 
 
 def save_results(results: dict, path: Path) -> None:
@@ -72,8 +61,5 @@ def load_results(path: Path) -> dict:
         raise CowaheadError(f"{path}: no such results file; make one with `cowahead evaluate -o DIR`") from None
     except (OSError, ValueError, pa.ArrowException) as e:
         raise CowaheadError(f"{path}: not a readable results file ({e.__class__.__name__})") from None
-    if not isinstance(results, dict) or results.get("format") != FORMAT:
-        raise CowaheadError(f"{path}: not a cowahead results file (format is not {FORMAT})")
-    if results.get("version") != VERSION:
-        raise CowaheadError(f"{path}: results version {results.get('version')}, this cowahead reads {VERSION}")
+    check_header(results, "results", str(path))
     return results

@@ -1,0 +1,296 @@
+"""The policies' windows, compiled: one function per policy file (policies/*.py), and the dispatch.
+
+Each ``*_window`` breaks COW on what the policy file's ``window`` names and
+returns how many pages it broke; ``cow_ahead`` picks one by the policy's
+engine kind. A policy reads only what a kernel could: PTE flags (present,
+writable, dirty, copied ahead), its own per-VMA state, ccow's region
+counters; the oracle alone reads the future (prepass.Future). Adding a
+policy: its POL_ number in ENGINE_KINDS, its window here, a branch in
+``cow_ahead`` (and ``on_fork`` if it looks at forks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..policies.adaptive import MMAP_LOTSAMISS
+from ..trace.events import PTRS_PER_PTE
+from .cow import _breakable, break_cow_range
+from .layout import (C_AHEAD_BATCHES, DIRTY, HIT, PENDING, PP_KIND, PP_SHIFT, PP_THRESHOLD, PP_WINDOW,
+                     P_LAST_DHI, P_LAST_DLO, P_MISS, P_NEXT_EXPECTED, P_REF, P_RLEN, P_RLO, P_ROLLED, P_SEG,
+                     P_WINDOW, SC_COV_BUMP, SC_FORKS, SC_PSTATES_FREE, S_FORKED, S_VMA_HEAD, V_DHI, V_DLO,
+                     V_END, V_NEXT, V_PSTATE, V_START, _pop, jit, jit_inline)
+from .mm import dense_after, dense_from, page_of
+
+
+# Engine kinds (state.policy[PP_KIND]), by policy family.
+POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
+ENGINE_KINDS = {"none": POL_NONE, "fixed": POL_FIXED, "around": POL_AROUND, "adaptive": POL_ADAPTIVE,
+                "ccow": POL_CCOW, "oracle": POL_ORACLE}
+
+
+# ----- ccow's regions and the policy states ------------------------------------------
+
+
+@jit_inline
+def region_index(st, d):
+    """ccow: the dense region of dense page ``d``; a shift, not a load, in a dense run of pages."""
+    shift = st.policy[PP_SHIFT]  # log2 of the region size when it is a power of two (a division is slow)
+    if st.direct_base >= 0 and shift >= 0:
+        return ((st.direct_base + d) >> shift) - (st.direct_base >> shift)
+    return st.region_of[d]
+
+
+@jit
+def pstate_new(st, v):
+    q = _pop(st.pstate_free, st.sc, SC_PSTATES_FREE)
+    ps = st.pstates
+    ps[q, P_REF] = 1
+    ps[q, P_NEXT_EXPECTED] = -1
+    ps[q, P_WINDOW] = 0
+    ps[q, P_MISS] = 0
+    ps[q, P_LAST_DLO] = 0
+    ps[q, P_LAST_DHI] = 0
+    ps[q, P_ROLLED] = -1
+    # ccow: one counter pair per region overlapping the VMA now (it can only shrink).
+    dlo, dhi = st.vmas[v, V_DLO], st.vmas[v, V_DHI]
+    rlo, rlen = 0, 0
+    if st.policy[PP_KIND] == POL_CCOW and dlo < dhi:
+        rlo = region_index(st, dlo)
+        rlen = region_index(st, dhi - 1) + 1 - rlo
+    seg = st.sc[SC_COV_BUMP]
+    st.sc[SC_COV_BUMP] += rlen
+    for i in range(seg, seg + rlen):
+        st.coverage[0, i] = 0
+        st.coverage[1, i] = 0
+    ps[q, P_SEG] = seg
+    ps[q, P_RLO] = rlo
+    ps[q, P_RLEN] = rlen
+    st.vmas[v, V_PSTATE] = q
+    return q
+
+
+@jit_inline
+def pstate_of(st, v):
+    q = st.vmas[v, V_PSTATE]
+    if q < 0:
+        q = pstate_new(st, v)
+    return q
+
+
+# ----- fixed:N (policies/fixed.py) ---------------------------------------------------
+
+
+@jit_inline
+def fixed_window(st, s, v, d):
+    """p+1 … p+N−1, clipped to the VMA end."""
+    stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
+    return break_cow_range(st, s, v, d + 1, dense_after(st, d, stop))
+
+
+# ----- around:N (policies/around.py) -------------------------------------------------
+
+
+@jit_inline
+def around_window(st, s, v, d):
+    """The aligned N-page window holding p, clipped to the VMA and the page table."""
+    vm = st.vmas
+    p = page_of(st, d)
+    size = st.policy[PP_WINDOW]
+    aligned = p - p % size
+    table = p - p % PTRS_PER_PTE
+    start = max(aligned, vm[v, V_START], table)
+    end = min(aligned + size, vm[v, V_END], table + PTRS_PER_PTE)
+    # d itself is writable by now, so the range skips it
+    return break_cow_range(st, s, v, dense_from(st, d, start), dense_after(st, d, end))
+
+
+# ----- adaptive[:MAX] (policies/adaptive.py) -----------------------------------------
+
+
+
+@jit_inline
+def next_window(window, max_pages):
+    """get_init_ra_size / get_next_ra_size of mm/readahead.c."""
+    if window == 0:
+        return min(4, max_pages)
+    if window < max_pages // 16:
+        return 4 * window
+    if window <= max_pages // 2:
+        return 2 * window
+    return max_pages
+
+
+@jit_inline
+def adaptive_window(st, s, v, d):
+    """Learn from the dirty bits of the last window, ramp or reset; returns the dense window end."""
+    ps = st.pstates
+    q = pstate_of(st, v)
+    miss = ps[q, P_MISS]
+    for a in range(ps[q, P_LAST_DLO], ps[q, P_LAST_DHI]):
+        fl = st.ptes[s, a]
+        if not (fl & (PENDING | HIT)):
+            continue  # unmapped, or not copied ahead (absent, already writable, reused): nothing to learn
+        if fl & DIRTY:
+            miss = max(0, miss - 1)
+        else:
+            miss += 1
+    p = page_of(st, d)
+    window = ps[q, P_WINDOW]
+    if p == ps[q, P_NEXT_EXPECTED]:
+        miss = max(0, miss - 1)
+        window = next_window(window, st.policy[PP_WINDOW])
+    else:
+        window = 0
+    if miss > MMAP_LOTSAMISS:
+        window = 0
+    stop = min(p + 1 + window, st.vmas[v, V_END])
+    end = dense_after(st, d, stop)
+    ps[q, P_MISS] = miss
+    ps[q, P_WINDOW] = window
+    ps[q, P_NEXT_EXPECTED] = stop
+    ps[q, P_LAST_DLO] = d + 1
+    ps[q, P_LAST_DHI] = end
+    return end
+
+
+@jit_inline
+def adaptive_window_copy(st, s, v, d):
+    return break_cow_range(st, s, v, d + 1, adaptive_window(st, s, v, d))
+
+
+# ----- ccow[:REGION_PAGES,THRESHOLD] (policies/ccow.py) ------------------------------
+
+
+@jit_inline
+def ccow_window(st, s, v, d):
+    """Count the fault in its region; copy the region if its last interval's count reached the threshold
+    and this process has forked."""
+    vm = st.vmas
+    q = pstate_of(st, v)
+    r = region_index(st, d)
+    i = st.pstates[q, P_SEG] + r - st.pstates[q, P_RLO]
+    st.coverage[0, i] += 1
+    if st.slots[s, S_FORKED] and st.coverage[1, i] >= st.policy[PP_THRESHOLD]:
+        return break_cow_range(st, s, v, max(st.region_start[r], vm[v, V_DLO]),
+                               min(st.region_start[r + 1], vm[v, V_DHI]))
+    return 0
+
+
+@jit
+def ccow_on_fork(st, s):
+    """Count the parent's written ahead copies per region, then roll each history over once."""
+    vm, ps, cov = st.vmas, st.pstates, st.coverage
+    st.sc[SC_FORKS] += 1
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        q = pstate_of(st, v)
+        seg, rlo = ps[q, P_SEG], ps[q, P_RLO]
+        d = vm[v, V_DLO]
+        while d < vm[v, V_DHI]:  # region by region: one region lookup per region, not per page
+            r = region_index(st, d)
+            end = min(st.region_start[r + 1], vm[v, V_DHI])
+            written = 0
+            for a in range(d, end):
+                if st.ptes[s, a] & HIT:
+                    written += 1
+            cov[0, seg + r - rlo] += written
+            d = end
+        v = vm[v, V_NEXT]
+    v = st.slots[s, S_VMA_HEAD]
+    while v >= 0:
+        q = vm[v, V_PSTATE]
+        if ps[q, P_ROLLED] != st.sc[SC_FORKS]:
+            ps[q, P_ROLLED] = st.sc[SC_FORKS]
+            seg, n = ps[q, P_SEG], ps[q, P_RLEN]
+            for i in range(seg, seg + n):
+                cov[1, i] = cov[0, i]
+                cov[0, i] = 0
+        v = vm[v, V_NEXT]
+
+
+# ----- oracle:N (policies/oracle.py) ------------------------------------------------
+
+
+@jit_inline
+def oracle_index(st, key):
+    """searchsorted(oracle_keys, key): one load from the rank table where the keys are dense."""
+    rank = st.oracle_rank
+    if rank.shape[0] > 0:
+        return np.int64(rank[min(key, rank.shape[0] - 1)])
+    return np.searchsorted(st.oracle_keys, key)
+
+
+@jit_inline
+def written_next(st, pid, q, now, j):
+    """Oracle: is (pid, q) written at or after ``now`` before anything drops it? (policies/oracle.py)
+
+    ``j`` is the index of the first future key >= (pid, q): a window's pages are consecutive keys,
+    so the caller searches once per fault and steps from there.
+    """
+    key = pid * st.pages.shape[0] + q
+    if j == st.oracle_keys.shape[0] or st.oracle_keys[j] != key:
+        return False
+    c, end = st.oracle_cursor[j], st.oracle_start[j + 1]
+    while c < end and st.oracle_time[c] < now:
+        c += 1
+    st.oracle_cursor[j] = c
+    return c < end and st.oracle_last_drop[c] < now
+
+
+@jit_inline
+def oracle_window(st, s, v, d, pid, now):
+    """fixed:N's pages that this process writes next, one by one."""
+    keys = st.oracle_keys
+    stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
+    j = oracle_index(st, pid * st.pages.shape[0] + d + 1)
+    done = 0
+    for q in range(d + 1, dense_after(st, d, stop)):
+        while j < keys.shape[0] and keys[j] < pid * st.pages.shape[0] + q:
+            j += 1
+        if _breakable(st, s, q) and written_next(st, pid, q, now, j):
+            done += break_cow_range(st, s, v, q, q + 1)
+    return done
+
+
+# ----- the dispatch ------------------------------------------------------------------
+
+
+@jit_inline
+def cow_ahead(st, s, v, d, pid, now):
+    """Break COW on the policy's window; each page gets the faulting page's exclusivity check."""
+    pol = st.policy[PP_KIND]
+    if pol == POL_NONE:
+        return
+    done = 0
+    if pol == POL_FIXED:
+        done = fixed_window(st, s, v, d)
+    elif pol == POL_ORACLE:
+        done = oracle_window(st, s, v, d, pid, now)
+    elif pol == POL_AROUND:
+        done = around_window(st, s, v, d)
+    elif pol == POL_ADAPTIVE:
+        done = adaptive_window_copy(st, s, v, d)
+    elif pol == POL_CCOW:
+        done = ccow_window(st, s, v, d)
+    if done:
+        st.counters[C_AHEAD_BATCHES] += 1
+
+
+@jit_inline
+def on_fork(st, s):
+    """A policy's look at the parent before fork write-protects it (policies' on_fork)."""
+    if st.policy[PP_KIND] == POL_CCOW:
+        ccow_on_fork(st, s)
+
+
+@jit_inline
+def window_worst(st):
+    """The most pages one COW fault's window may break."""
+    return 0 if st.policy[PP_KIND] == POL_NONE else st.policy[PP_WINDOW]
+
+
+@jit_inline
+def keeps_regions(st):
+    """Does the policy keep counters per region (ccow), which need room in the coverage pool?"""
+    return st.policy[PP_KIND] == POL_CCOW

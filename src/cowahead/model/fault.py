@@ -1,0 +1,24 @@
+"""The state one fault carries down the fault path, like ``struct vm_fault``.
+
+``handle_mm_fault`` fills it in; each handler reads what it needs and
+records its outcome (the counter it bumped), and the COW-ahead policy is
+asked about the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .memory import Mm, Pte, Vma
+
+
+@dataclass(slots=True, eq=False)
+class VmFault:
+    pid: int
+    mm: Mm
+    vma: Vma
+    page: int
+    write: bool
+    index: int              # the event's position in the trace; only the oracle may use it
+    pte: Pte | None = None  # orig_pte before the fault; the PTE the access goes through after it
+    outcome: str = ""       # the Counters field the fault bumped: zero_fill, cow_copy, reuse, …

@@ -1,0 +1,57 @@
+"""The one header every cowahead document carries, and the one history of their versions.
+
+Traces, results (``evaluate``, ``sweep``), validation runs, calibrations and
+kernel checks all start with the same fields: what the document is
+(``format``, ``version``), when and by which command it was made, and where
+(the machine, its kernel and THP/mTHP settings, the package versions).
+Readers check ``format`` and ``version`` with ``check_header``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..errors import CowaheadError
+from ..machine import machine_metadata, package_versions
+
+PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
+
+# Each kind's versions, newest last: what changed, so that a reader knows what it is refusing.
+HISTORY: dict[str, dict[int, str]] = {
+    "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'"},
+    "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s"},
+    "validate": {1: "machine metadata and settings mixed under 'metadata'",
+                 2: "the common header; the run's settings under 'settings'"},
+    "calibration": {1: "machine metadata and settings mixed under 'metadata'",
+                    2: "the common header; the run's settings under 'settings'"},
+    "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
+                     2: "the common header; written atomically"},
+}
+
+
+def current_version(kind: str) -> int:
+    return max(HISTORY[kind])
+
+
+def header(kind: str) -> dict:
+    """The fields a new document of ``kind`` (a key of HISTORY) starts with."""
+    return {"format": f"cowahead-{kind}", "version": current_version(kind),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(["cowahead", *sys.argv[1:]]),
+            "machine": machine_metadata(),
+            "versions": {"python": sys.version.split()[0], **package_versions(PACKAGES)}}
+
+
+def check_header(document: object, kind: str, where: str) -> None:
+    """A one-line CowaheadError unless ``document`` is a ``kind`` document this cowahead reads."""
+    expected = f"cowahead-{kind}"
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != expected:
+        raise CowaheadError(f"{where}: not a cowahead {kind} file (format is {found!r}, not {expected})")
+    version = document.get("version")
+    if version != current_version(kind):
+        known = HISTORY[kind].get(version) if isinstance(version, int) else None
+        what = f" ({known})" if known else ""
+        raise CowaheadError(f"{where}: {kind} version {version}{what}; this cowahead reads version "
+                            f"{current_version(kind)}")
