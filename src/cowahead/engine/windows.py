@@ -24,9 +24,9 @@ from .mm import dense_after, dense_from, page_of
 
 
 # Engine kinds (state.policy[PP_KIND]), by policy family.
-POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE = range(6)
+POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE, POL_FIXED_BEHIND = range(7)
 ENGINE_KINDS = {"none": POL_NONE, "fixed": POL_FIXED, "around": POL_AROUND, "adaptive": POL_ADAPTIVE,
-                "ccow": POL_CCOW, "oracle": POL_ORACLE}
+                "ccow": POL_CCOW, "oracle": POL_ORACLE, "fixed-behind": POL_FIXED_BEHIND}
 
 
 # ----- ccow's regions and the policy states ------------------------------------------
@@ -86,6 +86,16 @@ def fixed_window(st, s, v, d):
     """p+1 … p+N−1, clipped to the VMA end."""
     stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
     return break_cow_range(st, s, v, d + 1, dense_after(st, d, stop))
+
+
+# ----- fixed-behind:N (policies/fixed_behind.py) ------------------------------------
+
+
+@jit_inline
+def fixed_behind_window(st, s, v, d):
+    """p−N+1 … p−1, clipped to the VMA start."""
+    start = max(page_of(st, d) - st.policy[PP_WINDOW] + 1, st.vmas[v, V_START])
+    return break_cow_range(st, s, v, dense_from(st, d, start), d)
 
 
 # ----- around:N (policies/around.py) -------------------------------------------------
@@ -273,6 +283,8 @@ def cow_ahead(st, s, v, d, pid, now):
         done = adaptive_window_copy(st, s, v, d)
     elif pol == POL_CCOW:
         done = ccow_window(st, s, v, d)
+    elif pol == POL_FIXED_BEHIND:
+        done = fixed_behind_window(st, s, v, d)
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
 
