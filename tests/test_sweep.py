@@ -191,3 +191,34 @@ def test_ctrl_c_during_evaluates_replay_stops_the_evaluation(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(["sequential"], settings, tmp_path / "ev", CostModel(), step)
     assert not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_a_sweep_with_heatmaps_gives_the_heatmap_of_the_models_faults_under_none(tmp_path):
+    """evaluate's heatmaps come from the sweep's own none replay (the engine's fault log), and equal the
+    heatmap of the reference model's fault log; a trace handed over in memory is not read back."""
+    import numpy as np
+
+    from cowahead.model import Kernel
+    from cowahead.model.costs import CostModel
+    from cowahead.policies import parse_policy
+    from cowahead.results.heatmap import heatmap
+    from cowahead.results.rows import simulate_engine
+    from cowahead.sweep import run_sweep
+
+    trace, path = generate("bgsave", pages=512, seed=1), tmp_path / "bgsave.parquet"
+    write_trace(trace, path)
+    policies = ["none", "fixed:16", "oracle:16"]
+    [workload] = run_sweep([str(path)], expand_policies(policies), 2, CostModel(), heatmaps=True)["workloads"]
+    kernel = Kernel(parse_policy("none"), log_faults=True)
+    kernel.replay(trace)
+    events, pages = (np.array(column) for column in zip(*[(i, p) for i, _, p, _ in kernel.fault_log]))
+    expected = heatmap(trace.columns, events, pages)
+    assert workload["heatmap"] == expected
+    assert sum(map(sum, expected["counts"])) + expected["outside"] == len(events) > 0
+    assert workload["rows"] == simulate_engine(path, policies, CostModel())
+
+    other = generate("sequential", pages=512, seed=1)  # what the caller holds for that path
+    held = run_sweep([str(path)], expand_policies(policies), 1, CostModel(), in_memory={str(path): other})
+    [held] = held["workloads"]
+    assert held["rows"] == simulate_engine(other, policies, CostModel()) != workload["rows"]
+    assert "heatmap" not in held

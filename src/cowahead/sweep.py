@@ -141,6 +141,8 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     replayed yet is left out (nothing there can be compared). With ``heatmaps`` each workload gets the fault
     heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back."""
     opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
+    for cache in (_source, _page_space, _decoded):  # a sweep starts from what it is given, not the last one's
+        cache.cache_clear()
     _IN_MEMORY.clear()
     _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})
     tasks = []
