@@ -68,28 +68,29 @@ def store(st, pte, fl):
 
 @jit_inline
 def log_fault(st, d, now):
-    """The model's fault_log, where the state keeps one (the heatmap's data): the event and the dense page.
-    The caller made room for every page the chunk accesses (engine/__init__.py)."""
-    log = st.fault_log
-    if log.shape[0]:
-        i = st.sc[SC_LOG_LEN]
-        log[i, 0] = now
-        log[i, 1] = d
-        st.sc[SC_LOG_LEN] = i + 1
+    """The model's fault_log (the heatmap's data): the event and the dense page. Only replay_chunk's
+    event-by-event path calls it, for a state that keeps a log, so the hot loop (replay_accesses) carries
+    none of it; the caller made room for every page the chunk accesses (engine/__init__.py)."""
+    i = st.sc[SC_LOG_LEN]
+    st.fault_log[i, 0] = now
+    st.fault_log[i, 1] = d
+    st.sc[SC_LOG_LEN] = i + 1
 
 
 @jit_inline
 def access(st, s, d, write, pid, now):
-    """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it."""
+    """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it. Did it fault?"""
     pte = pte_at(s, d)
     fl = st.ptes[pte]
+    faulted = False
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
         v = find_vma(st, s, d)  # a present PTE always lies in a VMA
         if v < 0:
             st.counters[C_OUTSIDE_VMA] += 1
-            return
+            return False
         handle_mm_fault(st, s, v, d, write, pid, now)
-        log_fault(st, d, now)
         fl = st.ptes[pte]
+        faulted = True
     if write:
         store(st, pte, fl)
+    return faulted

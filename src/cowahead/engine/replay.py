@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fault import access, store
+from .fault import access, log_fault, store
 from .fork import do_fork
 from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_EVENTS, C_EXTRA_PAGES, C_EXTRA_PAGES_FINAL, C_MAP, C_REUSE,
                      C_ZERO_FILL, C_ZERO_PAGE, DONTNEED, EXEC, EXIT, FORK, FRAME_AHEAD, MMAP, MUNMAP,
@@ -154,9 +154,11 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
     else:
         prefetching = PREFETCH_PTES_AND_FRAMES
     faults_before = faults(c)
+    logging = st.fault_log.shape[0] > 0  # then every event takes the path below, which logs each fault
     i = resume
     while True:
-        i = replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching)
+        if not logging:
+            i = replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching)
         if i == n:
             break
         k, p = kind[i], pid[i]
@@ -166,7 +168,8 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
         if k == WRITE or k == READ:
             s = mm_of(st, p)
             for d in range(dlo[i], dhi[i]):
-                access(st, s, d, k == WRITE, p, first_index + i)
+                if access(st, s, d, k == WRITE, p, first_index + i) and logging:
+                    log_fault(st, d, first_index + i)
         elif k == FORK:
             do_fork(st, p, arg[i])
         elif k == EXEC:
