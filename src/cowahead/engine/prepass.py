@@ -50,7 +50,18 @@ def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[Col
         return
     columns = source.columns if isinstance(source, Trace) else source
     for lo in range(0, len(columns["pid"]), rows):
-        yield {k: columns[k][lo:lo + rows] for k in REPLAY_COLUMNS}
+        yield {k: _read_only(columns[k][lo:lo + rows]) for k in REPLAY_COLUMNS}
+
+
+def _read_only(column: np.ndarray) -> np.ndarray:
+    """A read-only view, as a column read from Parquet is: numba types read-only arrays apart, so a trace
+    replayed from memory (a generated one) would otherwise compile every engine function a second time
+    (about 70 s per worker process in a fresh clone's first `evaluate`)."""
+    if not column.flags.writeable:
+        return column
+    view = column.view()
+    view.flags.writeable = False
+    return view
 
 
 def in_memory_if_small(source: TraceSource) -> TraceSource:
@@ -191,7 +202,9 @@ def decode(chunk: dict[str, np.ndarray], space: PageSpace) -> Decoded:
     if len(forks):  # a fork's child pid becomes its index; the chunk's own column stays as it is
         arg = arg.copy()
         arg[forks] = np.searchsorted(space.pids, arg[forks])
-    return Decoded(chunk["kind"], pid, arg, chunk["address"], chunk["length"], dlo, dhi, bool(scattered))
+    # every column the replay reads from the chunk read-only, forks or none: one compiled variant
+    return Decoded(_read_only(chunk["kind"]), pid, _read_only(arg), _read_only(chunk["address"]),
+                   _read_only(chunk["length"]), dlo, dhi, bool(scattered))
 
 
 # ----- the oracle's future -------------------------------------------------------------
