@@ -54,10 +54,13 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
                      else None)
     states = [new_state(space, p, oracle_future, p.name in log_faults) for p in parsed]
+    logging = any(len(st.fault_log) for st in states)
     first_index = 0
     for d in decoded_chunks(source, space, chunk_rows, decoded):
-        accessed = int((d.dhi - d.dlo).sum())
-        states = [replay_chunk(log_room(st, accessed), d, first_index) for st in states]
+        if logging:  # room for one fault per page the chunk accesses; a replay without a log skips the sum
+            accessed = int((d.dhi - d.dlo).sum())
+            states = [log_room(st, accessed) for st in states]
+        states = [replay_chunk(st, d, first_index) for st in states]
         first_index += len(d.kind)
         progress(len(d.kind))
     for st in states:

@@ -1,8 +1,9 @@
 """The engine's state for one policy: numpy arrays in a NamedTuple, and how they grow.
 
-the compiled modules (layout.py names the fields) read and write these arrays; when an event might overflow a pool,
-``replay_chunk`` stops before it and ``grow`` makes room (doubling), so
-memory follows what the trace keeps alive, not its length.
+The compiled modules (layout.py names the fields) read and write these
+arrays; when an event might overflow a pool, ``replay_chunk`` stops before
+it and ``grow`` makes room (doubling), so memory follows what the trace
+keeps alive, not its length.
 """
 
 from __future__ import annotations
