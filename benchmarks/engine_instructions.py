@@ -16,7 +16,7 @@ cache: both versions are compiled for ``NUMBA_CPU_NAME=generic`` (plain
 x86-64), natively first, and valgrind then loads that. Counts are of that
 generic code, the same for both versions. ``REV`` is checked out into a temporary git
 worktree; both versions read the same trace file. Results go to
-benchmarks/results/engine-instructions-<date>.json.
+benchmarks/results/engine-instructions-<date>[-N].json.
 """
 
 from __future__ import annotations
@@ -123,6 +123,10 @@ def main() -> None:
                 print(f"{pattern:10s} {policy:9s} {b / events:7.2f} → {a / events:7.2f} instructions/event "
                       f"(×{a / b:.4f})", flush=True)
         out = ROOT / "benchmarks" / "results" / f"engine-instructions-{time.strftime('%Y-%m-%d')}.json"
+        for n in range(2, 100):  # a day's earlier run is kept: engine-instructions-<date>-2.json, …
+            if not out.exists():
+                break
+            out = out.with_name(f"engine-instructions-{time.strftime('%Y-%m-%d')}-{n}.json")
         out.write_text(json.dumps(doc, indent=1))
         print(out)
     finally:

@@ -1,8 +1,18 @@
 """The policies' windows, compiled: one function per policy file (policies/*.py), and the dispatch.
 
-Each ``*_window`` breaks COW on what the policy file's ``window`` names and
-returns how many pages it broke; ``cow_ahead`` picks one by the policy's
-engine kind. A policy reads only what a kernel could: PTE flags (present,
+Each ``*_window`` returns the dense range [lo, hi) the policy file's
+``window`` names, and ``cow_ahead`` breaks COW on it, as the model's
+``Kernel.cow_ahead`` does with a policy's pages; the oracle alone, whose
+window has holes, breaks its pages itself. One ``break_cow_range`` for all
+ranged windows, not one inlined into each: each copy of that loop inlined
+into the hot loop (replay_accesses) made it spill more, so a sixth window
+(fixed-behind) cost ``none``, which never enters it, 2.5 % more
+instructions per event (callgrind, sequential, 200K pages: 185.8 → 190.5;
+without the sixth branch 185.7). With one ``break_cow_range``, fixed:16
+executes 4–9 % fewer instructions than with six, and none on hotcold 5 %
+more (benchmarks/results/engine-instructions-2026-12-01-2.json against
+the first run of that day).
+``cow_ahead`` picks the window by the policy's engine kind. A policy reads only what a kernel could: PTE flags (present,
 writable, dirty, copied ahead), its own per-VMA state, ccow's region
 counters; the oracle alone reads the future (prepass.Future). Adding a
 policy: its POL_ number in ENGINE_KINDS, its window here, a branch in
@@ -85,7 +95,7 @@ def pstate_of(st, v):
 def fixed_window(st, s, v, d):
     """p+1 … p+N−1, clipped to the VMA end."""
     stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
-    return break_cow_range(st, s, v, d + 1, dense_after(st, d, stop))
+    return d + 1, dense_after(st, d, stop)
 
 
 # ----- fixed-behind:N (policies/fixed_behind.py) ------------------------------------
@@ -95,7 +105,7 @@ def fixed_window(st, s, v, d):
 def fixed_behind_window(st, s, v, d):
     """p−N+1 … p−1, clipped to the VMA start."""
     start = max(page_of(st, d) - st.policy[PP_WINDOW] + 1, st.vmas[v, V_START])
-    return break_cow_range(st, s, v, dense_from(st, d, start), d)
+    return dense_from(st, d, start), d
 
 
 # ----- around:N (policies/around.py) -------------------------------------------------
@@ -112,7 +122,7 @@ def around_window(st, s, v, d):
     start = max(aligned, vm[v, V_START], table)
     end = min(aligned + size, vm[v, V_END], table + PTRS_PER_PTE)
     # d itself is writable by now, so the range skips it
-    return break_cow_range(st, s, v, dense_from(st, d, start), dense_after(st, d, end))
+    return dense_from(st, d, start), dense_after(st, d, end)
 
 
 # ----- adaptive[:MAX] (policies/adaptive.py) -----------------------------------------
@@ -133,7 +143,7 @@ def next_window(window, max_pages):
 
 @jit_inline
 def adaptive_window(st, s, v, d):
-    """Learn from the dirty bits of the last window, ramp or reset; returns the dense window end."""
+    """Learn from the dirty bits of the last window, ramp or reset; the window after p."""
     ps = st.pstates
     q = pstate_of(st, v)
     miss = ps[q, P_MISS]
@@ -161,12 +171,7 @@ def adaptive_window(st, s, v, d):
     ps[q, P_NEXT_EXPECTED] = stop
     ps[q, P_LAST_DLO] = d + 1
     ps[q, P_LAST_DHI] = end
-    return end
-
-
-@jit_inline
-def adaptive_window_copy(st, s, v, d):
-    return break_cow_range(st, s, v, d + 1, adaptive_window(st, s, v, d))
+    return d + 1, end
 
 
 # ----- ccow[:REGION_PAGES,THRESHOLD] (policies/ccow.py) ------------------------------
@@ -182,9 +187,8 @@ def ccow_window(st, s, v, d):
     i = st.pstates[q, P_SEG] + r - st.pstates[q, P_RLO]
     st.coverage[0, i] += 1
     if st.slots[s, S_FORKED] and st.coverage[1, i] >= st.policy[PP_THRESHOLD]:
-        return break_cow_range(st, s, v, max(st.region_start[r], vm[v, V_DLO]),
-                               min(st.region_start[r + 1], vm[v, V_DHI]))
-    return 0
+        return max(st.region_start[r], vm[v, V_DLO]), min(st.region_start[r + 1], vm[v, V_DHI])
+    return d, d
 
 
 @jit
@@ -272,19 +276,21 @@ def cow_ahead(st, s, v, d, pid, now):
     pol = st.policy[PP_KIND]
     if pol == POL_NONE:
         return
-    done = 0
-    if pol == POL_FIXED:
-        done = fixed_window(st, s, v, d)
-    elif pol == POL_ORACLE:
+    if pol == POL_ORACLE:
         done = oracle_window(st, s, v, d, pid, now)
-    elif pol == POL_AROUND:
-        done = around_window(st, s, v, d)
-    elif pol == POL_ADAPTIVE:
-        done = adaptive_window_copy(st, s, v, d)
-    elif pol == POL_CCOW:
-        done = ccow_window(st, s, v, d)
-    elif pol == POL_FIXED_BEHIND:
-        done = fixed_behind_window(st, s, v, d)
+    else:
+        lo = hi = d
+        if pol == POL_FIXED:
+            lo, hi = fixed_window(st, s, v, d)
+        elif pol == POL_AROUND:
+            lo, hi = around_window(st, s, v, d)
+        elif pol == POL_ADAPTIVE:
+            lo, hi = adaptive_window(st, s, v, d)
+        elif pol == POL_CCOW:
+            lo, hi = ccow_window(st, s, v, d)
+        elif pol == POL_FIXED_BEHIND:
+            lo, hi = fixed_behind_window(st, s, v, d)
+        done = break_cow_range(st, s, v, lo, hi)
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
 
