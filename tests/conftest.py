@@ -49,8 +49,18 @@ class Stream:
     def exit(self, pid):
         return self._add(pid, EventKind.EXIT)
 
-    def trace(self) -> Trace:
-        return Trace.from_events(self.events, {"source": "test"})
+    def madvise(self, pid, first, pages, advice):
+        return self._add(pid, EventKind.MADVISE, first, pages, int(advice))
+
+    def thp_disable(self, pid, on=True):
+        return self._add(pid, EventKind.THP_DISABLE, arg=int(on))
+
+    def trace(self, thp: dict | None = None, kernel: str = "6.18.0") -> Trace:
+        """``thp``: the folio settings in machine.thp_settings()'s words (None: 4 KiB pages only)."""
+        meta = {"source": "test", "kernel": kernel}
+        if thp is not None:
+            meta["thp"] = thp
+        return Trace.from_events(self.events, meta)
 
 
 @pytest.fixture

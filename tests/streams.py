@@ -93,3 +93,61 @@ def snapshot_streams(draw) -> Stream:
             s.exit(child)
         child += 1
     return s
+
+
+# Folio settings for the folio streams, in machine.thp_settings()'s words (None: 4 KiB pages only).
+FOLIO_SETTINGS = [None, {"enabled": "never"}, {"enabled": "madvise"}, {"enabled": "always"},
+                  {"enabled": "never", "hugepages-64kB/enabled": "always"},
+                  {"enabled": "madvise", "hugepages-16kB/enabled": "always", "hugepages-64kB/enabled": "always",
+                   "hugepages-2048kB/enabled": "always"},
+                  {"enabled": "madvise", "use_zero_page": "0", "hugepages-32kB/enabled": "inherit"}]
+
+
+@st.composite
+def folio_streams(draw, max_ops: int = 40) -> Stream:
+    """A random valid stream over 2 MiB-aligned memory (pages 0 … 1100, so PMD THPs fit), with MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE and PR_SET_THP_DISABLE among its events; reads and writes land near folio edges."""
+    from cowahead.trace.events import Advice
+    s = Stream()
+    pages = draw(st.integers(16, 1100))
+    s.mmap(1, 0, pages)
+    if draw(st.booleans()):
+        start = draw(st.integers(0, pages - 1))
+        s.madvise(1, start, draw(st.integers(1, pages - start)), Advice.HUGEPAGE)
+    hot = sorted({0, 1, 15, 16, 17, 63, 64, 511, 512, 513, pages - 1} & set(range(pages)))
+    page_of = st.one_of(st.sampled_from(hot), st.integers(0, pages - 1))
+    for _ in range(draw(st.integers(0, 12))):
+        (s.write if draw(st.integers(0, 3)) else s.read)(1, draw(page_of))
+    s.fork(1, 2)
+    live, next_pid = [1, 2], 3
+    ops = ["write", "write", "write", "read", "fork", "exit", "span", "dontneed", "munmap", "madvise", "exec",
+           "thp_disable"]
+    for _ in range(draw(st.integers(0, max_ops))):
+        if not live:
+            break
+        op, pid, page = draw(st.sampled_from(ops)), draw(st.sampled_from(live)), draw(page_of)
+        if op == "write":
+            s.write(pid, page)
+        elif op == "read":
+            s.read(pid, page)
+        elif op == "span":
+            s.value += 1
+            s._add(pid, EventKind.WRITE, page, draw(st.integers(2, 40)), s.value)
+        elif op == "fork":
+            s.fork(pid, next_pid)
+            live.append(next_pid)
+            next_pid += 1
+        elif op == "exit":
+            s.exit(pid)
+            live.remove(pid)
+        elif op == "exec":
+            s.exec(pid).mmap(pid, 0, pages)
+        elif op == "thp_disable":
+            s.thp_disable(pid, draw(st.booleans()))
+        elif op == "madvise":
+            s.madvise(pid, page, draw(st.integers(1, 600)), draw(st.sampled_from([Advice.HUGEPAGE, Advice.NOHUGEPAGE])))
+        else:
+            getattr(s, op)(pid, page, draw(st.sampled_from([1, 3, 16, 100, 512, 600])))
+    for pid in live if draw(st.booleans()) else []:
+        s.exit(pid)
+    return s

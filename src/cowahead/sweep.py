@@ -75,6 +75,13 @@ def _source(path: str, mtime_ns: int):
     return trace.read_columns() if fits_in_memory(trace, tuple(COLUMNS)) else trace
 
 
+@functools.lru_cache(maxsize=4)
+def _folios(path: str, mtime_ns: int):
+    """The trace's folio settings (its columns, cached above, carry none)."""
+    from .engine import folio_settings
+    return folio_settings(_IN_MEMORY.get(path) or path)
+
+
 def _key(path: str) -> tuple[str, int]:
     return path, os.stat(path).st_mtime_ns
 
@@ -100,7 +107,7 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
     from .engine import fault_log, replay_states, to_counters
     log = ("none",) if heatmap else ()
     states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
-                           decoded=_decoded(*_key(path)))
+                           decoded=_decoded(*_key(path)), folios=_folios(*_key(path)))
     counters = [asdict(to_counters(st)) for st in states]
     logged = [st for p, st in zip(policies, states) if p.name in log]
     return counters, (fault_heatmap(_heatmap_columns(path), *fault_log(logged[0])) if logged else None)
@@ -141,7 +148,7 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     replayed yet is left out (nothing there can be compared). With ``heatmaps`` each workload gets the fault
     heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back."""
     opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
-    for cache in (_source, _page_space, _decoded):  # a sweep starts from what it is given, not the last one's
+    for cache in (_source, _page_space, _decoded, _folios):  # a sweep starts from what it is given, not the last one's
         cache.cache_clear()
     _IN_MEMORY.clear()
     _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})

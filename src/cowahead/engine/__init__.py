@@ -9,13 +9,18 @@ modelled.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import CowaheadError
 from ..model.counters import FIELD_NAMES, Counters
+from ..model.folio import FolioSettings
 from ..policies import OraclePolicy, Policy, parse_policies
-from ..trace.parquet import ROW_GROUP_ROWS
+from ..trace.events import Advice, EventKind
+from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
+from ..trace.trace import Trace
 from . import layout, replay
 from .prepass import Decoded, PageSpace, TraceSource, decoded_chunks, future, in_memory_if_small, page_space
 from .state import State, grow, log_room, new_state
@@ -32,13 +37,33 @@ def replay_chunk(st: State, d, first_index: int) -> State:
         st = grow(st)
 
 
+def folio_settings(source: TraceSource) -> FolioSettings:
+    """The folio settings a trace was made under (columns alone carry none: 4 KiB pages)."""
+    if isinstance(source, (str, Path)):
+        source = TraceFile(source)
+    return FolioSettings.from_metadata(source.metadata if isinstance(source, (Trace, TraceFile)) else {})
+
+
+def refuse_large_folios(folios: FolioSettings, d: Decoded | None = None) -> None:
+    """The engine replays 4 KiB pages only, so far: a trace whose settings let a fault map a large folio
+    (every VMA; or, with ``d``, a chunk's MADV_HUGEPAGE VMAs) is replayed by the reference model."""
+    madvised = d is not None and folios.anon_orders(hugepage=True) and bool(np.any(
+        (d.kind == EventKind.MADVISE) & (d.arg == Advice.HUGEPAGE)))
+    if folios.anon_orders(hugepage=False) or madvised:
+        words = ", ".join(f"{k}={v}" for k, v in folios.as_thp().items() if v not in ("never", "inherit", "1"))
+        raise CowaheadError(f"this trace maps large folios ({words}{', MADV_HUGEPAGE' if madvised else ''}); "
+                            "the fast engine replays 4 KiB pages only so far: use the reference model "
+                            "(cowahead simulate --reference)")
+
+
 def to_counters(st: State) -> Counters:
     return Counters(**{name: int(v) for name, v in zip(FIELD_NAMES, st.counters)})
 
 
 def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,
                   chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
-                  log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None) -> list[State]:
+                  log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None,
+                  folios: FolioSettings | None = None) -> list[State]:
     """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
@@ -46,9 +71,12 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     ``progress`` hears the events of each chunk once every policy has replayed it;
     the policies named in ``log_faults`` keep the model's fault log (``fault_log``);
     ``decoded``: the trace's chunks already decoded (``decoded_chunks``), kept by a caller that replays
-    the same trace again.
+    the same trace again; ``folios``: the trace's folio settings, for a caller handing over bare columns
+    (by default read from the trace's metadata).
     """
     parsed = parse_policies(policies)
+    folios = folios or folio_settings(source)
+    refuse_large_folios(folios)
     source = in_memory_if_small(source)
     space = space or page_space(source, chunk_rows)
     oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
@@ -57,6 +85,7 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     logging = any(len(st.fault_log) for st in states)
     first_index = 0
     for d in decoded_chunks(source, space, chunk_rows, decoded):
+        refuse_large_folios(folios, d)
         if logging:  # room for one fault per page the chunk accesses; a replay without a log skips the sum
             accessed = int((d.dhi - d.dlo).sum())
             states = [log_room(st, accessed) for st in states]

@@ -78,6 +78,8 @@ _COUNTER = {name: i for i, name in enumerate(FIELD_NAMES)}
     "events", "zero_fill", "zero_page", "map", "cow_copy", "reuse", "outside_vma", "ahead_copies",
     "ahead_reuses", "ahead_batches", "ahead_hits", "ahead_waste", "extra_pages", "extra_pages_peak",
     "extra_pages_final", "resident", "resident_peak"))
+C_ZERO_FILL_PAGES, C_COW_COPY_PAGES, C_REUSE_PAGES = (_COUNTER[name] for name in (
+    "zero_fill_pages", "cow_copy_pages", "reuse_pages"))
 N_COUNTERS = len(FIELD_NAMES)
 
 # The policy's fields (state.policy): its engine kind (windows.py's POL_*), window pages (N, MAX, ccow's

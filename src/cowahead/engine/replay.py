@@ -6,11 +6,11 @@ import numpy as np
 
 from .fault import access, log_fault, store
 from .fork import do_fork
-from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_EVENTS, C_EXTRA_PAGES, C_EXTRA_PAGES_FINAL, C_MAP, C_REUSE,
-                     C_ZERO_FILL, C_ZERO_PAGE, DONTNEED, EXEC, EXIT, FORK, FRAME_AHEAD, MMAP, MUNMAP,
-                     PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES, PRESENT, PTE_AHEAD, READ,
-                     SC_BACKINGS_FREE, SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP, SC_FEW_FAULTS,
-                     SC_FRAMES_FREE, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES, SC_NEED_COV, SC_NEED_FRAMES,
+from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_COW_COPY_PAGES, C_EVENTS, C_EXTRA_PAGES, C_EXTRA_PAGES_FINAL,
+                     C_MAP, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL, C_ZERO_FILL_PAGES, C_ZERO_PAGE, DONTNEED, EXEC,
+                     EXIT, FORK, FRAME_AHEAD, MMAP, MUNMAP, PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES,
+                     PRESENT, PTE_AHEAD, READ, SC_BACKINGS_FREE, SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP,
+                     SC_FEW_FAULTS, SC_FRAMES_FREE, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES, SC_NEED_COV, SC_NEED_FRAMES,
                      SC_NEED_PSTATES, SC_NEED_SLOTS, SC_NEED_VMAS, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE,
                      S_NVMAS, WRITABLE, WRITE, dense_index, frame_of, jit, jit_inline, page_range, pte_at)
 from .mm import do_exec, do_exit, far_state, madvise_dontneed, mm_of, mmap, munmap
@@ -199,7 +199,12 @@ def faults(c):
 
 @jit
 def finish(st):
-    """End of trace: ahead copies still unwritten count as waste."""
+    """End of trace: ahead copies still unwritten count as waste. The engine replays 4 KiB pages only
+    (engine/__init__.py refuses a trace with large folios), so each fault's pages are one page: the
+    page counters are the fault counters, set here rather than bumped at every fault."""
     c = st.counters
     c[C_EXTRA_PAGES_FINAL] = c[C_EXTRA_PAGES]
     c[C_AHEAD_WASTE] += c[C_EXTRA_PAGES]
+    c[C_ZERO_FILL_PAGES] = c[C_ZERO_FILL]
+    c[C_COW_COPY_PAGES] = c[C_COW_COPY]
+    c[C_REUSE_PAGES] = c[C_REUSE]

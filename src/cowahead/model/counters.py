@@ -24,6 +24,14 @@ class Counters:
     extra_pages_final: int = 0
     resident: int = 0       # frames alive now (anon, shmem, file; not the zero page)
     resident_peak: int = 0
+    # Faults and pages apart: one fault on a large folio zero-fills, copies or reuses many pages.
+    zero_fill_pages: int = 0  # pages the zero_fill faults allocated (a PMD THP fault: 512)
+    cow_copy_pages: int = 0   # pages the cow_copy faults copied
+    reuse_pages: int = 0      # pages the reuse faults made writable (a whole PMD: 512)
+    thp_fault_alloc: int = 0  # faults that mapped a new PMD THP (vmstat thp_fault_alloc)
+    mthp_fault_alloc: int = 0  # faults that mapped a new PTE-mapped large folio (mTHP anon_fault_alloc)
+    huge_zero_page: int = 0   # read faults that mapped the huge zero page by PMD
+    thp_split_pmd: int = 0    # PMD mappings split into 512 PTEs (vmstat thp_split_pmd)
 
     @property
     def faults(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .memory import Mm, Pte, Vma
+from .memory import Mm, Pmd, Pte, Vma
 
 
 @dataclass(slots=True, eq=False)
@@ -21,4 +21,5 @@ class VmFault:
     write: bool
     index: int              # the event's position in the trace; only the oracle may use it
     pte: Pte | None = None  # orig_pte before the fault; the PTE the access goes through after it
+    pmd: Pmd | None = None  # the write-protected PMD a write faulted on (do_huge_pmd_wp_page)
     outcome: str = ""       # the Counters field the fault bumped: zero_fill, cow_copy, reuse, …

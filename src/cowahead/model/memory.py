@@ -1,9 +1,11 @@
 """Page frames, PTEs, VMAs and address spaces: the state the fault path works on.
 
-Names follow Linux: a *frame* is a struct page/folio of 4 KiB, its
+Names follow Linux: a *frame* is a struct page of 4 KiB, its
 *mapcount* counts the PTEs that map it and its *refcount* adds the
 references the page cache or a shmem object hold. A frame is *exclusive*
 to one address space when both are 1 (``wp_can_reuse_anon_folio``).
+A frame of a large folio (folio.py) keeps its PTE mapcount; the references
+and the PMD mappings are counted on its folio.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from ..trace.events import VmaKind
+from ..trace.events import HPAGE_PMD_ORDER, VmaKind
+from .folio import Folio
 
 
 class FrameKind(IntEnum):
@@ -37,6 +40,7 @@ class Frame:
     content: int
     mapcount: int = 0
     refcount: int = 0
+    folio: Folio | None = None  # the large folio it belongs to; None: a folio of its own (order 0)
 
     def is_exclusive(self) -> bool:
         """Only an anonymous frame mapped once and referenced once may be reused."""
@@ -78,6 +82,8 @@ class Vma:
     backing: Backing | None = None
     anon_vma: bool = False   # set at the first anonymous page, as anon_vma_prepare does
     policy_state: object = None  # a COW-ahead policy's per-VMA state
+    hugepage: bool = False   # VM_HUGEPAGE: MADV_HUGEPAGE asked for THP here
+    nohugepage: bool = False  # VM_NOHUGEPAGE: MADV_NOHUGEPAGE forbade it
 
     def __contains__(self, page: int) -> bool:
         return self.start <= page < self.end
@@ -90,13 +96,30 @@ class Vma:
         return self.pgoff + page - self.start
 
 
+@dataclass(slots=True, eq=False)
+class Pmd:
+    """A PMD mapping a whole 2 MiB: a THP, or the huge zero page (``folio`` None)."""
+    folio: Folio | None
+    writable: bool
+    dirty: bool = False
+
+
+def pmd_index(page: int) -> int:
+    """The 2 MiB (one PMD, one page table) a page lies in."""
+    return page >> HPAGE_PMD_ORDER
+
+
 class Mm:
-    """An address space: VMAs sorted by start, and a PTE per mapped page."""
+    """An address space: VMAs sorted by start, a PTE per page mapped by a page table, a PMD per 2 MiB
+    mapped whole, and which 2 MiB have a page table (a PMD fault needs none there: ``pmd_none``)."""
 
     def __init__(self) -> None:
         self.vmas: list[Vma] = []
         self.ptes: dict[int, Pte] = {}
+        self.pmds: dict[int, Pmd] = {}
+        self.page_tables: set[int] = set()
         self.has_forked = False  # true once this mm was the parent of a fork
+        self.thp_disabled = False  # MMF_DISABLE_THP: prctl(PR_SET_THP_DISABLE), kept across fork and exec
 
     def find_vma(self, page: int) -> Vma | None:
         i = bisect.bisect_right([v.start for v in self.vmas], page) - 1

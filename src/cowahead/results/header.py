@@ -18,8 +18,10 @@ from ..machine import machine_metadata, package_versions
 PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 
 # Each kind's versions, newest last: what changed, so that a reader knows what it is refusing.
+# READABLE: older versions a reader still takes (a version-1 trace is a version-2 one without the new events).
 HISTORY: dict[str, dict[int, str]] = {
-    "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'"},
+    "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'",
+              2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
     "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
                  2: "the common header; the run's settings under 'settings'"},
@@ -28,6 +30,9 @@ HISTORY: dict[str, dict[int, str]] = {
     "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
                      2: "the common header; written atomically"},
 }
+
+
+READABLE: dict[str, set[int]] = {"trace": {1}}
 
 
 def current_version(kind: str) -> int:
@@ -50,7 +55,7 @@ def check_header(document: object, kind: str, where: str) -> None:
     if found != expected:
         raise CowaheadError(f"{where}: not a cowahead {kind} file (format is {found!r}, not {expected})")
     version = document.get("version")
-    if version != current_version(kind):
+    if version != current_version(kind) and version not in READABLE.get(kind, set()):
         known = HISTORY[kind].get(version) if isinstance(version, int) else None
         what = f" ({known})" if known else ""
         raise CowaheadError(f"{where}: {kind} version {version}{what}; this cowahead reads version "

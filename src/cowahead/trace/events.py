@@ -12,6 +12,12 @@ One row per event: ``time_ns, pid, kind, address, length, arg``.
 | FORK      | unused                   | the child's pid                       |
 | EXEC      | unused                   | unused                                |
 | EXIT      | unused                   | unused                                |
+| MADVISE   | the range advised        | the advice: MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE (Linux's numbers) |
+| THP_DISABLE | unused                 | prctl(PR_SET_THP_DISABLE): 1 sets, 0 clears |
+| COLLAPSE  | the 2 MiB khugepaged collapsed | unused                          |
+
+Version 2 added the last three and the folio settings in the metadata
+(``thp``, ``kernel``); a version-1 trace reads as one without them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 PTRS_PER_PTE = 512  # entries of one x86-64 page table: 2 MiB of 4 KiB pages
+HPAGE_PMD_ORDER = 9  # a PMD THP: 2**9 pages
 
 
 class EventKind(IntEnum):
@@ -35,6 +42,17 @@ class EventKind(IntEnum):
     FORK = 5
     EXEC = 6
     EXIT = 7
+    MADVISE = 8
+    THP_DISABLE = 9
+    COLLAPSE = 10
+
+
+class Advice(IntEnum):
+    """The madvise advice a MADVISE event carries: Linux's own numbers (include/uapi/asm-generic/mman-common.h).
+    MADV_DONTNEED has its own event kind, DONTNEED."""
+    HUGEPAGE = 14
+    NOHUGEPAGE = 15
+    COLLAPSE = 25
 
 
 class VmaKind(IntEnum):
