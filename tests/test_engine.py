@@ -353,3 +353,33 @@ def test_oracle_with_sparse_future_keys_searches_and_equals_reference():
     dense = Stream().mmap(1, 0, 64).write(1, *range(64)).fork(1, 2).write(2, *range(0, 64, 3)).trace()
     assert len(future(dense, page_space(dense)).rank) > 0
     assert_engine_equals_reference(dense, ["oracle:4", "oracle:16"])
+
+
+# ----- large folios: the engine replays 4 KiB pages only, so far ------------------------------------
+
+
+def folio_stream() -> Stream:
+    from cowahead.trace.events import Advice
+    return Stream().mmap(1, 0, 1024).madvise(1, 0, 1024, Advice.HUGEPAGE).write(1, *range(0, 1024, 7)).fork(1, 2) \
+        .write(2, *range(0, 1024, 5))
+
+
+@pytest.mark.parametrize("thp", [{"enabled": "always"}, {"enabled": "never", "hugepages-64kB/enabled": "always"},
+                                 {"enabled": "madvise"}])
+def test_the_engine_refuses_a_trace_that_maps_large_folios(thp, tmp_path):
+    path = tmp_path / "folio.parquet"
+    write_trace(folio_stream().trace(thp), path)
+    from cowahead.errors import CowaheadError
+    with pytest.raises(CowaheadError, match="cowahead simulate --reference"):
+        replay_engine(path, ["none"])
+
+
+def test_madvise_settings_without_madv_hugepage_replay_4k_and_equal_the_model(tmp_path):
+    s = Stream().mmap(1, 0, 1024).write(1, *range(0, 1024, 3)).fork(1, 2).write(2, *range(0, 1024, 2))
+    trace = s.trace({"enabled": "madvise", "use_zero_page": "1"})
+    path = tmp_path / "madvise.parquet"
+    write_trace(trace, path)
+    engine = replay_engine(path, ["none", "fixed:16"])
+    model = [Kernel(parse_policy(p)).replay(trace) for p in ["none", "fixed:16"]]
+    assert engine == model
+    assert engine[0].zero_fill_pages == engine[0].zero_fill > 0 and engine[0].cow_copy_pages == engine[0].cow_copy > 0
