@@ -93,29 +93,27 @@ def test_keywords_override_the_named_configuration():
 
 def test_every_knob_is_restored_after_an_exception():
     before = thp.knob_snapshot()
-    with pytest.raises(ValueError):
-        with thp.thp_config("always", defrag="never", use_zero_page=0, mthp={"64kB": "always"}):
-            assert thp_settings()["enabled"] == "always"
-            raise ValueError("a test failing inside")
+    with pytest.raises(ValueError), thp.thp_config("always", defrag="never", use_zero_page=0,
+                                                   mthp={"64kB": "always"}):
+        assert thp_settings()["enabled"] == "always"
+        raise ValueError("a test failing inside")
     assert thp.knob_snapshot() == before
 
 
 def test_every_knob_is_restored_after_keyboard_interrupt():
     before = thp.knob_snapshot()
-    with pytest.raises(KeyboardInterrupt):
-        with thp.thp_config("never", mthp={"16kB": "always"}):
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), thp.thp_config("never", mthp={"16kB": "always"}):
+        raise KeyboardInterrupt
     assert thp.knob_snapshot() == before
 
 
 def test_sigterm_inside_raises_terminated_restores_the_knobs_and_the_old_handler():
     before = thp.knob_snapshot()
     old = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(thp.Terminated) as raised:
-        with thp.thp_config("always"):
-            assert signal.getsignal(signal.SIGTERM) is not old
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises at the next bytecode; never reached
+    with pytest.raises(thp.Terminated) as raised, thp.thp_config("always"):
+        assert signal.getsignal(signal.SIGTERM) is not old
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at the next bytecode; never reached
     assert raised.value.code == 128 + signal.SIGTERM
     assert thp.knob_snapshot() == before
     assert signal.getsignal(signal.SIGTERM) is old
@@ -146,24 +144,23 @@ def test_a_process_killed_with_sigterm_inside_restores_every_knob_and_exits_143(
 
 def test_a_missing_knob_is_one_line_error_and_nothing_changes():
     before = thp.knob_snapshot()
-    with pytest.raises(CowaheadError, match=r"hugepages-8kB/enabled is missing") as raised:
-        with thp.thp_config(mthp={"8kB": "always"}):  # 8 KiB (order 1) exists for shmem only
-            pass
+    # 8 KiB (order 1) exists for shmem only.
+    with pytest.raises(CowaheadError, match=r"hugepages-8kB/enabled is missing") as raised, \
+            thp.thp_config(mthp={"8kB": "always"}):
+        pass
     assert "\n" not in str(raised.value)
-    with pytest.raises(CowaheadError, match=r"takes always, madvise, never, not 'sometimes'"):
-        with thp.thp_config(enabled="sometimes"):
-            pass
-    with pytest.raises(CowaheadError, match="no THP configuration 'huge'"):
-        with thp.thp_config("huge"):
-            pass
+    with pytest.raises(CowaheadError, match=r"takes always, madvise, never, not 'sometimes'"), \
+            thp.thp_config(enabled="sometimes"):
+        pass
+    with pytest.raises(CowaheadError, match="no THP configuration 'huge'"), thp.thp_config("huge"):
+        pass
     assert thp.knob_snapshot() == before
 
 
 def test_not_root_is_one_line_error(monkeypatch):
     monkeypatch.setattr(thp.os, "geteuid", lambda: 1000)
-    with pytest.raises(CowaheadError, match="setting THP knobs needs root"):
-        with thp.thp_config("always"):
-            pass
+    with pytest.raises(CowaheadError, match="setting THP knobs needs root"), thp.thp_config("always"):
+        pass
 
 
 def test_named_configurations_say_what_every_anonymous_size_is():
@@ -377,6 +374,8 @@ def test_a_read_fault_maps_the_huge_zero_page_and_a_write_allocates_a_thp():
     assert f["write_thp_fault_alloc"] >= 1
     assert f["write_thp_split_pmd"] == 0
     assert f["write_rest_faults"] == 0
+    assert f["read_one_page_faults"] == 1  # one read maps the whole 2 MiB to the huge zero page
+    assert f["read_one_page_maps_huge_zero_page"] == PMD
     # Shared by fork; the child's write gets its own THP, the parent keeps the huge zero page.
     assert f["fork_child_huge_zero_pages"] == PMD
     assert f["child_write_faults"] == 1

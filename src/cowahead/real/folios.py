@@ -123,7 +123,7 @@ class Folios:
     def folio_sizes(self) -> dict[int, int]:
         """How many distinct folios of each size (in pages) the range maps, zero pages left out."""
         real = self.present & ~self.is_zero_page
-        heads, first = np.unique(self.head_pfn[real], return_index=True)
+        _, first = np.unique(self.head_pfn[real], return_index=True)
         sizes = self.folio_pages[real][first]
         values, counts = np.unique(sizes, return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts)}
@@ -310,7 +310,9 @@ def smaps_range(pid: int | str, address: int, length: int) -> dict:
     totals: dict = {"vmas": 0}
     end = address + length
     inside = False
-    for line in open(f"/proc/{pid}/smaps").read().splitlines():
+    with open(f"/proc/{pid}/smaps") as f:
+        text = f.read()
+    for line in text.splitlines():
         first = line.split(maxsplit=1)[0]
         if "-" in first and not first.endswith(":"):
             lo, hi = (int(x, 16) for x in first.split("-"))

@@ -32,7 +32,8 @@ def build_probe(directory: Path | None = None) -> Path:
     if gcc is None:
         raise CowaheadError("gcc is missing: the folio probes are C programs compiled at run time")
     out = Path(directory or tempfile.mkdtemp(prefix="cowahead-probe-")) / "probe"
-    done = subprocess.run([gcc, "-O1", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True, text=True)
+    done = subprocess.run([gcc, "-O1", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
         raise CowaheadError(f"gcc could not build {SOURCE.name}: {done.stderr.strip().splitlines()[-1]}")
     if directory is None:
@@ -56,7 +57,7 @@ class Probe:
         self.thp_disable = int(ready["thp_disable"])
         self.child_pid: int | None = None
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         return self
 
     def __exit__(self, *exc) -> None:
