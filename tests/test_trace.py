@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cowahead.errors import CowaheadError
-from cowahead.trace import COLUMNS, TraceFile, read_trace, write_trace
+from cowahead.trace import COLUMNS, EventKind, TraceFile, read_trace, write_trace
 from cowahead.trace.generators import PATTERNS, generate
 from cowahead.trace.parquet import METADATA_KEY
 
@@ -132,3 +132,19 @@ def test_unknown_event_kind(tmp_path):
     trace.columns["kind"][3] = 42
     write_trace(trace, tmp_path / "t.parquet")
     assert "unknown event kind code 42" in _error(tmp_path / "t.parquet")
+
+
+def test_folio_variants_carry_their_settings_and_madvise_events():
+    from cowahead.trace.events import Advice
+    from cowahead.trace.generators import FOLIO_VARIANTS
+    plain = generate("sequential", pages=1024)
+    madvised = generate("sequential+madvise", pages=1024)
+    assert madvised.metadata["thp"] == {"enabled": "madvise"} and madvised.metadata["pattern"] == "sequential+madvise"
+    kinds = madvised.columns["kind"]
+    assert list(kinds[:2]) == [EventKind.MMAP, EventKind.MADVISE] and madvised.columns["arg"][1] == Advice.HUGEPAGE
+    assert len(madvised) == len(plain) + 1  # one MADV_HUGEPAGE, the rest the same events
+    mthp = generate("random+mthp-64k", pages=1024)
+    assert len(mthp) == len(generate("random", pages=1024)) and mthp.metadata["thp"]["hugepages-64kB/enabled"] == "always"
+    assert set(FOLIO_VARIANTS) == {"madvise", "always", "mthp-64k", "mthp-mixed"}
+    with pytest.raises(CowaheadError, match="unknown folio variant"):
+        generate("sequential+huge")

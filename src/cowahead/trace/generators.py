@@ -16,6 +16,16 @@ zero-fill faults) and forks. What follows is the pattern:
 | bgsave      | two Redis-like saves: each time a child reads every page in order while the parent writes a random page per child read; the child exits; the parent writes N/4 more |
 
 Each write stores a distinct value, so replays can check memory contents.
+
+A folio variant, ``PATTERN+VARIANT`` (e.g. ``sequential+madvise``,
+``random+mthp-64k``), replays the same events under large-folio settings:
+
+| variant    | settings (the trace's ``thp`` metadata)                    | events |
+| ---------- | ---------------------------------------------------------- | ------ |
+| madvise    | THP ``madvise``                                            | MADV_HUGEPAGE on each private mapping |
+| always     | THP ``always``                                             | — |
+| mthp-64k   | THP ``never``, 64 KiB ``always``                           | — |
+| mthp-mixed | 16 KiB, 64 KiB and 2 MiB ``always``                        | — |
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CowaheadError
-from .events import COLUMNS, PAGE_SIZE, EventKind, VmaKind
+from .events import COLUMNS, PAGE_SIZE, Advice, EventKind, VmaKind
 from .trace import Trace
 
 BASE = 0x7F0000000000  # 2 MiB aligned, so regions and page tables line up with the mapping
@@ -172,9 +182,34 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in [
 
 SYNTAX = "sequential, strided:S, random, zipf:A, hotcold, forkexec, prefork, bgsave"
 
+# Folio variants: (the thp settings in machine.thp_settings()'s words, MADV_HUGEPAGE on each private mapping).
+FOLIO_VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
+    "madvise": ({"enabled": "madvise"}, True),
+    "always": ({"enabled": "always"}, False),
+    "mthp-64k": ({"enabled": "never", "hugepages-64kB/enabled": "always"}, False),
+    "mthp-mixed": ({"enabled": "never", "hugepages-16kB/enabled": "always", "hugepages-64kB/enabled": "always",
+                    "hugepages-2048kB/enabled": "always"}, False),
+}
+
+
+def _madvise_hugepage(builder: TraceBuilder) -> TraceBuilder:
+    """A MADV_HUGEPAGE over each private anonymous mapping, right after its MMAP, as a library asking for THP
+    on a big array does."""
+    rows = builder.rows
+    out = TraceBuilder(value=builder.value)
+    for i in range(len(rows["pid"])):
+        kind, pid, address, length = rows["kind"][i], rows["pid"][i], rows["address"][i], rows["length"][i]
+        out.add(pid, EventKind(kind), address, length, rows["arg"][i])
+        if kind == EventKind.MMAP and rows["arg"][i] == VmaKind.PRIVATE_ANON:
+            out.add(pid, EventKind.MADVISE, address, length, int(Advice.HUGEPAGE))
+    return out
+
 
 def generate(spec: str, pages: int = DEFAULT_PAGES, seed: int = 0) -> Trace:
-    """Build the named pattern's trace; bad names or arguments raise CowaheadError."""
+    """Build the named pattern's trace (``PATTERN[:ARG][+VARIANT]``); bad names or arguments raise CowaheadError."""
+    spec, _, variant = spec.partition("+")
+    if variant and variant not in FOLIO_VARIANTS:
+        raise CowaheadError(f"unknown folio variant '+{variant}'; variants are {', '.join(FOLIO_VARIANTS)}")
     name, _, arg_text = spec.partition(":")
     pattern = PATTERNS.get(name)
     if pattern is None:
@@ -190,7 +225,13 @@ def generate(spec: str, pages: int = DEFAULT_PAGES, seed: int = 0) -> Trace:
         arg = _parse_arg(spec, pattern, arg_text)
         builder = pattern.build(pages, rng, arg)
         name = f"{name}:{arg:g}"
-    return builder.trace({"source": f"generate:{name}", "pattern": name, "pages": pages, "seed": seed})
+    metadata = {"pattern": name, "pages": pages, "seed": seed}
+    if variant:
+        thp, madvise = FOLIO_VARIANTS[variant]
+        builder = _madvise_hugepage(builder) if madvise else builder
+        name = f"{name}+{variant}"
+        metadata.update(pattern=name, thp=thp)
+    return builder.trace({"source": f"generate:{name}", **metadata})
 
 
 def _parse_arg(spec: str, pattern: Pattern, text: str) -> float:
