@@ -180,7 +180,8 @@ PATTERNS: dict[str, Pattern] = {p.name: p for p in [
     Pattern("bgsave", bgsave),
 ]}
 
-SYNTAX = "sequential, strided:S, random, zipf:A, hotcold, forkexec, prefork, bgsave"
+SYNTAX = ("sequential, strided:S, random, zipf:A, hotcold, forkexec, prefork, bgsave; "
+          "each also as PATTERN+madvise, +always, +mthp-64k, +mthp-mixed (large folios)")
 
 # Folio variants: (the thp settings in machine.thp_settings()'s words, MADV_HUGEPAGE on each private mapping).
 FOLIO_VARIANTS: dict[str, tuple[dict[str, str], bool]] = {
