@@ -142,6 +142,22 @@ def test_a_process_killed_with_sigterm_inside_restores_every_knob_and_exits_143(
     assert thp.knob_snapshot() == before
 
 
+def test_a_child_forked_inside_does_not_restore_the_knobs_when_it_unwinds():
+    code = textwrap.dedent("""
+        import os, sys
+        from cowahead.machine import thp_settings
+        from cowahead.real.thp import thp_config
+        with thp_config(enabled="always"):
+            child = os.fork()
+            if child == 0:
+                sys.exit(0)  # unwinds through thp_config's finally, in the child
+            os.waitpid(child, 0)
+            print(thp_settings()["enabled"], flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "always"
+
+
 def test_a_missing_knob_is_one_line_error_and_nothing_changes():
     before = thp.knob_snapshot()
     # 8 KiB (order 1) exists for shmem only.

@@ -214,7 +214,8 @@ def thp_config(config: ThpConfig | str | None = None, *, enabled: str | None = N
     keywords set single knobs on top of it (``mthp={"64kB": "always"}``).
     Yields ``thp_settings()`` as they are inside. Raises CowaheadError,
     before changing anything, when not root or when a knob is missing or
-    would not take its value.
+    would not take its value. Only the process that entered restores: a
+    child forked inside the block leaves the knobs alone when it unwinds.
     """
     if isinstance(config, str):
         if config not in CONFIGS:
@@ -227,6 +228,7 @@ def thp_config(config: ThpConfig | str | None = None, *, enabled: str | None = N
     _check_writable(wanted)
 
     snapshot = knob_snapshot()
+    owner = os.getpid()  # a child forked inside the block that unwinds through it must not restore
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.SIG_DFL
     installed = False
@@ -243,7 +245,8 @@ def thp_config(config: ThpConfig | str | None = None, *, enabled: str | None = N
         # knobs are back and the old handler is in place, which then receives a pending SIGTERM.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            _restore(snapshot)
+            if os.getpid() == owner:
+                _restore(snapshot)
         finally:
             if installed:
                 signal.signal(signal.SIGTERM, old_handler if old_handler is not None else signal.SIG_DFL)
