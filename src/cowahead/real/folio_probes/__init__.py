@@ -12,6 +12,7 @@ The probe is compiled with gcc into a temporary directory at first use.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
 import tempfile
@@ -24,19 +25,24 @@ _built: Path | None = None
 
 
 def build_probe(directory: Path | None = None) -> Path:
-    """Compile probe.c (once per process unless ``directory`` is given); returns the binary."""
+    """Compile probe.c; returns the binary. Without ``directory``: once per process, in a temporary
+    directory removed at exit."""
     global _built
-    if directory is None and _built is not None and _built.exists():
+    cached = directory is None
+    if cached and _built is not None and _built.exists():
         return _built
     gcc = shutil.which("gcc")
     if gcc is None:
         raise CowaheadError("gcc is missing: the folio probes are C programs compiled at run time")
-    out = Path(directory or tempfile.mkdtemp(prefix="cowahead-probe-")) / "probe"
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="cowahead-probe-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    out = Path(directory) / "probe"
     done = subprocess.run([gcc, "-O1", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         raise CowaheadError(f"gcc could not build {SOURCE.name}: {done.stderr.strip().splitlines()[-1]}")
-    if directory is None:
+    if cached:
         _built = out
     return out
 
