@@ -324,3 +324,30 @@ def test_converter_memory_syscalls(tmp_path):
                       ("MMAP", "0x80000", 0x3000), ("MUNMAP", "0x81000", 0x2000),  # brk shrank the heap
                       ("WRITE", "0x82000", 1)]
     assert conv.outside_vma == 1 and conv.lost_samples == 7 and conv.unparsed_lines == 0
+
+
+def test_converter_thp_advice_prctl_and_khugepaged(tmp_path):
+    text = textwrap.dedent("""\
+         100/100   1.000000000: PERF_RECORD_COMM exec: prog:100/100
+         100/100   1.000000001: PERF_RECORD_MMAP2 100/100: [0x200000(0x400000) @ 0 00:00 0 0]: rw-p //anon
+         100/100   1.000000002:   syscalls:sys_enter_madvise: start: 0x00200000, len_in: 0x00400000, behavior: 0x0000000e
+         100/100   1.000000003:   syscalls:sys_enter_madvise: start: 0x00400000, len_in: 0x00001001, behavior: 0x0000000f
+         100/100   1.000000004:   syscalls:sys_enter_madvise: start: 0x00200000, len_in: 0x00200000, behavior: 0x00000019
+         100/100   1.000000005:   syscalls:sys_enter_madvise: start: 0x00200000, len_in: 0x00200000, behavior: 0x00000003
+         100/100   1.000000006:     syscalls:sys_enter_prctl: option: 0x00000029, arg2: 0x00000001, arg3: 0x00000000, arg4: 0x00000000, arg5: 0x00000000
+         100/100   1.000000007:     syscalls:sys_enter_prctl: option: 0x0000000f, arg2: 0x00000001, arg3: 0x00000000, arg4: 0x00000000, arg5: 0x00000000
+          55/55    1.000000008: huge_memory:mm_collapse_huge_page: mm=0xffff8881234, isolated=1, status=succeeded
+          55/55    1.000000009: huge_memory:mm_collapse_huge_page: mm=0xffff8881234, isolated=0, status=pmd_mapped
+        """)
+    path = tmp_path / "perf.txt"
+    path.write_text(text)
+    conv = _convert.convert(path)
+    c = conv.columns
+    events = [(EventKind(k).name, hex(int(a)), int(n), int(arg)) for k, a, n, arg in
+              zip(c["kind"], c["address"], c["length"], c["arg"])]
+    assert events == [("EXEC", "0x0", 0, 0), ("MMAP", "0x200000", 0x400000, 0),
+                      ("MADVISE", "0x200000", 0x400000, 14),    # MADV_HUGEPAGE
+                      ("MADVISE", "0x400000", 0x2000, 15),      # MADV_NOHUGEPAGE, its length page-rounded
+                      ("MADVISE", "0x200000", 0x200000, 25),    # MADV_COLLAPSE; MADV_WILLNEED (3) left out
+                      ("THP_DISABLE", "0x0", 0, 1)]             # PR_SET_THP_DISABLE; prctl 15 left out
+    assert conv.khugepaged_collapses == 1 and conv.unparsed_lines == 0

@@ -83,6 +83,10 @@ def command(output: str, pid: int | None, keep_perf_data: str | None, command: t
         bar("record", None, None)
         rec = recorder.finish(bar)
     click.echo(summary(output, rec))
+    if rec.conversion.khugepaged_collapses:
+        click.echo(f"warning: khugepaged collapsed {rec.conversion.khugepaged_collapses} THPs during the run; "
+                   "its tracepoint names no address, so the replay cannot place them (counted in the metadata)",
+                   err=True)
     if rec.conversion.outside_vma:
         click.echo(f"note: {rec.conversion.outside_vma} faults fall outside every VMA the recording saw; "
                    "they stay in the trace and the model counts them as outside_vma", err=True)

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..trace.events import PAGE_SIZE, Event, EventKind
+from ..trace.events import PAGE_SIZE, Advice, Event, EventKind
 from ._procfs import vma_kind
 
 # Few groups and no backtracking: RE2 extracts these fastest. Time has 9 decimals (--ns).
@@ -51,6 +51,7 @@ USER_TOP = 1 << 47  # x86-64 user addresses lie below; kernel-mode faults above 
 ERROR_PRESENT, ERROR_WRITE, ERROR_USER = 0x1, 0x2, 0x4
 CLONE_VM, CLONE_THREAD = 0x100, 0x10000
 MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED = 4, 9, 24
+PR_SET_THP_DISABLE = 41
 
 _HEAD = re.compile(r"^\s*(?P<pid>-?\d+)/\s*(?P<tid>-?\d+)\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+(?P<rest>.*)$")
 _MMAP2 = re.compile(r"PERF_RECORD_MMAP2 (?P<pid>-?\d+)/(?P<tid>-?\d+): \[0x(?P<start>[0-9a-f]+)\(0x(?P<len>[0-9a-f]+)\) @ \S+ .*?\]: "
@@ -131,6 +132,7 @@ class Conversion:
     threads: int = 0
     vfork_children: int = 0
     lost_samples: int = 0   # perf's ring buffer overflowed: events missing from the trace
+    khugepaged_collapses: int = 0  # THPs khugepaged made: its tracepoint names no address, so the replay cannot place them
     unparsed_lines: int = 0
     unparsed_examples: list[str] = field(default_factory=list)
 
@@ -256,6 +258,7 @@ class _Processes:
         self.events: list[Placed] = []
         self.stack_reserve = stack_reserve
         self.threads = 0
+        self.collapses = 0  # khugepaged's, from mm_collapse_huge_page (it names an mm, no address)
 
     def space_of(self, tgid: int) -> int:
         return self.space.get(tgid, tgid)
@@ -297,10 +300,17 @@ class _Processes:
             start, length = _int(f["addr"]), _int(f["len"])
             self.munmap(line, t, space, start, start + _page_up(length))
         elif what == "sys_enter_madvise":
-            if _int(f["behavior"]) in (MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED):
-                start, length = _int(f["start"]), _page_up(_int(f["len_in"]))
-                if length:
-                    self.emit(line, t, space, EventKind.DONTNEED, start, length)
+            behavior, start, length = _int(f["behavior"]), _int(f["start"]), _page_up(_int(f["len_in"]))
+            if length and behavior in (MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED):
+                self.emit(line, t, space, EventKind.DONTNEED, start, length)
+            elif length and behavior in tuple(Advice):  # the THP advice the model follows
+                self.emit(line, t, space, EventKind.MADVISE, start, length, behavior)
+        elif what == "sys_enter_prctl":
+            if _int(f["option"]) == PR_SET_THP_DISABLE:
+                self.emit(line, t, space, EventKind.THP_DISABLE, arg=int(_int(f["arg2"]) != 0))
+        elif what == "mm_collapse_huge_page":
+            if f.get("status", "").rstrip(",") in ("succeeded", "1"):
+                self.collapses += 1
         elif what == "sys_exit_brk":
             self.on_brk(line, t, space, _int(f["ret"]))
         elif what == "sys_enter_mremap":
@@ -465,6 +475,7 @@ def _assemble(procs: _Processes, faults: dict[str, np.ndarray], unparsed: int, e
     codes, counts = np.unique(error_code, return_counts=True)
     conv.faults_by_error_code = {f"0x{int(c):x}": int(n) for c, n in zip(codes, counts)}
     conv.outside_vma = _count_outside(procs, pid, line, address)
+    conv.khugepaged_collapses = procs.collapses
 
     layout = procs.events
     n = len(layout)

@@ -34,6 +34,8 @@ TRACEPOINTS = (
     "syscalls:sys_enter_mremap",
     "syscalls:sys_exit_mremap",
     "syscalls:sys_enter_madvise",
+    "syscalls:sys_enter_prctl",             # PR_SET_THP_DISABLE
+    "huge_memory:mm_collapse_huge_page",    # khugepaged's collapses, counted (no address to place them)
 )
 
 # Fixed fields for `perf script`: the converter parses exactly this layout.
