@@ -351,3 +351,74 @@ def test_converter_thp_advice_prctl_and_khugepaged(tmp_path):
                       ("MADVISE", "0x200000", 0x200000, 25),    # MADV_COLLAPSE; MADV_WILLNEED (3) left out
                       ("THP_DISABLE", "0x0", 0, 1)]             # PR_SET_THP_DISABLE; prctl 15 left out
     assert conv.khugepaged_collapses == 1 and conv.unparsed_lines == 0
+
+
+# ----- a real program on large folios -------------------------------------------------------------
+
+PROGRAM = Path(__file__).parent / "programs" / "thp_workers.c"
+MADV_HUGEPAGE = 14
+
+
+def record_thp_workers(tmp_path: Path, config: str, advice: int) -> tuple[dict[str, int], object]:
+    """Record thp_workers (256 MiB, four workers) under a THP configuration; its own fault counts and the
+    trace."""
+    from cowahead.real.thp import thp_config
+    binary = tmp_path / "thp_workers"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(PROGRAM)], check=True)
+    out = tmp_path / "thp_workers.parquet"
+    with thp_config(config):
+        run = subprocess.run([str(Path(sys.executable).parent / "cowahead"), "record", "-o", str(out), "--", str(binary),
+                              "256", "4", str(advice)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    own = {"fill": 0, "workers": 0}
+    for line in run.stdout.splitlines():
+        words = line.split()
+        if words[:2] == ["fill", "minflt"]:
+            own["fill"] = int(words[2])
+        elif words[0] == "worker":
+            own["workers"] += int(words[3])
+    return own, read_trace(out)
+
+
+def region_faults(trace) -> dict[str, int]:
+    """The model's faults inside the program's 256 MiB region (its 258 MiB mapping, trimmed to the 2 MiB
+    aligned 256 MiB inside), by outcome."""
+    c = trace.columns
+    size, huge = 256 << 20, 2 << 20
+    mapped = np.flatnonzero((c["kind"] == EventKind.MMAP) & (c["length"] == size + huge))
+    assert len(mapped) == 1, "expected the program's one 258 MiB mapping"
+    start = (int(c["address"][mapped[0]]) + huge - 1) & ~(huge - 1)
+    kernel = Kernel(parse_policy("none"), log_faults=True)
+    kernel.replay(trace)
+    first, last = start // PAGE_SIZE, (start + size) // PAGE_SIZE
+    counts: dict[str, int] = {}
+    for _, _, page, kind in kernel.fault_log:
+        if first <= page < last:
+            counts[kind] = counts.get(kind, 0) + 1
+    counts["thp_fault_alloc"] = kernel.counters.thp_fault_alloc
+    counts["mthp_fault_alloc"] = kernel.counters.mthp_fault_alloc
+    return counts
+
+
+@needs_perf
+@requires("gcc", "gcc")
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting the THP knobs needs root")
+def test_madv_hugepage_workers_replay_with_the_kernels_cow_copies(tmp_path):
+    own, trace = record_thp_workers(tmp_path, "madvise", MADV_HUGEPAGE)
+    # the kernel: one fault per 2 MiB for the fill; every page a worker writes is one COW copy
+    assert own == {"fill": 128, "workers": 65536}
+    model = region_faults(trace)
+    assert model["thp_fault_alloc"] == 128 and model["zero_fill"] == 128
+    assert abs(model["cow_copy"] - own["workers"]) <= 0.02 * own["workers"]
+
+
+@needs_perf
+@requires("gcc", "gcc")
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting the THP knobs needs root")
+def test_mthp_64k_recording_agrees_with_the_programs_own_fault_counts(tmp_path):
+    own, trace = record_thp_workers(tmp_path, "mthp-64k", 0)
+    assert own == {"fill": 4096, "workers": 65536}  # 16 pages per zero-fill fault, then 4 KiB COW copies
+    model = region_faults(trace)
+    assert model["zero_fill"] == own["fill"] and model["mthp_fault_alloc"] >= own["fill"]  # each an mTHP in the model too
+    faults = sum(v for k, v in model.items() if not k.endswith("alloc") and not k.startswith("ahead"))
+    assert abs(faults - (own["fill"] + own["workers"])) <= 0.02 * (own["fill"] + own["workers"])
