@@ -126,6 +126,8 @@ def folio_streams(draw, max_ops: int = 40) -> Stream:
         if not live:
             break
         op, pid, page = draw(st.sampled_from(ops)), draw(st.sampled_from(live)), draw(page_of)
+        if op == "madvise" and draw(st.booleans()):
+            page &= ~511  # an aligned start, so that MADV_COLLAPSE has whole 2 MiB to work on
         if op == "write":
             s.write(pid, page)
         elif op == "read":
@@ -145,7 +147,8 @@ def folio_streams(draw, max_ops: int = 40) -> Stream:
         elif op == "thp_disable":
             s.thp_disable(pid, draw(st.booleans()))
         elif op == "madvise":
-            s.madvise(pid, page, draw(st.integers(1, 600)), draw(st.sampled_from([Advice.HUGEPAGE, Advice.NOHUGEPAGE])))
+            s.madvise(pid, page, draw(st.integers(1, 600)),
+                      draw(st.sampled_from([Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.COLLAPSE])))
         else:
             getattr(s, op)(pid, page, draw(st.sampled_from([1, 3, 16, 100, 512, 600])))
     for pid in live if draw(st.booleans()) else []:

@@ -268,10 +268,28 @@ def test_settings_from_the_recorders_words():
         FolioSettings.from_thp({"hugepages-12kB/enabled": "always"})
 
 
-def test_collapse_events_are_counted_not_placed():
-    s = hugepage_region(512).write(1, 0).madvise(1, 0, 512, Advice.COLLAPSE)
+def test_khugepaged_collapses_are_counted_not_placed():
+    s = hugepage_region(512).write(1, 0)
     s._add(1, EventKind.COLLAPSE, 0, 512)
-    assert replay(s, MADVISE).unplaced_collapses == 2
+    assert replay(s, MADVISE).unplaced_collapses == 1
+
+
+def test_madv_collapse_copies_4k_pages_into_one_thp_without_faults_even_under_never():
+    s = Stream().mmap(1, 0, 1024).write(1, *range(0, 512, 2)).read(1, 1).madvise(1, 0, 1024, Advice.COLLAPSE)
+    k = replay(s.read(1, 2, 3).write(1, 5), {"enabled": "never"})
+    c = k.counters
+    # 256 zero fills, one zero-page read; the collapse: one THP of the first 2 MiB (the second holds nothing)
+    assert (c.zero_fill, c.zero_page, c.thp_collapse_alloc, c.resident) == (256, 1, 1, 512)
+    assert c.faults == 257  # the reads and the write after it hit the writable PMD: no fault
+    reads: list[int] = []
+    Kernel(parse_policy("none")).replay(s.trace({"enabled": "never"}), reads)
+    assert reads == [0, 2, 0]  # page 1 before (zero page), page 2 (the second write), page 3 (absent: zeros)
+
+
+def test_madv_collapse_in_a_parent_leaves_the_child_its_old_pages_to_reuse():
+    s = Stream().mmap(1, 0, 512).write(1, *range(512)).fork(1, 2).madvise(1, 0, 512, Advice.COLLAPSE)
+    c = replay(s.write(2, *range(512)).write(1, 7), {"enabled": "never"}).counters
+    assert (c.thp_collapse_alloc, c.reuse, c.cow_copy) == (1, 512, 0)  # the child is the old pages' only mapper
 
 
 # ----- properties on random streams under every folio setting ---------------------------------------
@@ -309,3 +327,11 @@ def test_no_folio_outlives_its_last_process(stream, thp, kernel):
     k = Kernel(parse_policy("none"))
     k.replay(stream.trace(thp, kernel))
     assert k.live == {} and k.counters.resident == 0
+
+
+def test_the_child_reuses_its_511_ptes_once_the_parent_has_copied_everything():
+    # docs/folios-host.md experiment a: the child's write splits its PMD (1 copy); the parent's 512 writes
+    # copy (the child maps 511 pages); then the folio is the child's alone: 511 reuses, no copy
+    s = hugepage_region(512).write(1, *range(512)).fork(1, 2).write(2, 0).write(1, *range(512)).write(2, *range(1, 512))
+    c = replay(s, MADVISE).counters
+    assert (c.cow_copy, c.reuse, c.thp_split_pmd) == (1 + 512, 511, 2)

@@ -45,15 +45,21 @@ def folio_settings(source: TraceSource) -> FolioSettings:
 
 
 def refuse_large_folios(folios: FolioSettings, d: Decoded | None = None) -> None:
-    """The engine replays 4 KiB pages only, so far: a trace whose settings let a fault map a large folio
-    (every VMA; or, with ``d``, a chunk's MADV_HUGEPAGE VMAs) is replayed by the reference model."""
-    madvised = d is not None and folios.anon_orders(hugepage=True) and bool(np.any(
-        (d.kind == EventKind.MADVISE) & (d.arg == Advice.HUGEPAGE)))
-    if folios.anon_orders(hugepage=False) or madvised:
-        words = ", ".join(f"{k}={v}" for k, v in folios.as_thp().items() if v not in ("never", "inherit", "1"))
-        raise CowaheadError(f"this trace maps large folios ({words}{', MADV_HUGEPAGE' if madvised else ''}); "
-                            "the fast engine replays 4 KiB pages only so far: use the reference model "
-                            "(cowahead simulate --reference)")
+    """The engine replays 4 KiB pages only, so far: a trace whose settings let a fault map a large folio in
+    any VMA, or (seen in chunk ``d``) in a MADV_HUGEPAGE VMA, or that asks MADV_COLLAPSE (which makes THPs
+    whatever the knobs say), is one for the reference model."""
+    reasons = []
+    if folios.anon_orders(hugepage=False):
+        reasons = [f"{k}={v}" for k, v in folios.as_thp().items() if v not in ("never", "inherit", "1")]
+    if d is not None:
+        advice = d.arg[d.kind == EventKind.MADVISE]
+        if folios.anon_orders(hugepage=True) and np.any(advice == Advice.HUGEPAGE):
+            reasons.append("MADV_HUGEPAGE")
+        if np.any(advice == Advice.COLLAPSE):
+            reasons.append("MADV_COLLAPSE")
+    if reasons:
+        raise CowaheadError(f"this trace maps large folios ({', '.join(reasons)}); the fast engine replays 4 KiB "
+                            "pages only so far: use the reference model (cowahead simulate --reference)")
 
 
 def to_counters(st: State) -> Counters:

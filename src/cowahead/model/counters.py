@@ -32,6 +32,7 @@ class Counters:
     mthp_fault_alloc: int = 0  # faults that mapped a new PTE-mapped large folio (mTHP anon_fault_alloc)
     huge_zero_page: int = 0   # read faults that mapped the huge zero page by PMD
     thp_split_pmd: int = 0    # PMD mappings split into 512 PTEs (vmstat thp_split_pmd)
+    thp_collapse_alloc: int = 0  # THPs MADV_COLLAPSE made of 4 KiB pages (vmstat thp_collapse_alloc)
 
     @property
     def faults(self) -> int:

@@ -147,6 +147,27 @@ class HugeMemory:
             pmd.folio.add_mappings(child, 1)
             pmd.folio.entire_mapcount += 1
 
+    def madvise_collapse(self, mm: Mm, start: int, end: int) -> None:
+        """MADV_COLLAPSE (madvise_collapse → collapse_huge_page): each aligned 2 MiB of [start, end) inside one
+        private anonymous VMA that may have THPs (whatever the sysfs knobs say) and holds a present page is
+        copied into a new THP, mapped writable by one PMD in this process only. No fault; the old pages lose
+        this process's mappings (a forked child keeps its own); absent and zero pages become zeros."""
+        for index in range(pmd_index(start + HPAGE_PMD_NR - 1), pmd_index(end)):
+            base = index << HPAGE_PMD_ORDER
+            vma = mm.find_vma(base)
+            if (vma is None or base + HPAGE_PMD_NR > vma.end or vma.kind != VmaKind.PRIVATE_ANON or vma.nohugepage
+                    or mm.thp_disabled or index in mm.pmds):
+                continue
+            old = [mm.ptes.get(page) for page in range(base, base + HPAGE_PMD_NR)]
+            if not any(pte is not None and pte.frame is not self.zero_page for pte in old):
+                continue  # nothing to collapse: no page table, or only none and zero-page PTEs
+            folio = self.alloc_folio(HPAGE_PMD_ORDER, [0 if pte is None else pte.frame.content for pte in old])
+            self.zap_pte_range(mm, base, base + HPAGE_PMD_NR)
+            mm.page_tables.discard(index)
+            self._map_pmd(mm, index, folio)
+            vma.anon_vma = True
+            self.counters.thp_collapse_alloc += 1
+
     def pmd_frame(self, pmd: Pmd, page: int) -> Frame:
         """The frame a PMD maps at ``page``."""
         if pmd.folio is None:

@@ -49,7 +49,7 @@ class Kernel(HugeMemory):
         self.policy = policy
         self.folios = folios or FolioSettings()
         self._folios_given = folios is not None
-        self.unplaced_collapses = 0  # khugepaged and MADV_COLLAPSE collapses: not modelled yet
+        self.unplaced_collapses = 0  # khugepaged's collapses: a trace cannot say where they were
         self.counters = Counters()
         # With log_faults, every fault and ahead action as (event index, pid, page, kind):
         # kind is a Counters field name (zero_fill, cow_copy, ...) or ahead_copies / ahead_reuses.
@@ -233,10 +233,9 @@ class Kernel(HugeMemory):
 
     def madvise(self, pid: int, pages: range, advice: int) -> None:
         """MADV_HUGEPAGE / MADV_NOHUGEPAGE set VM_HUGEPAGE / VM_NOHUGEPAGE on the range, splitting VMAs at
-        its ends; MADV_COLLAPSE is counted, not modelled yet; other advice changes nothing here."""
+        its ends; MADV_COLLAPSE makes THPs of it (huge_memory.py); other advice changes nothing here."""
         if advice == Advice.COLLAPSE:
-            self.unplaced_collapses += 1
-            return
+            return self.madvise_collapse(self.mm_of(pid), pages.start, pages.stop)
         if advice not in (Advice.HUGEPAGE, Advice.NOHUGEPAGE):
             return
         mm = self.mm_of(pid)
