@@ -27,7 +27,9 @@ def counters() -> Counters:
     """A distinct small value in every field; the priced ones are 1..8, one per digit of DIGITS."""
     return Counters(events=20, zero_fill=2, zero_page=3, map=4, cow_copy=1, reuse=5, outside_vma=21,
                     ahead_copies=6, ahead_reuses=8, ahead_batches=7, ahead_hits=22, ahead_waste=23,
-                    extra_pages=24, extra_pages_peak=25, extra_pages_final=26, resident=27, resident_peak=28)
+                    extra_pages=24, extra_pages_peak=25, extra_pages_final=26, resident=27, resident_peak=28,
+                    zero_fill_pages=29, cow_copy_pages=30, reuse_pages=31, thp_fault_alloc=32, mthp_fault_alloc=33,
+                    huge_zero_page=34, thp_split_pmd=35, thp_collapse_alloc=36)
 
 
 # ----- counters ----------------------------------------------------------------------------
@@ -43,7 +45,9 @@ def test_as_dict_holds_every_field_but_the_live_gauges_and_adds_faults():
     assert counters().as_dict() == {
         "events": 20, "zero_fill": 2, "zero_page": 3, "map": 4, "cow_copy": 1, "reuse": 5, "outside_vma": 21,
         "ahead_copies": 6, "ahead_reuses": 8, "ahead_batches": 7, "ahead_hits": 22, "ahead_waste": 23,
-        "extra_pages_peak": 25, "extra_pages_final": 26, "resident_peak": 28, "faults": 15}
+        "extra_pages_peak": 25, "extra_pages_final": 26, "resident_peak": 28, "zero_fill_pages": 29,
+        "cow_copy_pages": 30, "reuse_pages": 31, "thp_fault_alloc": 32, "mthp_fault_alloc": 33, "huge_zero_page": 34,
+        "thp_split_pmd": 35, "thp_collapse_alloc": 36, "faults": 15}
 
 
 # ----- the cost model ------------------------------------------------------------------------
@@ -100,17 +104,19 @@ def test_result_row_has_every_key_worked_out_by_hand():
         "cow_copies": 1, "ahead_copies": 6, "ahead_hits": 22, "ahead_waste": 23, "zero_fills": 2,
         "reuses": 5, "extra_pages_peak": 25,
         "predicted_us": 87_654_321,  # as in test_predict_us_prices_each_counter_with_its_own_constant
-        "pages_copied": 7,           # copied on demand 1 + copied ahead 6
+        "pages_copied": 36,          # pages copied on demand 30 + copied ahead 6
         # then the counters not already shown under their own name
         "events": 20, "zero_fill": 2, "zero_page": 3, "map": 4, "cow_copy": 1, "reuse": 5, "outside_vma": 21,
-        "ahead_reuses": 8, "ahead_batches": 7, "extra_pages_final": 26, "resident_peak": 28}
+        "ahead_reuses": 8, "ahead_batches": 7, "extra_pages_final": 26, "resident_peak": 28, "zero_fill_pages": 29,
+        "cow_copy_pages": 30, "reuse_pages": 31, "thp_fault_alloc": 32, "mthp_fault_alloc": 33, "huge_zero_page": 34,
+        "thp_split_pmd": 35, "thp_collapse_alloc": 36}
     assert list(row)[:11] == ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste",
                               "zero_fills", "reuses", "extra_pages_peak", "predicted_us", "pages_copied"]
 
 
 def test_result_row_pages_copied_counts_ahead_copies_too():
     # 10 copied on demand, 30 ahead (reuses copy nothing): 40 pages copied
-    row = result_row("fixed:8", Counters(cow_copy=10, ahead_copies=30, ahead_reuses=50), DIGITS)
+    row = result_row("fixed:8", Counters(cow_copy=10, cow_copy_pages=10, ahead_copies=30, ahead_reuses=50), DIGITS)
     assert row["pages_copied"] == 40 and row["cow_copies"] == 10 and row["ahead_copies"] == 30
 
 

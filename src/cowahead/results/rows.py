@@ -23,7 +23,7 @@ def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
            "zero_fills": c["zero_fill"], "reuses": c["reuse"], "extra_pages_peak": c["extra_pages_peak"],
            "predicted_us": round(costs.predict_us(counters), 3),
-           "pages_copied": c["cow_copy"] + c["ahead_copies"]}
+           "pages_copied": c["cow_copy_pages"] + c["ahead_copies"]}  # pages, not faults: a fault may copy many
     row.update({k: v for k, v in c.items() if k not in row})
     return row
 
