@@ -55,7 +55,8 @@ def policy_params(policy: Policy) -> np.ndarray:
     """kind, window (N or MAX; ccow: region pages), threshold pages (ccow), log2 of the window or -1."""
     kind = ENGINE_KINDS.get(policy.family)
     if kind is None:
-        raise TypeError(f"the engine has no implementation of policy {policy.name}")
+        raise CowaheadError(f"the fast engine has no implementation of policy {policy.name} yet: use the reference "
+                            "model (cowahead simulate --reference)")
     window, threshold = policy.engine_params()
     shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
     return np.array([kind, window, threshold, shift], np.int64)

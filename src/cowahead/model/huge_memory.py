@@ -95,6 +95,13 @@ class HugeMemory:
             self._count(vmf, "reuse", HPAGE_PMD_NR)
             pmd.writable = True
             return True
+        elif self.policy.copies_whole_thp:  # Linux <= 5.7 (policies/thp_cow.py)
+            self._count(vmf, "cow_copy", HPAGE_PMD_NR)
+            self.counters.thp_fault_alloc += 1
+            new = self.alloc_folio(HPAGE_PMD_ORDER, [frame.content for frame in pmd.folio.frames])
+            self.zap_huge_pmd(vmf.mm, index)
+            self._map_pmd(vmf.mm, index, new)
+            return True
         self.split_huge_pmd(vmf.mm, index)
         return False
 

@@ -457,6 +457,7 @@ class Kernel(HugeMemory):
             self._count(vmf, "reuse")
             return self.wp_page_reuse(vmf)
         self._count(vmf, "cow_copy")
+        vmf.folio = vmf.pte.frame.folio
         vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
         self.cow_ahead(vmf)
 

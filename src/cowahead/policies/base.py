@@ -40,6 +40,7 @@ class Policy(ABC):
     colour: ClassVar[str | None] = None  # its curve in the plots; None: not drawn (the baseline)
     realizable: ClassVar[bool] = True  # False: it sees the future (judged against, never recommended)
     defaults: ClassVar[dict[str, tuple[str, ...]]] = {}  # DEFAULT_LISTS -> its entries there
+    copies_whole_thp: ClassVar[bool] = False  # True: a COW fault on a PMD-mapped THP copies it whole (≤ 5.7)
     name: str                          # the canonical string, e.g. "fixed:16"
 
     @classmethod
