@@ -62,9 +62,17 @@ def test_predict_us_prices_each_counter_with_its_own_constant():
     #   ahead_copies  6 × 100 000    =    600 000
     #   ahead_batches 7 × 1 000 000  =  7 000 000
     #   ahead_reuses  8 × 10 000 000 = 80 000 000
+    #   pages beyond each fault's first: copied 30 − 1 + zero-filled 29 − 2 = 56,
+    #                 56 × 100 000   =  5 600 000  (at ahead_copy_us)
     #                                  ----------
-    #                                  87 654 321  (events, hits, waste, extra, resident: free)
-    assert DIGITS.predict_us(counters()) == 87_654_321
+    #                                  93 254 321  (events, hits, waste, extra, resident: free)
+    assert DIGITS.predict_us(counters()) == 93_254_321
+
+
+def test_predict_us_prices_a_thp_fault_as_one_fault_plus_511_batched_pages():
+    # one THP zero fill (512 pages) and one thp-cow copy (512 pages): 1 × 10 + 1 × 1 + (511 + 511) × 100 000
+    c = Counters(zero_fill=1, zero_fill_pages=512, cow_copy=1, cow_copy_pages=512)
+    assert DIGITS.predict_us(c) == 10 + 1 + 1022 * 100_000
 
 
 @pytest.mark.parametrize("field, constant, expected", [
@@ -103,7 +111,7 @@ def test_result_row_has_every_key_worked_out_by_hand():
         "faults": 15,                # 2 + 3 + 4 + 1 + 5
         "cow_copies": 1, "ahead_copies": 6, "ahead_hits": 22, "ahead_waste": 23, "zero_fills": 2,
         "reuses": 5, "extra_pages_peak": 25,
-        "predicted_us": 87_654_321,  # as in test_predict_us_prices_each_counter_with_its_own_constant
+        "predicted_us": 93_254_321,  # as in test_predict_us_prices_each_counter_with_its_own_constant
         "pages_copied": 36,          # pages copied on demand 30 + copied ahead 6
         # then the counters not already shown under their own name
         "events": 20, "zero_fill": 2, "zero_page": 3, "map": 4, "cow_copy": 1, "reuse": 5, "outside_vma": 21,

@@ -30,10 +30,15 @@ class CostModel:
                    "ahead_* from user-space MADV_POPULATE_WRITE, fit per page + per call")
 
     def predict_us(self, c: Counters) -> float:
+        """Each fault at its own price; the pages a large-folio fault copies or zero-fills beyond its first
+        (a THP zero fill: 511; thp-cow's copy: 511) at the per-page price of a batch, ``ahead_copy_us``:
+        allocation, copy and accounting without the trap. For zeroed pages that is an upper bound
+        (clearing a page costs less than copying one); no calibration measures it apart yet."""
+        extra_pages = max(0, c.cow_copy_pages - c.cow_copy) + max(0, c.zero_fill_pages - c.zero_fill)
         return (c.cow_copy * self.cow_fault_us + c.zero_fill * self.zero_fill_us
                 + c.zero_page * self.zero_page_us + c.map * self.map_us + c.reuse * self.reuse_us
                 + c.ahead_copies * self.ahead_copy_us + c.ahead_batches * self.ahead_call_us
-                + c.ahead_reuses * self.ahead_reuse_us)
+                + c.ahead_reuses * self.ahead_reuse_us + extra_pages * self.ahead_copy_us)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
