@@ -222,3 +222,28 @@ def test_a_sweep_with_heatmaps_gives_the_heatmap_of_the_models_faults_under_none
     [held] = held["workloads"]
     assert held["rows"] == simulate_engine(other, policies, CostModel()) != workload["rows"]
     assert "heatmap" not in held
+
+
+def test_a_sweep_replays_what_the_engine_cannot_with_the_reference_model(tmp_path):
+    """A trace with large folios (sequential+madvise), and a policy without a compiled window (folio): the
+    sweep's rows and heatmap are the reference model's, not an error."""
+    import numpy as np
+
+    from cowahead.model import Kernel
+    from cowahead.model.costs import CostModel
+    from cowahead.policies import parse_policy
+    from cowahead.results.heatmap import heatmap
+    from cowahead.results.rows import simulate_reference
+    from cowahead.sweep import run_sweep
+
+    trace, path = generate("sequential+madvise", pages=1024, seed=1), tmp_path / "thp.parquet"
+    write_trace(trace, path)
+    policies = ["none", "fixed:16", "folio", "thp-cow"]
+    [workload] = run_sweep([str(path)], expand_policies(policies), 2, CostModel(), heatmaps=True)["workloads"]
+    assert workload["rows"] == simulate_reference(trace, policies, CostModel())
+    none = {row["policy"]: row for row in workload["rows"]}["none"]
+    assert (none["zero_fill"], none["zero_fill_pages"], none["thp_fault_alloc"]) == (2, 1024, 2)  # 2 MiB each
+    kernel = Kernel(parse_policy("none"), log_faults=True)
+    kernel.replay(trace)
+    events, pages = (np.array(column) for column in zip(*[(i, p) for i, _, p, _ in kernel.fault_log]))
+    assert workload["heatmap"] == heatmap(trace.columns, events, pages)

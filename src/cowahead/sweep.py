@@ -20,9 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .errors import CowaheadError
+import numpy as np
+
+from .errors import CowaheadError, EngineUnsupported
 from .model.costs import CostModel
 from .model.counters import Counters
+from .model.kernel import Kernel
 from .policies import Policy, default_policies, parse_policies
 from .results.document import new_results
 from .results.heatmap import heatmap as fault_heatmap
@@ -106,11 +109,31 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
     ``heatmap`` and ``none`` among them, the fault heatmap of that replay."""
     from .engine import fault_log, replay_states, to_counters
     log = ("none",) if heatmap else ()
-    states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
-                           decoded=_decoded(*_key(path)), folios=_folios(*_key(path)))
+    try:
+        states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
+                               decoded=_decoded(*_key(path)), folios=_folios(*_key(path)))
+    except EngineUnsupported:
+        return replay_group_reference(path, policies, heatmap)
     counters = [asdict(to_counters(st)) for st in states]
     logged = [st for p, st in zip(policies, states) if p.name in log]
     return counters, (fault_heatmap(_heatmap_columns(path), *fault_log(logged[0])) if logged else None)
+
+
+def replay_group_reference(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
+    """replay_group for what the engine cannot replay yet (large folios, a policy without a compiled window):
+    the reference model, one pass per policy, slower but the same counters and heatmap."""
+    trace = _IN_MEMORY.get(path) or TraceFile(path).read()
+    counters, heat = [], None
+    for policy in policies:
+        logging = heatmap and policy.name == "none"
+        kernel = Kernel(policy, log_faults=logging)
+        counters.append(asdict(kernel.replay(trace)))
+        if logging:
+            faults = [(index, page) for index, _, page, kind in kernel.fault_log if not kind.startswith("ahead")]
+            events, pages = (np.array(column, np.int64) for column in zip(*faults)) if faults else \
+                (np.empty(0, np.int64), np.empty(0, np.int64))
+            heat = fault_heatmap(trace.columns, events, pages)
+    return counters, heat
 
 
 def _heatmap_columns(path: str) -> dict:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import CowaheadError
+from ..errors import EngineUnsupported
 from ..model.counters import FIELD_NAMES, Counters
 from ..model.folio import FolioSettings
 from ..policies import OraclePolicy, Policy, parse_policies
@@ -58,7 +58,7 @@ def refuse_large_folios(folios: FolioSettings, d: Decoded | None = None) -> None
         if np.any(advice == Advice.COLLAPSE):
             reasons.append("MADV_COLLAPSE")
     if reasons:
-        raise CowaheadError(f"this trace maps large folios ({', '.join(reasons)}); the fast engine replays 4 KiB "
+        raise EngineUnsupported(f"this trace maps large folios ({', '.join(reasons)}); the fast engine replays 4 KiB "
                             "pages only so far: use the reference model (cowahead simulate --reference)")
 
 

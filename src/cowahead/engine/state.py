@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import CowaheadError
+from ..errors import EngineUnsupported
 from ..policies import Policy
 from . import layout
 from .windows import ENGINE_KINDS, POL_CCOW, POL_ORACLE
@@ -55,7 +55,7 @@ def policy_params(policy: Policy) -> np.ndarray:
     """kind, window (N or MAX; ccow: region pages), threshold pages (ccow), log2 of the window or -1."""
     kind = ENGINE_KINDS.get(policy.family)
     if kind is None:
-        raise CowaheadError(f"the fast engine has no implementation of policy {policy.name} yet: use the reference "
+        raise EngineUnsupported(f"the fast engine has no implementation of policy {policy.name} yet: use the reference "
                             "model (cowahead simulate --reference)")
     window, threshold = policy.engine_params()
     shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
