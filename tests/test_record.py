@@ -422,3 +422,34 @@ def test_mthp_64k_recording_agrees_with_the_programs_own_fault_counts(tmp_path):
     assert model["zero_fill"] == own["fill"] and model["mthp_fault_alloc"] >= own["fill"]  # each an mTHP in the model too
     faults = sum(v for k, v in model.items() if not k.endswith("alloc") and not k.startswith("ahead"))
     assert abs(faults - (own["fill"] + own["workers"])) <= 0.02 * (own["fill"] + own["workers"])
+
+
+def test_attach_snapshot_carries_the_processes_thp_state():
+    """--pid: a VMA the process madvised (VmFlags hg / nh) and its PR_SET_THP_DISABLE come back as events."""
+    from cowahead.record import snapshot
+    program = textwrap.dedent("""
+        import ctypes, mmap, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        size = 4 << 20
+        hg = libc.mmap(None, size, 3, 0x22, -1, 0)
+        nh = libc.mmap(None, size, 3, 0x22, -1, 0)
+        assert libc.madvise(hg, size, 14) == 0 and libc.madvise(nh, size, 15) == 0
+        assert libc.prctl(41, 1, 0, 0, 0) == 0
+        print(hg, nh, flush=True)
+        sys.stdin.read()
+        """)
+    process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        hg, nh = (int(x) for x in process.stdout.readline().split())
+        events = snapshot(process.pid)
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+    advice = {(e.address, e.arg) for e in events if e.kind == EventKind.MADVISE}
+    assert (hg, 14) in advice and (nh, 15) in advice
+    assert [e.arg for e in events if e.kind == EventKind.THP_DISABLE] == [1]
+    assert events.index(next(e for e in events if e.kind == EventKind.MADVISE and e.address == hg)) > \
+        events.index(next(e for e in events if e.kind == EventKind.MMAP and e.address == hg))  # after its MMAP

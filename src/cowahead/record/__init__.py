@@ -21,7 +21,7 @@ from typing import Callable
 from ..errors import CowaheadError
 from ..machine import thp_settings
 from ..trace import Trace, write_trace
-from ..trace.events import PAGE_SHIFT, EventKind, VmaKind
+from ..trace.events import PAGE_SHIFT, Advice, EventKind, VmaKind
 from . import _perf, _procfs
 from ._convert import Conversion, Placed, convert
 
@@ -64,11 +64,17 @@ def snapshot(pid: int) -> list[Placed]:
     except PermissionError:
         raise CowaheadError(f"not permitted to read /proc/{pid}/maps; run as root") from None
     events: list[Placed] = []
+    flags = _procfs.thp_flags(pid)
+    if _procfs.thp_disabled(pid):
+        events.append(Placed(0, pid, EventKind.THP_DISABLE, arg=1))
     for entry in entries:
         start = entry.start
         if entry.name == "[stack]":
             start = max(entry.end - stack_reserve(), 0)
         events.append(Placed(0, pid, EventKind.MMAP, start, entry.end - start, int(entry.vma_kind)))
+        for flag, advice in (("hg", Advice.HUGEPAGE), ("nh", Advice.NOHUGEPAGE)):
+            if flag in flags.get(entry.start, ()):
+                events.append(Placed(0, pid, EventKind.MADVISE, start, entry.end - start, int(advice)))
     for entry in entries:
         pages, is_file = _procfs.present_pages(pid, entry)
         anon_write = entry.vma_kind == VmaKind.PRIVATE_ANON or entry.vma_kind == VmaKind.PRIVATE_FILE

@@ -1,7 +1,8 @@
 """Kernel-facing: what /proc says about a process's memory.
 
-For ``--pid``, the address space that existed before perf attached. (The
-THP/mTHP settings recorded with every trace come from ``machine.thp_settings``.)
+For ``--pid``, the address space that existed before perf attached, with its
+THP state (VM_HUGEPAGE, VM_NOHUGEPAGE, PR_SET_THP_DISABLE). (The THP/mTHP
+settings recorded with every trace come from ``machine.thp_settings``.)
 """
 
 from __future__ import annotations
@@ -75,6 +76,37 @@ def present_pages(pid: int, entry: MapsEntry) -> tuple[np.ndarray, np.ndarray]:
     return (present + first).astype(np.uint64), is_file
 
 
+def thp_flags(pid: int) -> dict[int, set[str]]:
+    """Each VMA's THP flags by start address, from /proc/PID/smaps VmFlags: ``hg`` (VM_HUGEPAGE, asked by
+    MADV_HUGEPAGE) and ``nh`` (VM_NOHUGEPAGE)."""
+    flags: dict[int, set[str]] = {}
+    start = None
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return flags
+    for line in text.splitlines():
+        head = line.split(None, 1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            start = int(head.split("-")[0], 16)
+        elif head == "VmFlags:" and start is not None:
+            found = set(line.split()[1:]) & {"hg", "nh"}
+            if found:
+                flags[start] = found
+    return flags
+
+
+def thp_disabled(pid: int) -> bool:
+    """Has the process set PR_SET_THP_DISABLE (/proc/PID/status THP_enabled: 0)?"""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("THP_enabled:"):
+                return line.split()[1] == "0"
+    except OSError:
+        pass
+    return False
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (all threads' children)."""
     found: list[int] = []
@@ -86,4 +118,4 @@ def children(pid: int) -> list[int]:
     return found
 
 
-__all__ = ["MapsEntry", "vma_kind", "read_maps", "present_pages", "children"]
+__all__ = ["MapsEntry", "vma_kind", "read_maps", "present_pages", "thp_flags", "thp_disabled", "children"]
