@@ -224,6 +224,12 @@ def test_dontneed_of_one_page_splits_and_holds_the_folio_a_whole_2mib_frees_it()
     assert (k.counters.thp_fault_alloc, k.counters.resident) == (2, 512)
 
 
+def test_before_6_14_dontneed_keeps_the_emptied_page_table_so_no_thp_comes_back():
+    s = hugepage_region(512).write(1, 0).dontneed(1, 7, 1).dontneed(1, 0, 512).write(1, 3)
+    assert replay(s, MADVISE).counters.thp_fault_alloc == 2               # 6.18: the table went
+    assert replay(s, MADVISE, kernel="6.12.57").counters.thp_fault_alloc == 1  # 6.12: a 4 KiB zero fill
+
+
 def test_munmap_of_half_a_thp_holds_it_until_the_rest_goes():
     s = hugepage_region(512).write(1, *range(512)).munmap(1, 0, 256)
     assert replay(s, MADVISE).counters.resident == 512

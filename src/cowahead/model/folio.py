@@ -99,6 +99,12 @@ class FolioSettings:
         return self.kernel >= (6, 16)
 
     @property
+    def reclaims_page_tables(self) -> bool:
+        """MADV_DONTNEED frees a page table it empties whole (CONFIG_PT_RECLAIM, Linux 6.14; on in this host's
+        config): a later fault there may map a PMD THP again."""
+        return self.kernel >= (6, 14)
+
+    @property
     def huge_zero_write_allocates(self) -> bool:
         """A write to the huge zero page allocates a THP (do_huge_zero_wp_pmd, Linux 6.13) instead of
         splitting the PMD and copying one 4 KiB page."""

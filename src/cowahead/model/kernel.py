@@ -222,14 +222,15 @@ class Kernel(HugeMemory):
         return parts
 
     def madvise_dontneed(self, pid: int, pages: range) -> None:
-        """Zap the range; a page table the zap emptied whole is freed (CONFIG_PT_RECLAIM, 6.14+), so a
+        """Zap the range; on 6.14+ a page table the zap emptied whole is freed (CONFIG_PT_RECLAIM), so a
         later fault there may map a PMD THP again."""
         mm = self.mm_of(pid)
         for vma in mm.vmas_overlapping(pages.start, pages.stop):
             start, end = max(vma.start, pages.start), min(vma.end, pages.stop)
             self.zap_range(mm, start, end)
-            for index in range(pmd_index(start + HPAGE_PMD_NR - 1), pmd_index(end)):
-                mm.page_tables.discard(index)
+            if self.folios.reclaims_page_tables:
+                for index in range(pmd_index(start + HPAGE_PMD_NR - 1), pmd_index(end)):
+                    mm.page_tables.discard(index)
 
     def madvise(self, pid: int, pages: range, advice: int) -> None:
         """MADV_HUGEPAGE / MADV_NOHUGEPAGE set VM_HUGEPAGE / VM_NOHUGEPAGE on the range, splitting VMAs at
