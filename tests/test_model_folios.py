@@ -98,6 +98,14 @@ def test_nohugepage_and_thp_disable_forbid_large_folios_thp_disable_survives_for
     assert c.thp_fault_alloc == 1
 
 
+def test_madvise_inside_a_thp_splits_its_pmd_so_that_no_pmd_straddles_two_vmas():
+    # hypothesis found it: under always, a THP at 0–511, MADV_HUGEPAGE on page 0 alone splits the VMA at 1;
+    # the PMD must be split too (vma_adjust_trans_huge), or fork copies it once per VMA
+    s = Stream().mmap(1, 0, 512).write(1, 0).madvise(1, 0, 1, Advice.HUGEPAGE).fork(1, 2)
+    k = replay(s, ALWAYS)
+    assert (k.counters.thp_split_pmd, len(k.processes[1].vmas), k.processes[2].pmds) == (1, 2, {})
+
+
 def test_madvise_on_part_of_a_vma_splits_it():
     s = Stream().mmap(1, 0, 1024).madvise(1, 0, 512, Advice.HUGEPAGE).write(1, *range(1024))
     k = replay(s, MADVISE)

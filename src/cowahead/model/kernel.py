@@ -240,6 +240,9 @@ class Kernel(HugeMemory):
         if advice not in (Advice.HUGEPAGE, Advice.NOHUGEPAGE):
             return
         mm = self.mm_of(pid)
+        for boundary in (pages.start, pages.stop):  # vma_adjust_trans_huge: no PMD may straddle two VMAs
+            if boundary % HPAGE_PMD_NR and pmd_index(boundary) in mm.pmds:
+                self.split_huge_pmd(mm, pmd_index(boundary))
         for vma in mm.vmas_overlapping(pages.start, pages.stop):
             start, end = max(vma.start, pages.start), min(vma.end, pages.stop)
             mm.vmas.remove(vma)
