@@ -95,8 +95,9 @@ class FolioSettings:
 
     @property
     def reuses_large_folios(self) -> bool:
-        """COW reuse of PTE-mapped large anonymous folios, 1da190f4d0a6 (Linux 6.16)."""
-        return self.kernel >= (6, 16)
+        """COW reuse of PTE-mapped large anonymous folios, 1da190f4d0a6 (Linux 6.15, with CONFIG_MM_ID, as DESIGN.md
+        dates it; not checked against a 6.15 tree). The version gates here rest on the commits' merge windows."""
+        return self.kernel >= (6, 15)
 
     @property
     def reclaims_page_tables(self) -> bool:
@@ -164,7 +165,7 @@ class Folio:
             self.maybe_shared = False  # one mm holds every mapping: exclusively mapped again
 
     def exclusive_to(self, mm: object) -> bool:
-        """__wp_can_reuse_large_anon_folio (6.16+): more than one page mapped, not maybe mapped shared, and
+        """__wp_can_reuse_large_anon_folio (6.15+): more than one page mapped, not maybe mapped shared, and
         every reference a mapping (so all of them in this mm)."""
         if self.large_mapcount <= 1:
             return False  # a single page left: copy it and let the large folio go

@@ -467,7 +467,7 @@ class Kernel(HugeMemory):
 
     def wp_can_reuse(self, mm: Mm, frame: Frame) -> bool:
         """wp_can_reuse_anon_folio. A 4 KiB page: exclusive. A page of a large folio: only on kernels that
-        reuse PTE-mapped large folios (6.16+), and only while every mapping of the folio is this mm's;
+        reuse PTE-mapped large folios (6.15+), and only while every mapping of the folio is this mm's;
         before, never (the page is copied, so that the large folio goes sooner)."""
         if frame.folio is None:
             return frame.is_exclusive()
