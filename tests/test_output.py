@@ -90,3 +90,65 @@ def test_an_output_folder_that_cannot_be_made_fails_before_the_work_in_one_line(
 def test_a_directory_is_not_an_output_file(tmp_path):
     with pytest.raises(CowaheadError, match="is a directory"):
         output_file(tmp_path)
+
+
+# ----- folders that refuse files, a full disk (issue 25) ------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.mark.parametrize("verb", [["generate", "random", "--pages", "64", "-o"], ["record", "-o"]])
+def test_a_folder_that_refuses_files_is_one_line_before_any_work(verb, capsys):
+    # /proc exists and os.access says root may write there, but no file can be made in it
+    args = [*verb, "/proc/cowahead-nope.parquet"] + (["--", "true"] if verb[0] == "record" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cowahead: error: /proc/cowahead-nope.parquet: cannot write a file in /proc (No such file or directory)"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs, made and removed by the test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_disk_mid_write_is_one_line_and_keeps_the_old_file(small_disk, capsys):
+    old = small_disk / "t.parquet"
+    assert main(["generate", "sequential", "--pages", "64", "-o", str(old)]) == 0
+    before = old.read_bytes()
+    capsys.readouterr()
+    assert main(["generate", "random", "--pages", "200000", "-o", str(old)]) == 2  # ~4 MB of trace: no room
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cowahead: error: {old}: could not be written (No space left on device)") and "\n" not in err
+    assert old.read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["t.parquet"]  # no temporary left behind
+
+
+def test_a_full_disk_under_a_sweep_keeps_the_results_file_whole(small_disk, tmp_path, capsys):
+    trace = tmp_path / "t.parquet"
+    write_trace(generate("sequential", pages=256), trace)
+    out = small_disk / "results.json"
+    out.write_text("old")
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk to its last block
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    assert main(["sweep", str(trace), "-p", "none", "-p", "fixed:1..512", "-o", str(out), "-j", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No space left on device" in err or "cannot write a file" in err
+    assert out.read_text() == "old"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "results.json"]

@@ -453,3 +453,27 @@ def test_attach_snapshot_carries_the_processes_thp_state():
     assert [e.arg for e in events if e.kind == EventKind.THP_DISABLE] == [1]
     assert events.index(next(e for e in events if e.kind == EventKind.MADVISE and e.address == hg)) > \
         events.index(next(e for e in events if e.kind == EventKind.MMAP and e.address == hg))  # after its MMAP
+
+
+@needs_perf
+def test_perf_killed_mid_recording_is_one_line_keeps_its_data_and_never_hangs(tmp_path):
+    out = tmp_path / "killed.parquet"
+    program = "import mmap, time\nm = mmap.mmap(-1, 16 << 20)\nfor i in range(0, 16 << 20, 4096): m[i] = 1\ntime.sleep(30)\n"
+    recorder = subprocess.Popen([str(Path(sys.executable).parent / "cowahead"), "record", "-o", str(out), "--",
+                                 sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_perf_writes(tmp_path)
+        time.sleep(1)
+        perf = [int(p) for p in subprocess.run(["pgrep", "-P", str(recorder.pid), "-x", "perf"], capture_output=True,
+                                               text=True).stdout.split()]
+        assert perf, "cowahead record runs perf as its child"
+        os.kill(perf[0], signal.SIGKILL)
+        _, stderr = recorder.communicate(timeout=60)  # the workload lives on; cowahead must not wait for it
+    finally:
+        recorder.kill()
+        subprocess.run(["pkill", "-f", "time.sleep\\(30\\)"])
+    assert recorder.returncode == 2
+    assert stderr.strip().splitlines() == [stderr.strip()] and "perf was killed (SIGKILL)" in stderr
+    kept = tmp_path / "killed.parquet.perf.data"
+    assert kept.stat().st_size > 0 and not out.exists()
+    assert not list(tmp_path.glob(".cowahead-record-*"))

@@ -8,6 +8,7 @@ with a traceback after the work; the write itself then goes through ``write_atom
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -16,11 +17,16 @@ from .errors import CowaheadError
 
 
 def output_file(path: str | Path) -> Path:
-    """``path`` as a Path, its folder made if missing; a CowaheadError if it cannot be written there."""
+    """``path`` as a Path, its folder made if missing; a CowaheadError if it cannot be written there.
+
+    The check makes (and removes) the very temporary file the write will make: a folder that exists but
+    refuses files (/proc, a read-only mount, a full disk's missing inode) says so now, not after the work.
+    ``os.access`` alone answers yes for root on /proc."""
     path = Path(path)
     if path.is_dir():
         raise CowaheadError(f"{path}: is a directory; give a file name to write")
     _make(path.parent, f"{path}: its folder {path.parent}")
+    Path(_temporary(path)).unlink()
     return path
 
 
@@ -46,15 +52,33 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     """``write`` a temporary file in ``path``'s folder, then rename it to ``path``: a reader never sees half
     a file, and a write that fails (or is interrupted) leaves what was there and no temporary behind."""
     path = output_file(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary(path)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results and traces are ordinary files
         os.replace(tmp, path)
+    except OSError as e:  # ENOSPC, EIO, a quota: what was at path stays as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise CowaheadError(f"{path}: could not be written ({_reason(e)}); what was there is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary(path: Path) -> str:
+    """A new temporary file beside ``path`` (same file system, so the rename is atomic)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CowaheadError(f"{path}: cannot write a file in {path.parent} ({_reason(e)})") from None
+    os.close(fd)
+    return tmp
+
+
+def _reason(e: OSError) -> str:
+    """The system's words for an OSError; pyarrow's carry the errno only in their text ("[errno 28] …")."""
+    number = e.errno or next((int(m.group(1)) for m in [re.search(r"\[errno (\d+)\]", str(e))] if m), None)
+    return os.strerror(number) if number else str(e)
 
 
 def _umask() -> int:

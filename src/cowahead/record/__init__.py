@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -155,6 +156,8 @@ class Recorder:
         try:
             run = _perf.wait_record(self.process)
             seconds = {"record": time.monotonic() - self.started}
+            if run.returncode < 0 and not _perf.header_complete(self.perf_data):  # perf itself died
+                self._perf_killed(-run.returncode)
             if not self.perf_data.exists() or self.perf_data.stat().st_size == 0:
                 raise CowaheadError(f"perf wrote no data (exit {run.returncode}): {_first_line(run.stderr)}")
             if self.keep_perf_data:
@@ -181,6 +184,23 @@ class Recorder:
             return Recording(trace, conv, run.returncode, run.interrupted, self.perf_data.stat().st_size, seconds)
         finally:
             self._workdir.cleanup()
+
+
+    def _perf_killed(self, signum: int) -> None:
+        """perf died by a signal it could not handle (SIGKILL, the OOM killer): its perf.data never got its
+        header, so perf script cannot read any of it. (A workload killed by a signal also makes perf exit
+        with that signal, but after perf finished its file.) Keep the file beside the output for whoever wants it,
+        and say so in one line."""
+        kept = self.output.with_name(self.output.name + ".perf.data")
+        where = "nothing was written"
+        if self.perf_data.exists() and self.perf_data.stat().st_size:
+            try:
+                shutil.move(self.perf_data, kept)
+                where = f"its {kept.stat().st_size} bytes are kept in {kept}"
+            except OSError as e:
+                where = f"it could not be kept ({e.strerror})"
+        raise CowaheadError(f"perf was killed ({signal.Signals(signum).name}) mid-recording: perf.data has no "
+                            f"header, so perf script can read none of it; no trace written; {where}")
 
 
 def _command_life(columns: dict) -> float | None:

@@ -160,7 +160,10 @@ def read_lines(source: Path | BinaryIO, progress: Callable[[int, int | None], No
     parse_options = pacsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False,
                                        newlines_in_values=False, ignore_empty_lines=True)
     convert_options = pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False)
-    reader = pacsv.open_csv(source, read_options, parse_options, convert_options)
+    try:
+        reader = pacsv.open_csv(source, read_options, parse_options, convert_options)
+    except pa.ArrowInvalid:  # no text at all (perf script printed nothing): no lines
+        return
     first, done = 0, 0
     for batch in reader:
         lines = batch.column(0)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +113,22 @@ def wait_record(process: subprocess.Popen) -> PerfRun:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
 
+    # perf's stderr is read by a thread and perf itself is waited for: the workload inherits that pipe, and a
+    # workload that outlives a killed perf would keep it open, so reading to its end could wait for ever.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
     previous = signal.signal(signal.SIGINT, forward)
     try:
-        _, stderr = process.communicate()
+        while process.poll() is None:
+            try:
+                process.wait()
+            except KeyboardInterrupt:  # forwarded to perf above; keep waiting for it to finish its file
+                continue
     finally:
         signal.signal(signal.SIGINT, previous)
-    run = PerfRun(process.returncode, interrupted, stderr or "")
+    reader.join(timeout=2)
+    run = PerfRun(process.returncode, interrupted, "".join(lines))
     _raise_setup_errors(run)
     return run
 
@@ -141,6 +152,18 @@ def _raise_setup_errors(run: PerfRun) -> None:
         raise CowaheadError(f"perf could not start the command: {first.strip()}")
     if "No such process" in text or "Couldn't find" in text and "pid" in text.lower():
         raise CowaheadError(f"no such process to attach to ({_first_line(text)})")
+
+
+def header_complete(perf_data: Path) -> bool:
+    """Did perf finish its file? It writes the header's data size (struct perf_file_header: magic, size,
+    attr_size, attrs and then data as {offset, size}: the size at byte 48) only when it exits; a perf
+    killed by a signal it cannot catch leaves 0 there, and perf script then reads nothing."""
+    try:
+        with open(perf_data, "rb") as f:
+            head = f.read(56)
+    except OSError:
+        return False
+    return len(head) == 56 and head[:8] == b"PERFILE2" and int.from_bytes(head[48:56], "little") != 0
 
 
 def _first_line(text: str) -> str:
