@@ -34,6 +34,7 @@ MAP_PRIVATE_ANON = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS
 MAP_FIXED = 0x10
 MAP_NORESERVE = 0x4000
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_THP_DISABLE = 41
 
 PFN_MASK = np.uint64((1 << 55) - 1)
 PM_EXCLUSIVE = np.uint64(1 << 56)
@@ -44,6 +45,7 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -68,6 +70,11 @@ def munmap(address: int, length: int) -> None:
 def madvise(address: int, length: int, advice: int) -> None:
     if _libc.madvise(address, length, advice) != 0:
         _raise_errno(f"madvise({advice})")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    if _libc.prctl(option, arg2, arg3, 0, 0) != 0:
+        _raise_errno(f"prctl({option})")
 
 
 def populate_write(address: int, length: int) -> None:

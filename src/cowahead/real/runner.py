@@ -15,6 +15,16 @@ operation; right after every fork both processes first break COW on their
 own Python heap, so those counts hold the workload's faults only. Without
 ``measure`` only times are taken (the benchmark).
 
+Large folios make one fault map many pages, some of which the step never
+touches, so a measured step reads pagemap over every 2 MiB its pages lie
+in, which PMD maps them (PAGEMAP_SCAN) before and after, and for every page
+whose mapping changed its new folio (kpageflags: head PFN, size, zero
+page), at once, before those PFNs can be freed. At each fork, exec and
+exit a process also reads the folio of every span page
+(``folio_map.kernel_folio_map``). The span is mapped 2 MiB aligned, as the
+generators' traces are, so that the kernel and the model place the same
+PMD THPs and the same page tables.
+
 Every process checks its memory against the values it must hold at EXIT
 and EXEC (value of the last write at offset 0, every other byte zero).
 """
@@ -37,6 +47,8 @@ import numpy as np
 from ..errors import CowaheadError
 from ..trace.events import PAGE_SIZE, PTRS_PER_PTE
 from . import linux
+from .folio_map import FolioMap, PageKind, kernel_folio_map
+from .folios import KPF_THP, KPF_ZERO_PAGE, folio_heads, pmd_mapped, read_kpageflags
 from .plan import Op, Plan, Step
 
 TOKEN = struct.Struct("qq")  # (next step index, real pid to wait for or 0)
@@ -55,8 +67,23 @@ class OpRecord:
     ns: int
     minflt: int = 0
     cpu_ns: int = 0                # user + system time of the step (time other tasks ran left out)
-    before: np.ndarray | None = None  # pagemap entries (measure only)
+    before: np.ndarray | None = None  # pagemap entries of ``pages`` (measure only)
     after: np.ndarray | None = None
+    pmd_before: np.ndarray | None = None  # a PMD maps each of ``pages`` (None: no PAGEMAP_SCAN)
+    pmd_after: np.ndarray | None = None
+    changes: Changes | None = None        # every page of the step's 2 MiB ranges whose mapping changed
+
+
+@dataclass
+class Changes:
+    """The pages of a step's 2 MiB ranges whose mapping changed (appeared, went, or a new PFN), with the
+    folio each maps afterwards; read right after the step, while those PFNs are still what they were."""
+    pages: np.ndarray        # span offsets, ascending
+    was_present: np.ndarray  # bool
+    is_present: np.ndarray   # bool
+    head: np.ndarray         # uint64: the new folio's head PFN (0: not present)
+    size: np.ndarray         # int64: the new folio's pages
+    kind: np.ndarray         # uint8 PageKind of the new mapping
 
 
 @dataclass
@@ -66,6 +93,7 @@ class ProcessRecord:
     ops: list[OpRecord] = field(default_factory=list)
     integrity: list[str] = field(default_factory=list)  # every wrong page, one line each
     error: str | None = None
+    folio_maps: list[tuple[int, FolioMap]] = field(default_factory=list)  # (step, map) at FORK, EXEC, EXIT
 
 
 @dataclass
@@ -106,9 +134,12 @@ def run_plan(plan: Plan, measure: bool, timeout_s: float = 300.0) -> RunResult:
             index, _ = _wait_token(done_r, timeout_s)
             wall = time.perf_counter_ns() - start
         except TimeoutError:
-            os.killpg(root, signal.SIGKILL)
+            _kill_run(root)
             raise CowaheadError(f"real run of {plan.pattern} under {plan.policy} hung for {timeout_s:.0f} s; "
                                 "killed") from None
+        except BaseException:  # Ctrl-C or SIGTERM here: the run's processes (a group of their own) go too
+            _kill_run(root)
+            raise
         finally:
             os.waitpid(root, 0)
             for r, w in list(pipes.values()) + [(done_r, done_w)]:
@@ -120,6 +151,17 @@ def run_plan(plan: Plan, measure: bool, timeout_s: float = 300.0) -> RunResult:
         raise CowaheadError(f"real run of {plan.pattern} under {plan.policy} failed: "
                             + ("; ".join(errors) or "a process died"))
     return RunResult(plan, measure, wall, sorted(records, key=lambda r: (r.pid, r.real_pid)))
+
+
+def _kill_run(root: int) -> None:
+    """SIGKILL every process of a run: the root's group, or the root alone if it has not made it yet."""
+    try:
+        os.killpg(root, signal.SIGKILL)
+    except ProcessLookupError:
+        try:
+            os.kill(root, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _wait_token(fd: int, timeout_s: float | None = None) -> tuple[int, int]:
@@ -218,6 +260,7 @@ class _Process:
 
     def _fork(self, index: int, step: Step) -> bool:
         """Fork the trace's child; True in the child."""
+        self._snapshot(index)
         start = time.perf_counter_ns()
         real = os.fork()
         if real == 0:
@@ -238,7 +281,13 @@ class _Process:
         if self.measure:
             linux.break_cow_on_own_memory(self.base, self.base + self.plan.span_pages * PAGE_SIZE)
 
+    def _snapshot(self, index: int) -> None:
+        """The folio of every span page, now (measure only): at forks, execs and exits."""
+        if self.measure:
+            self.record.folio_maps.append((index, kernel_folio_map(os.getpid(), self.base, self.plan.span_pages)))
+
     def _exit(self, index: int, step: Step) -> None:
+        self._snapshot(index)  # first: reading a dropped page for the check would map the zero page there
         self._check_memory(step)
         for real in self.children:  # children the trace exited already are zombies by now
             try:
@@ -282,7 +331,12 @@ class _Process:
             self._drop(step.pages)
         elif op == Op.DONTNEED:
             linux.madvise(self._address(step.pages[0]), len(step.pages) * PAGE_SIZE, linux.MADV_DONTNEED)
+        elif op == Op.MADVISE:
+            linux.madvise(self._address(step.pages[0]), len(step.pages) * PAGE_SIZE, step.advice)
+        elif op == Op.THP_DISABLE:
+            linux.prctl(linux.PR_SET_THP_DISABLE, step.advice)
         elif op == Op.EXEC:
+            self._snapshot(index)
             self._check_memory(step)
             self._drop(np.arange(self.plan.span_pages))
         else:
@@ -296,11 +350,13 @@ class _Process:
         view = self.view
         runs = [(self._address(a), (b - a) * PAGE_SIZE) for a, b in linux.runs(np.sort(pages))] if step.op == Op.AHEAD else []
         values = step.values
-        low, high = (int(unique.min()), int(unique.max()) + 1) if len(unique) else (0, 0)
-        before = None
+        low, high = self._huge_range(unique)
+        before = pmd_before = None
         if self.measure:
             self._rehearse(step, runs)
             before = self.pagemap.entries(self._address(low), high - low)
+            if step.op != Op.READ:  # only a write can reuse a whole PMD
+                pmd_before = pmd_mapped("self", self._address(low), high - low)
             linux.minor_faults(), time.process_time_ns(), time.perf_counter_ns()  # first allocations may fault
         faults = linux.minor_faults()
         cpu, start = time.process_time_ns(), time.perf_counter_ns()
@@ -316,8 +372,20 @@ class _Process:
         record = OpRecord(index, step.op.value, unique, first_index, ns, faults, cpu)
         if self.measure:
             after = self.pagemap.entries(self._address(low), high - low)
+            pmd_after = pmd_mapped("self", self._address(low), high - low) if pmd_before is not None else None
+            record.changes = _changes(before, after, low)
             record.before, record.after = before[unique - low], after[unique - low]
+            if pmd_before is not None and pmd_after is not None:
+                record.pmd_before, record.pmd_after = pmd_before[unique - low], pmd_after[unique - low]
         self.record.ops.append(record)
+
+    def _huge_range(self, pages: np.ndarray) -> tuple[int, int]:
+        """[low, high): the 2 MiB ranges holding ``pages``, clipped to the span (a large folio fits in one)."""
+        if not len(pages):
+            return 0, 0
+        low = int(pages.min()) // PTRS_PER_PTE * PTRS_PER_PTE
+        high = min(self.plan.span_pages, (int(pages.max()) // PTRS_PER_PTE + 1) * PTRS_PER_PTE)
+        return low, high
 
     def _rehearse(self, step: Step, runs: list[tuple[int, int]]) -> None:
         """The step's own operation on the scratch copy, whose pages never fault."""
@@ -344,3 +412,26 @@ class _Process:
                 wrong.append(f"page +{page}: holds {int(self.view[page, 0])}, must hold {int(step.expected[page])}")
             for page in bad_rest:
                 wrong.append(f"page +{page}: bytes after offset 8 are not zero")
+
+
+def _changes(before: np.ndarray, after: np.ndarray, low: int) -> Changes:
+    """The pages of [low, low + len) whose mapping changed between two pagemap reads, with their new folio."""
+    was, now = linux.present(before), linux.present(after)
+    old, new = linux.pfns(before), linux.pfns(after)
+    changed = np.flatnonzero((was != now) | (now & (old != new)))
+    if not len(changed):  # most steps of a scattered pattern: nothing to look up
+        empty = np.zeros(0, np.int64)
+        return Changes(empty, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.uint64), empty,
+                       np.zeros(0, np.uint8))
+    pfn = np.where(now[changed], new[changed], np.uint64(0))
+    flags = np.zeros(len(changed), np.uint64)
+    mapped = pfn != 0
+    if mapped.any():
+        flags[mapped] = read_kpageflags(pfn[mapped])
+    head, size = folio_heads(pfn, flags)
+    zero = (flags & np.uint64(1 << KPF_ZERO_PAGE)) != 0
+    huge = (flags & np.uint64(1 << KPF_THP)) != 0
+    kind = np.where(~now[changed], PageKind.NONE,
+                    np.where(zero & huge, PageKind.HUGE_ZERO_PAGE,
+                             np.where(zero, PageKind.ZERO_PAGE, PageKind.ANON))).astype(np.uint8)
+    return Changes(changed.astype(np.int64) + low, was[changed], now[changed], head, size, kind)
