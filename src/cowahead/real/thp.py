@@ -102,7 +102,9 @@ class ThpConfig:
     """Values for some knobs; ``None`` leaves a knob as found.
 
     ``mthp`` maps a size ("64kB") to its ``enabled`` word; ``other_sizes``,
-    when set, is the word for every anonymous size ``mthp`` does not name.
+    when set, is the word for every anonymous size ``mthp`` does not name;
+    ``khugepaged`` maps a knob of ``khugepaged/`` ("scan_sleep_millisecs")
+    to its value.
     """
     name: str
     description: str
@@ -111,6 +113,7 @@ class ThpConfig:
     use_zero_page: int | None = None
     mthp: Mapping[str, str] = field(default_factory=dict)
     other_sizes: str | None = None
+    khugepaged: Mapping[str, str] = field(default_factory=dict)
 
     def knobs(self) -> dict[str, str]:
         """The knob → value writes this configuration asks for, as ``knob_snapshot()`` names them."""
@@ -126,6 +129,8 @@ class ThpConfig:
                 wanted[_size_knob(size)] = self.other_sizes
         for size, value in self.mthp.items():
             wanted[_size_knob(size)] = value
+        for knob, value in self.khugepaged.items():
+            wanted[f"khugepaged/{knob}"] = str(value)
         return wanted
 
 

@@ -1,22 +1,61 @@
-"""Every generator under every policy, run in the model and on the running kernel, page for page."""
+"""Every generator under every policy, run in the model and on the running kernel, page for page.
+
+Under each THP configuration asked for (real/thp.py ``CONFIGS``: never,
+madvise, always, mthp-64k, mthp-mixed) the knobs are set for the while
+(``thp_config``: restored however it ends, Ctrl-C and SIGTERM included),
+read back, and the model replays each generator's folio variant under the
+settings actually in force (``FolioSettings.from_thp(thp_settings(),
+platform.release())``), not the variant's own: the variant brings its
+events (``+madvise``: MADV_HUGEPAGE on the mapping), the knobs bring the
+folio sizes. Without configurations the knobs stay as found and the plain
+generators run.
+
+khugepaged is paused meanwhile (``scan_sleep_millisecs`` a day, restored
+with the rest): it collapses small pages into THPs in the background,
+every 10 s here, which no replay of a trace can place (the model does not
+model collapses); a run it reached anyway is reported as such.
+
+The THP counters are read around every run: a large folio the kernel
+could not allocate (``thp_fault_fallback``, ``anon_fault_fallback`` of a
+size) or a khugepaged collapse shows there, and a run that disagrees while
+one moved is reported as such, not as a model error. The counters are
+global (another process's faults count too), so a move alone fails nothing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import contextlib
+import platform
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 from ..errors import CowaheadError
+from ..machine import thp_settings
+from ..model.folio import FolioSettings
 from ..policies import default_policies, family_of, parse_policy
 from ..results.header import header
+from ..trace.events import HPAGE_PMD_ORDER
 from ..trace.generators import PATTERNS, generate
 from . import linux
 from .plan import build_plan
 from .runner import run_plan
+from .thp import CONFIGS, counter_deltas, thp_config, thp_counters
 from .truth import Comparison, compare
 
 POLICIES = default_policies("example")
-QUICK_POLICIES = [p for p in POLICIES if family_of(p) in ("none", "fixed", "adaptive")]
-PAGES, QUICK_PAGES = 1024, 256
+# Quick: Linux's own path and one COW-ahead window, under every configuration.
+QUICK_POLICIES = [p for p in POLICIES if family_of(p) in ("none", "fixed")]
+# Two 2 MiB ranges, so that a fault or a fork can treat one differently from the other; quick: one (a PMD
+# THP still fits).
+PAGES, QUICK_PAGES = 1024, 512
+# The generators' folio variant each configuration runs: the variant's events go with the knobs.
+VARIANT = {"never": "", "madvise": "madvise", "always": "always", "mthp-64k": "mthp-64k",
+           "mthp-mixed": "mthp-mixed"}
+CONFIG_NAMES = list(VARIANT)
+SHOWN_IN_FILE = 50  # examples of each kind of problem a run keeps in the results file (all are counted)
+HOST = ""  # the configuration name of a run under the knobs as found
+# khugepaged's sleep between scans while validating: long enough that it never wakes during a run.
+KHUGEPAGED_PAUSE = {"scan_sleep_millisecs": str(24 * 3600 * 1000)}
 
 
 @dataclass(frozen=True)
@@ -25,14 +64,34 @@ class ValidateSettings:
     policies: list[str]
     pages: int
     seed: int = 0
+    configs: list[str] = field(default_factory=list)  # THP configurations; empty: the knobs as found
 
 
-def settings(quick: bool, pages: int | None, policies: list[str], seed: int) -> ValidateSettings:
+def parse_configs(text: str | None) -> list[str]:
+    """'madvise,mthp-64k' → ['madvise', 'mthp-64k']; None: all five; 'host': [] (the knobs as found, the
+    plain generators); a name not in CONFIGS: CowaheadError."""
+    if text is None:
+        return list(CONFIG_NAMES)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    known = ", ".join(CONFIG_NAMES + ["host"])
+    if not names:
+        raise CowaheadError(f"--folios names no configuration; there are {known}")
+    if names == ["host"]:
+        return []
+    for name in names:
+        if name not in VARIANT:
+            why = "'host' stands alone" if name == "host" else f"there are {known}"
+            raise CowaheadError(f"no THP configuration {name!r} in --folios {text}; {why}")
+    return list(dict.fromkeys(names))
+
+
+def settings(quick: bool, pages: int | None, policies: list[str], seed: int,
+             configs: list[str] | None = None) -> ValidateSettings:
     """Bad policy names fail here, before any process is forked."""
     for policy in policies:
         parse_policy(policy)
     return ValidateSettings(list(PATTERNS), policies or (QUICK_POLICIES if quick else POLICIES),
-                            pages or (QUICK_PAGES if quick else PAGES), seed)
+                            pages or (QUICK_PAGES if quick else PAGES), seed, list(configs or []))
 
 
 def check_support(policies: list[str]) -> tuple[list[str], list[str]]:
@@ -53,35 +112,106 @@ def check_support(policies: list[str]) -> tuple[list[str], list[str]]:
     return kept, [support.problems[-1] + f"; degraded: validating 'none' only, skipping {len(policies) - 1}"]
 
 
+def config_warnings(config: ValidateSettings) -> list[str]:
+    """What a run of these settings cannot show: PMD THPs in a span smaller than 2 MiB."""
+    pmd_pages = 1 << HPAGE_PMD_ORDER
+    thp = [c for c in config.configs if c in ("madvise", "always", "mthp-mixed")]
+    if thp and config.pages < pmd_pages:
+        return [f"{config.pages} pages hold no 2 MiB range: PMD THP is not exercised under {', '.join(thp)}"]
+    return []
+
+
+@contextlib.contextmanager
+def knobs(name: str) -> Iterator[dict[str, str]]:
+    """The THP settings in force for a configuration: set by ``thp_config`` (HOST: as found, untouched)."""
+    if name == HOST:
+        yield thp_settings()
+        return
+    with thp_config(replace(CONFIGS[name], khugepaged=KHUGEPAGED_PAUSE)) as in_force:
+        yield in_force
+
+
 def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | None = None,
-             skipped: list[str] | None = None) -> list[Comparison]:
-    """Compare every pattern under every policy; a pattern real runs cannot map goes to ``skipped``."""
+             skipped: list[str] | None = None, in_force: dict[str, dict[str, str]] | None = None
+             ) -> list[Comparison]:
+    """Compare every pattern under every policy, per configuration; a pattern real runs cannot map goes to
+    ``skipped``; ``in_force`` hears the THP settings each configuration ran under."""
     zero_pfn = linux.probe_support().zero_pfn
     results = []
-    for pattern in config.patterns:
-        trace = generate(pattern, config.pages, config.seed)
-        try:
-            plans = [build_plan(trace, policy) for policy in config.policies]
-        except CowaheadError as e:  # e.g. a shared or file mapping: not run for real yet
-            if skipped is None:
-                raise
-            skipped.append(f"{pattern}: {e}")
-            continue
-        for plan in plans:
-            result = compare(run_plan(plan, measure=True), zero_pfn)
-            results.append(result)
-            if on_done:
-                on_done(result)
+    for name in config.configs or [HOST]:
+        with knobs(name) as thp:
+            if in_force is not None:
+                in_force[name] = thp
+            folios = FolioSettings.from_thp(thp, platform.release())
+            for pattern in config.patterns:
+                spec = f"{pattern}+{VARIANT[name]}" if VARIANT.get(name) else pattern
+                trace = generate(spec, config.pages, config.seed)
+                try:
+                    plans = [build_plan(trace, policy, folios=folios) for policy in config.policies]
+                except CowaheadError as e:  # e.g. a shared or file mapping: not run for real yet
+                    if skipped is None:
+                        raise
+                    skipped.append(f"{spec}: {e}")
+                    continue
+                for plan in plans:
+                    result = _run(plan, zero_pfn)
+                    result.config = name
+                    results.append(result)
+                    if on_done:
+                        on_done(result)
     return results
 
 
-def document(config: ValidateSettings, results: list[Comparison], skipped: list[str]) -> dict:
+def _run(plan, zero_pfn: int) -> Comparison:
+    """One plan for real, with the THP counters that moved meanwhile."""
+    before = thp_counters()
+    result = compare(run_plan(plan, measure=True), zero_pfn)
+    moved = counter_deltas(before, thp_counters())
+    result.kernel_counters = moved
+    result.fallbacks = {name: n for name, n in moved.items() if "fallback" in name}
+    result.collapsed = moved.get("khugepaged/pages_collapsed", 0)
+    return result
+
+
+def _problem_lists(r: Comparison) -> dict[str, list[str]]:
+    return {"mismatches": r.mismatches, "folio_mismatches": r.folio_mismatches, "unexplained": r.unexplained,
+            "integrity": r.integrity}
+
+
+def summary(results: list[Comparison]) -> list[dict]:
+    """Per configuration × pattern: runs matched, faults and folio pages matched of all compared."""
+    rows: dict[tuple[str, str], dict] = {}
+    for r in results:
+        row = rows.setdefault((r.config, r.pattern), {
+            "config": r.config, "pattern": r.pattern, "runs": 0, "runs_matched": 0, "faults_matched": 0,
+            "faults_total": 0, "folio_pages_matched": 0, "folio_pages_total": 0, "statuses": {}})
+        row["runs"] += 1
+        row["runs_matched"] += r.ok
+        row["faults_matched"] += r.faults_matched
+        row["faults_total"] += r.faults_total
+        row["folio_pages_matched"] += r.folio_pages_matched
+        row["folio_pages_total"] += r.folio_pages_total
+        row["statuses"][r.status] = row["statuses"].get(r.status, 0) + 1
+    return list(rows.values())
+
+
+def document(config: ValidateSettings, results: list[Comparison], skipped: list[str],
+             in_force: dict[str, dict[str, str]] | None = None) -> dict:
     """A validation run as a versioned JSON document with the machine's metadata."""
     return {
         **header("validate"),
-        "settings": {"pages": config.pages, "seed": config.seed, "policies": config.policies},
-        "runs": [{"pattern": r.pattern, "policy": r.policy, "ok": r.ok, "model": dict(r.model), "kernel": dict(r.real),
-                  "minflt": r.minflt, "faults": r.faults, "noise": r.noise, "mismatches": r.mismatches,
-                  "unexplained": r.unexplained, "integrity": r.integrity} for r in results],
+        "settings": {"pages": config.pages, "seed": config.seed, "policies": config.policies,
+                     "configs": config.configs or [HOST], "thp_in_force": in_force or {}},
+        "summary": summary(results),
+        "runs": [{"config": r.config, "pattern": r.pattern, "policy": r.policy, "ok": r.ok, "status": r.status,
+                  "faults_matched": r.faults_matched, "faults_total": r.faults_total,
+                  "folio_pages_matched": r.folio_pages_matched, "folio_pages_total": r.folio_pages_total,
+                  "model": dict(r.model), "kernel": dict(r.real),
+                  "model_pages": dict(r.model_pages), "kernel_pages": dict(r.real_pages),
+                  "minflt": r.minflt, "faults": r.faults, "noise": r.noise, "spurious": r.spurious,
+                  "kernel_counters": r.kernel_counters, "fallbacks": r.fallbacks, "collapsed": r.collapsed,
+                  "problems": {name: len(lines) for name, lines in _problem_lists(r).items()},
+                  **{name: lines[:SHOWN_IN_FILE] for name, lines in _problem_lists(r).items()}}
+                 for r in results],
         "skipped": skipped,
     }

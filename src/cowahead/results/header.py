@@ -24,7 +24,11 @@ HISTORY: dict[str, dict[int, str]] = {
               2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
     "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
-                 2: "the common header; the run's settings under 'settings'"},
+                 2: "the common header; the run's settings under 'settings'",
+                 3: "runs per THP configuration ('config', 'status'), faults and folio pages matched of "
+                    "compared, pages per fault kind, THP counters, folio-map mismatches, problem counts with "
+                    "at most 50 examples each; 'summary' per configuration × pattern; settings 'configs' and "
+                    "'thp_in_force'"},
     "calibration": {1: "machine metadata and settings mixed under 'metadata'",
                     2: "the common header; the run's settings under 'settings'"},
     "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
