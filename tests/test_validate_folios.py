@@ -131,6 +131,8 @@ def test_a_run_that_fell_back_says_so_instead_of_mismatching():
     c.mismatches = []
     c.fallbacks = {"thp_fault_fallback": 1}  # another process's: nothing of ours disagrees
     assert c.status == "match"
+    c.knobs_changed = ["enabled: madvise → always"]  # someone wrote a knob under the run: nothing is trusted
+    assert c.status == "knobs"
 
 
 # ----- the running kernel ------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def command(quick: bool, pages: int | None, policies: tuple[str, ...], folios: s
         lines = r.problems
         why = {"fallback": f"; large-folio allocation fell back ({_counters(r.fallbacks)}): the model allocates "
                            "every folio it asks for",
-               "khugepaged": f"; khugepaged collapsed {r.collapsed} meanwhile"}.get(r.status, "")
+               "khugepaged": f"; khugepaged collapsed {r.collapsed} meanwhile",
+               "knobs": f"; THP knobs changed under the run ({', '.join(r.knobs_changed)})"}.get(r.status, "")
         out.print(f"[bold red]{r.config or 'host'} {r.pattern} {r.policy}[/]: {len(r.mismatches)} fault "
                   f"mismatches, {len(r.folio_mismatches)} folio-map lines, {len(r.unexplained)} unexplained fault "
                   f"counts, {len(r.integrity)} wrong pages{why}", highlight=False)
@@ -137,7 +138,7 @@ def _summary_table(results: list[Comparison], pages: int) -> Table:
         table.add_column(name, justify="left" if name in ("config", "pattern") else "right")
     for row in summary(results):
         statuses = row["statuses"]
-        worst = next((s for s in ("mismatch", "fallback", "khugepaged") if s in statuses), "match")
+        worst = next((s for s in ("mismatch", "fallback", "khugepaged", "knobs") if s in statuses), "match")
         table.add_row(row["config"] or "host", row["pattern"], _fraction(row["runs_matched"], row["runs"]),
                       _fraction(row["faults_matched"], row["faults_total"]),
                       _fraction(row["folio_pages_matched"], row["folio_pages_total"]), _status(worst))

@@ -96,6 +96,7 @@ class Comparison:
     kernel_counters: dict[str, int] = field(default_factory=dict)  # THP counters that moved during the run
     fallbacks: dict[str, int] = field(default_factory=dict)  # *fallback* counters that moved
     collapsed: int = 0        # khugepaged/pages_collapsed moved by this much during the run
+    knobs_changed: list[str] = field(default_factory=list)  # THP knobs someone else changed during the run
 
     @property
     def problems(self) -> list[str]:
@@ -103,10 +104,13 @@ class Comparison:
 
     @property
     def status(self) -> str:
-        """``match``; else why not: ``fallback`` (a large folio could not be allocated, which the model,
-        allocating always, cannot follow), ``khugepaged`` (it collapsed pages meanwhile), ``mismatch``."""
-        if not self.problems:
+        """``match``; else why not: ``knobs`` (another program changed a THP knob during the run),
+        ``fallback`` (a large folio could not be allocated, which the model, allocating always, cannot
+        follow), ``khugepaged`` (it collapsed pages meanwhile), ``mismatch``."""
+        if not self.problems and not self.knobs_changed:
             return "match"
+        if self.knobs_changed:
+            return "knobs"
         if self.fallbacks:
             return "fallback"
         if self.collapsed:

@@ -154,7 +154,7 @@ def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | N
                     skipped.append(f"{spec}: {e}")
                     continue
                 for plan in plans:
-                    result = _run(plan, zero_pfn)
+                    result = _run(plan, zero_pfn, thp)
                     result.config = name
                     results.append(result)
                     if on_done:
@@ -162,10 +162,14 @@ def validate(config: ValidateSettings, on_done: Callable[[Comparison], None] | N
     return results
 
 
-def _run(plan, zero_pfn: int) -> Comparison:
-    """One plan for real, with the THP counters that moved meanwhile."""
+def _run(plan, zero_pfn: int, in_force: dict[str, str] | None = None) -> Comparison:
+    """One plan for real, with the THP counters that moved meanwhile and any knob that changed under it
+    (the knobs are global: another program may write them while we run)."""
     before = thp_counters()
     result = compare(run_plan(plan, measure=True), zero_pfn)
+    now = thp_settings()
+    result.knobs_changed = [f"{knob}: {value} → {now.get(knob)}" for knob, value in (in_force or {}).items()
+                            if now.get(knob) != value]
     moved = counter_deltas(before, thp_counters())
     result.kernel_counters = moved
     result.fallbacks = {name: n for name, n in moved.items() if "fallback" in name}
@@ -210,6 +214,7 @@ def document(config: ValidateSettings, results: list[Comparison], skipped: list[
                   "model_pages": dict(r.model_pages), "kernel_pages": dict(r.real_pages),
                   "minflt": r.minflt, "faults": r.faults, "noise": r.noise, "spurious": r.spurious,
                   "kernel_counters": r.kernel_counters, "fallbacks": r.fallbacks, "collapsed": r.collapsed,
+                  "knobs_changed": r.knobs_changed,
                   "problems": {name: len(lines) for name, lines in _problem_lists(r).items()},
                   **{name: lines[:SHOWN_IN_FILE] for name, lines in _problem_lists(r).items()}}
                  for r in results],
