@@ -231,3 +231,9 @@ def test_the_verb_writes_a_results_file_per_configuration(tmp_path, capsys, knob
     assert {(row["config"], row["runs_matched"]) for row in doc["summary"]} == {("always", 1), ("mthp-mixed", 1)}
     assert doc["settings"]["thp_in_force"]["always"]["enabled"] == "always"
     assert all(r["folio_pages_matched"] == r["folio_pages_total"] > 0 for r in doc["runs"])
+
+
+def test_a_policy_only_a_kernel_can_run_is_refused_before_anything_runs(capsys):
+    assert main(["validate", "-p", "thp-cow", "--folios", "madvise"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "thp-cow" in err and "cannot be validated here" in err

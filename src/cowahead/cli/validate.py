@@ -38,8 +38,8 @@ SHOWN_MISMATCHES = 20
 
 
 @click.command("validate", help="Run every generator for real and in the model; compare page for page.")
-@click.option("--quick", is_flag=True, help="512 pages and two policies (none, fixed:16).")
-@click.option("--pages", "-n", type=click.IntRange(1, 1 << 20), help="Pages each pattern maps (default 1024).")
+@click.option("--quick", is_flag=True, help="600 pages and two policies (none, fixed:16).")
+@click.option("--pages", "-n", type=click.IntRange(1, 1 << 20), help="Pages each pattern maps (default 1000).")
 @click.option("--policy", "-p", "policies", multiple=True, help="A policy; repeat for more. Default: seven.")
 @click.option("--folios", "folios", metavar="CONFIG[,CONFIG…]",
               help=f"THP configurations to run under ({', '.join(CONFIG_NAMES)}; default all; 'host': the knobs "

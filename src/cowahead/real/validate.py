@@ -45,9 +45,10 @@ from .truth import Comparison, compare
 POLICIES = default_policies("example")
 # Quick: Linux's own path and one COW-ahead window, under every configuration.
 QUICK_POLICIES = [p for p in POLICIES if family_of(p) in ("none", "fixed")]
-# Two 2 MiB ranges, so that a fault or a fork can treat one differently from the other; quick: one (a PMD
-# THP still fits).
-PAGES, QUICK_PAGES = 1024, 512
+# Not a multiple of 512 on purpose: a PMD THP fits in the first 2 MiB, and the tail, where no 2 MiB fits in
+# the VMA, is where the smaller folio sizes go (1000 pages under mthp-mixed: one 2 MiB THP, thirty 64 KiB
+# and two 16 KiB folios; under madvise: one THP and 488 pages of 4 KiB).
+PAGES, QUICK_PAGES = 1000, 600
 # The generators' folio variant each configuration runs: the variant's events go with the knobs.
 VARIANT = {"never": "", "madvise": "madvise", "always": "always", "mthp-64k": "mthp-64k",
            "mthp-mixed": "mthp-mixed"}
@@ -87,9 +88,13 @@ def parse_configs(text: str | None) -> list[str]:
 
 def settings(quick: bool, pages: int | None, policies: list[str], seed: int,
              configs: list[str] | None = None) -> ValidateSettings:
-    """Bad policy names fail here, before any process is forked."""
+    """Bad policy names fail here, before any process is forked; so does a policy that changes the kernel's
+    own fault path (thp-cow: Linux <= 5.7 copied a whole THP in do_huge_pmd_wp_page), which user space
+    cannot do: MADV_POPULATE_WRITE breaks COW the way this kernel does."""
     for policy in policies:
-        parse_policy(policy)
+        if getattr(parse_policy(policy), "copies_whole_thp", False):
+            raise CowaheadError(f"policy {policy} is a kernel's own THP COW path (Linux <= 5.7), which user space "
+                                "cannot reproduce on this kernel: it cannot be validated here")
     return ValidateSettings(list(PATTERNS), policies or (QUICK_POLICIES if quick else POLICIES),
                             pages or (QUICK_PAGES if quick else PAGES), seed, list(configs or []))
 
