@@ -60,7 +60,7 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path, monkey
     def boom(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CowaheadError, match="could not be written .disk full.; what was there is unchanged"):
         write_trace(generate("sequential", 8), tmp_path / "t.parquet")
     assert list(tmp_path.iterdir()) == []
 
@@ -70,7 +70,7 @@ def test_an_existing_trace_survives_a_failed_overwrite(tmp_path, monkeypatch):
     write_trace(generate("sequential", 8), path)
     before = path.read_bytes()
     monkeypatch.setattr(pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(CowaheadError, match="could not be written"):
         write_trace(generate("random", 8), path)
     assert path.read_bytes() == before
 

@@ -62,5 +62,5 @@ def check_header(document: object, kind: str, where: str) -> None:
     if version != current_version(kind) and version not in READABLE.get(kind, set()):
         known = HISTORY[kind].get(version) if isinstance(version, int) else None
         what = f" ({known})" if known else ""
-        raise CowaheadError(f"{where}: {kind} version {version}{what}; this cowahead reads version "
+        raise CowaheadError(f"{where}: {kind} version {version!r}{what}; this cowahead reads version "
                             f"{current_version(kind)}")

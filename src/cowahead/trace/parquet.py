@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from ..errors import CowaheadError
 from ..output import write_atomically
 from ..results.header import check_header, header
-from .events import COLUMNS, PAGE_SIZE, EventKind
+from .events import COLUMNS, PAGE_SIZE, EventKind, VmaKind
 from .trace import Trace
 
 METADATA_KEY = b"cowahead"
@@ -67,7 +67,7 @@ class TraceFile:
             try:
                 table = self._file.read_row_group(i, columns=list(columns))
             except (OSError, pa.ArrowException) as e:
-                raise CowaheadError(f"{self.path}: row group {i} is unreadable ({e}); the file is damaged") from None
+                raise CowaheadError(f"{self.path}: row group {i} is unreadable ({_one_line(e)}); the file is damaged") from None
             yield self._columns(table, columns)
 
     def read(self) -> Trace:
@@ -80,14 +80,21 @@ class TraceFile:
         try:
             table = self._file.read(columns=list(columns), use_threads=True)
         except (OSError, pa.ArrowException) as e:
-            raise CowaheadError(f"{self.path}: unreadable ({e}); the file is damaged") from None
+            raise CowaheadError(f"{self.path}: unreadable ({_one_line(e)}); the file is damaged") from None
         return self._columns(table, columns)
 
     def _columns(self, table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
         columns = {k: table.column(k).to_numpy().astype(COLUMNS[k], copy=False) for k in names}
         if "kind" in columns:
             _check_kinds(self.path, columns["kind"])
+            if {"address", "length", "arg"} <= set(columns):
+                _check_events(self.path, columns)
         return columns
+
+
+def _one_line(e: Exception) -> str:
+    """pyarrow's messages span lines; a user error is one."""
+    return " ".join(str(e).split())
 
 
 def read_trace(path: str | Path) -> Trace:
@@ -115,7 +122,7 @@ def _check_metadata(path: Path, file: pq.ParquetFile) -> dict:
         raise CowaheadError(f"{path}: the cowahead metadata is not valid JSON; the file is damaged") from None
     check_header(meta, "trace", str(path))
     if meta.get("page_size") != PAGE_SIZE:
-        raise CowaheadError(f"{path}: page size {meta.get('page_size')}, the model knows only {PAGE_SIZE}")
+        raise CowaheadError(f"{path}: page size {meta.get('page_size')!r}, the model knows only {PAGE_SIZE}")
     return meta
 
 
@@ -131,3 +138,37 @@ def _check_kinds(path: Path, kinds: np.ndarray) -> None:
     if len(kinds) and (kinds.min() < 0 or kinds.max() > max(EventKind)):
         bad = int(kinds[(kinds < 0) | (kinds > max(EventKind))][0])
         raise CowaheadError(f"{path}: unknown event kind code {bad}")
+
+
+USER_TOP = 1 << 47  # x86-64 user addresses lie below: no event of a process can reach past it
+MAX_ACCESS_BYTES = 1 << 32  # one READ or WRITE event: a fault, or a memset-like span; 4 GiB is plenty
+RANGED = [int(k) for k in (EventKind.MMAP, EventKind.MUNMAP, EventKind.DONTNEED, EventKind.READ, EventKind.WRITE,
+                           EventKind.MADVISE, EventKind.COLLAPSE)]
+
+
+def _check_events(path: Path, c: dict[str, np.ndarray]) -> None:
+    """What a replay would trip over, refused in one line: a range beyond the user address space, one access
+    of gigabytes (a replay walks it page by page), an MMAP of no VMA kind, a FORK child that is no pid (each
+    found by benchmarks/fuzz_trace.py)."""
+    kind, address, length, arg = c["kind"], c["address"], c["length"], c["arg"]
+    ranged = np.isin(kind, RANGED)
+    beyond = ranged & ((address >= USER_TOP) | (length > np.uint64(USER_TOP) - np.minimum(address, USER_TOP)))
+    if beyond.any():
+        i = int(np.flatnonzero(beyond)[0])
+        raise CowaheadError(f"{path}: a {EventKind(int(kind[i])).name} event covers {int(address[i]):#x} + "
+                            f"{int(length[i]):#x} bytes, beyond the user address space (2^47)")
+    accesses = (kind == EventKind.READ) | (kind == EventKind.WRITE)
+    huge = accesses & (length > MAX_ACCESS_BYTES)
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise CowaheadError(f"{path}: a {EventKind(int(kind[i])).name} event covers {int(length[i]):,} bytes in one "
+                            f"access; an access event is a fault or a short span (at most {MAX_ACCESS_BYTES >> 30} GiB)")
+    mmaps = kind == EventKind.MMAP
+    bad_vma = mmaps & ~np.isin(arg, [int(v) for v in VmaKind])
+    if bad_vma.any():
+        raise CowaheadError(f"{path}: an MMAP event has VMA kind {int(arg[bad_vma][0])}; kinds are "
+                            f"{', '.join(f'{int(v)} {v.name.lower()}' for v in VmaKind)}")
+    forks = kind == EventKind.FORK
+    bad_child = forks & ((arg < 0) | (arg > np.iinfo(np.int32).max))
+    if bad_child.any():
+        raise CowaheadError(f"{path}: a FORK event names child pid {int(arg[bad_child][0])}, which is no pid")
