@@ -477,3 +477,22 @@ def test_perf_killed_mid_recording_is_one_line_keeps_its_data_and_never_hangs(tm
     kept = tmp_path / "killed.parquet.perf.data"
     assert kept.stat().st_size > 0 and not out.exists()
     assert not list(tmp_path.glob(".cowahead-record-*"))
+
+
+@needs_perf
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
+def test_a_recording_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        program = "import mmap\nm = mmap.mmap(-1, 64 << 20)\nfor i in range(0, 64 << 20, 4096): m[i] = 1\n"
+        run = subprocess.run([str(Path(sys.executable).parent / "cowahead"), "record", "-o", str(small / "r.parquet"),
+                              "--", sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+        leftovers = list(small.iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"cowahead: error: perf could not finish its perf.data (the file system holding "
+                                  f"{small} is full); no trace written, nothing kept")
+    assert leftovers == []

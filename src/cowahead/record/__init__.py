@@ -156,8 +156,10 @@ class Recorder:
         try:
             run = _perf.wait_record(self.process)
             seconds = {"record": time.monotonic() - self.started}
-            if run.returncode < 0 and not _perf.header_complete(self.perf_data):  # perf itself died
-                self._perf_killed(-run.returncode)
+            if not _perf.header_complete(self.perf_data):
+                if run.returncode < 0:  # perf itself died
+                    self._perf_killed(-run.returncode)
+                self._perf_unfinished(run)
             if not self.perf_data.exists() or self.perf_data.stat().st_size == 0:
                 raise CowaheadError(f"perf wrote no data (exit {run.returncode}): {_first_line(run.stderr)}")
             if self.keep_perf_data:
@@ -201,6 +203,16 @@ class Recorder:
                 where = f"it could not be kept ({e.strerror})"
         raise CowaheadError(f"perf was killed ({signal.Signals(signum).name}) mid-recording: perf.data has no "
                             f"header, so perf script can read none of it; no trace written; {where}")
+
+
+    def _perf_unfinished(self, run: _perf.PerfRun) -> None:
+        """perf exited but could not finish its file: most often the disk filled under it."""
+        folder = self.perf_data.parent
+        if shutil.disk_usage(folder).free < 1 << 20:
+            reason = f"the file system holding {self.output.parent} is full"
+        else:
+            reason = _first_line(run.stderr) or f"exit {run.returncode}"
+        raise CowaheadError(f"perf could not finish its perf.data ({reason}); no trace written, nothing kept")
 
 
 def _command_life(columns: dict) -> float | None:
