@@ -154,7 +154,7 @@ def _capacity(current: int, free: int, need: int, limit: Limit | None = None) ->
     capacity = current
     while free + capacity - current < need:
         if limit is not None and capacity >= limit[0]:
-            raise CowaheadError(f"the trace keeps more than {limit[0]} {limit[1]}: replay it with --reference")
+            raise EngineUnsupported(f"the trace keeps more than {limit[0]} {limit[1]}: replay it with --reference")
         capacity = capacity * 2 if limit is None else min(capacity * 2, limit[0])
     return capacity
 
