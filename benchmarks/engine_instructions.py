@@ -10,7 +10,10 @@ the machine does. Each (version, pattern, policy) runs in two processes under
 callgrind: one replays the trace once, the other three times (each replay on
 a new state, after the same imports, cache loads and warm-up); the difference
 of their totals, halved, is what one replay executes, imports and numba's
-cache loading cancelled out. valgrind shows the program a CPU of its own, so
+cache loading cancelled out. Python's garbage collector is off during the
+counted replays: a full collection over the objects numba and llvmlite keep
+costs millions of instructions, and where it fell (one process's replays or
+not) moved a count by up to ±5 % between runs of the same code. valgrind shows the program a CPU of its own, so
 numba would compile anew inside it (for many minutes) rather than load its
 cache: both versions are compiled for ``NUMBA_CPU_NAME=generic`` (plain
 x86-64), natively first, and valgrind then loads that. Counts are of that
@@ -35,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
-import sys
+import gc, sys
 from cowahead.engine import page_space, replay_chunk
 from cowahead.engine.prepass import decode, iter_chunks
 from cowahead.engine.state import new_state
@@ -52,6 +55,8 @@ def replay():
         first += len(d.kind)
     return st
 replay()  # warm: numba's cache loaded, every specialization in use
+gc.collect()
+gc.disable()  # a collection of the many objects numba and llvmlite keep, falling in one process's replays only, is not the engine's
 for _ in range(replays):
     replay()
 """

@@ -104,9 +104,11 @@ FOLIO_SETTINGS = [None, {"enabled": "never"}, {"enabled": "madvise"}, {"enabled"
 
 
 @st.composite
-def folio_streams(draw, max_ops: int = 40) -> Stream:
+def folio_streams(draw, max_ops: int = 40, mixed: bool = False) -> Stream:
     """A random valid stream over 2 MiB-aligned memory (pages 0 … 1100, so PMD THPs fit), with MADV_HUGEPAGE,
-    MADV_NOHUGEPAGE and PR_SET_THP_DISABLE among its events; reads and writes land near folio edges."""
+    MADV_NOHUGEPAGE and PR_SET_THP_DISABLE among its events; reads and writes land near folio edges. With
+    ``mixed``, new mappings of every kind too (MAP_FIXED over what is there: shmem, a private file, or
+    anonymous memory at any page, so VMAs and 2 MiB blocks stop lining up)."""
     from cowahead.trace.events import Advice
     s = Stream()
     pages = draw(st.integers(16, 1100))
@@ -121,7 +123,7 @@ def folio_streams(draw, max_ops: int = 40) -> Stream:
     s.fork(1, 2)
     live, next_pid = [1, 2], 3
     ops = ["write", "write", "write", "read", "fork", "exit", "span", "dontneed", "munmap", "madvise", "exec",
-           "thp_disable"]
+           "thp_disable"] + (["mmap", "mmap"] if mixed else [])
     for _ in range(draw(st.integers(0, max_ops))):
         if not live:
             break
@@ -149,6 +151,8 @@ def folio_streams(draw, max_ops: int = 40) -> Stream:
         elif op == "madvise":
             s.madvise(pid, page, draw(st.integers(1, 600)),
                       draw(st.sampled_from([Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.COLLAPSE])))
+        elif op == "mmap":
+            s.mmap(pid, page, draw(st.sampled_from([1, 16, 100, 512, 600])), draw(st.sampled_from(list(VmaKind))))
         else:
             getattr(s, op)(pid, page, draw(st.sampled_from([1, 3, 16, 100, 512, 600])))
     for pid in live if draw(st.booleans()) else []:

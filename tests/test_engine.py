@@ -355,7 +355,7 @@ def test_oracle_with_sparse_future_keys_searches_and_equals_reference():
     assert_engine_equals_reference(dense, ["oracle:4", "oracle:16"])
 
 
-# ----- large folios: the engine replays 4 KiB pages only, so far ------------------------------------
+# ----- large folios (tests/test_engine_folios.py holds them all; here the file path) ---------------
 
 
 def folio_stream() -> Stream:
@@ -366,12 +366,15 @@ def folio_stream() -> Stream:
 
 @pytest.mark.parametrize("thp", [{"enabled": "always"}, {"enabled": "never", "hugepages-64kB/enabled": "always"},
                                  {"enabled": "madvise"}])
-def test_the_engine_refuses_a_trace_that_maps_large_folios(thp, tmp_path):
+def test_the_engine_replays_a_trace_file_that_maps_large_folios(thp, tmp_path):
+    """The folio settings travel in the file's metadata; the engine reads them, as the model does."""
     path = tmp_path / "folio.parquet"
-    write_trace(folio_stream().trace(thp), path)
-    from cowahead.errors import CowaheadError
-    with pytest.raises(CowaheadError, match="cowahead simulate --reference"):
-        replay_engine(path, ["none"])
+    trace = folio_stream().trace(thp)
+    write_trace(trace, path)
+    policies = ["none", "fixed:16", "ccow", "oracle:16"]
+    engine = replay_engine(path, policies)
+    assert engine == [Kernel(parse_policy(p)).replay(trace) for p in policies]
+    assert engine[0].zero_fill_pages > engine[0].zero_fill  # large folios, not 4 KiB pages
 
 
 def test_madvise_settings_without_madv_hugepage_replay_4k_and_equal_the_model(tmp_path):

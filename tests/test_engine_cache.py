@@ -29,7 +29,7 @@ pid = np.array([1, 1, 1], np.int32)
 address = np.array([0x10000, 0x20ff0, 0x40000], np.int64)
 length = np.array([4096, 32, 8], np.int64)
 arg = np.zeros(3, np.int64)
-lo, hi, touched, seen = prepass._scan_chunk(kind, pid, address, length, arg)
+lo, hi, touched, seen, advice = prepass._scan_chunk(kind, pid, address, length, arg)
 stats = prepass._scan_chunk.stats
 json.dump({"package": cowahead.__file__, "touched": int(touched), "lo": int(lo), "hi": int(hi),
            "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),

@@ -3,26 +3,27 @@
 ``replay_engine(trace, ["none", "fixed:16", ...])`` streams the trace once
 (after one pre-pass for its page space, and one more for the oracle's
 future) and replays every policy on each chunk. Its counters equal the
-reference model's exactly (tests/test_engine.py); memory contents are not
-modelled.
+reference model's exactly (tests/test_engine.py, and with large folios under
+every folio setting and kernel version tests/test_engine_folios.py); memory
+contents are not modelled. A trace whose faults may map large folios (THP,
+mTHP, MADV_COLLAPSE) takes the large-folio fault path (huge_memory.py); one
+without takes the 4 KiB path alone.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import EngineUnsupported
 from ..model.counters import FIELD_NAMES, Counters
 from ..model.folio import FolioSettings
 from ..policies import OraclePolicy, Policy, parse_policies
-from ..trace.events import Advice, EventKind
-from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
-from ..trace.trace import Trace
+from ..trace.parquet import ROW_GROUP_ROWS
 from . import layout, replay
-from .prepass import Decoded, PageSpace, TraceSource, decoded_chunks, future, in_memory_if_small, page_space
+from .prepass import (Decoded, PageSpace, TraceSource, decoded_chunks, folio_settings, future, in_memory_if_small,
+                      page_space)
 from .state import State, grow, log_room, new_state
 
 
@@ -35,35 +36,6 @@ def replay_chunk(st: State, d, first_index: int) -> State:
         if resume == n:
             return st
         st = grow(st)
-
-
-def folio_settings(source: TraceSource) -> FolioSettings:
-    """The folio settings a trace was made under (columns alone carry none: 4 KiB pages)."""
-    if isinstance(source, (str, Path)):
-        source = TraceFile(source)
-    return FolioSettings.from_metadata(source.metadata if isinstance(source, (Trace, TraceFile)) else {})
-
-
-def refuse_large_folios(folios: FolioSettings, d: Decoded | None = None) -> None:
-    """The engine replays 4 KiB pages in VMAs that madvise leaves whole, so far. A trace whose settings let a
-    fault map a large folio in any VMA, or (seen in chunk ``d``) that asks MADV_HUGEPAGE where THP may follow
-    it, MADV_COLLAPSE (which makes THPs whatever the knobs say), or MADV_(NO)HUGEPAGE at all (both split
-    VMAs, in the kernel and the model; benchmarks/fuzz_trace.py found the engine's windows then clipped at
-    different VMA ends) is one for the reference model."""
-    reasons = []
-    if folios.anon_orders(hugepage=False):
-        reasons.append("large folios: " + ", ".join(f"{k}={v}" for k, v in folios.as_thp().items()
-                                                    if v not in ("never", "inherit", "1")))
-    if d is not None:
-        advice = d.arg[d.kind == EventKind.MADVISE]
-        if np.any(advice == Advice.COLLAPSE):
-            reasons.append("MADV_COLLAPSE, which makes THPs")
-        if np.any((advice == Advice.HUGEPAGE) | (advice == Advice.NOHUGEPAGE)):
-            reasons.append("MADV_HUGEPAGE or MADV_NOHUGEPAGE, which split VMAs"
-                           + (" and let THP follow" if folios.anon_orders(hugepage=True) else ""))
-    if reasons:
-        raise EngineUnsupported(f"the fast engine cannot replay this trace yet ({'; '.join(reasons)}); use the "
-                                "reference model (cowahead simulate --reference)")
 
 
 def to_counters(st: State) -> Counters:
@@ -82,20 +54,25 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     the policies named in ``log_faults`` keep the model's fault log (``fault_log``);
     ``decoded``: the trace's chunks already decoded (``decoded_chunks``), kept by a caller that replays
     the same trace again; ``folios``: the trace's folio settings, for a caller handing over bare columns
-    (by default read from the trace's metadata).
+    (by default read from the trace's metadata). A ``space`` made for settings under which large folios
+    were possible and are not, or the reverse (a page space of bare columns knows no settings), is made
+    anew for these, and the chunks decoded anew with it.
     """
     parsed = parse_policies(policies)
     folios = folios or folio_settings(source)
-    refuse_large_folios(folios)
     source = in_memory_if_small(source)
-    space = space or page_space(source, chunk_rows)
+    if space is not None and space.folios != folios:
+        if space.large or space.large_under(folios):
+            space, decoded = None, None
+        else:  # 4 KiB pages under both: the same space, with the settings it now replays under
+            space = replace(space, folios=folios)
+    space = space or page_space(source, chunk_rows, folios)
     oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
                      else None)
     states = [new_state(space, p, oracle_future, p.name in log_faults) for p in parsed]
     logging = any(len(st.fault_log) for st in states)
     first_index = 0
     for d in decoded_chunks(source, space, chunk_rows, decoded):
-        refuse_large_folios(folios, d)
         if logging:  # room for one fault per page the chunk accesses; a replay without a log skips the sum
             accessed = int((d.dhi - d.dlo).sum())
             states = [log_room(st, accessed) for st in states]
@@ -121,5 +98,5 @@ def fault_log(st: State) -> tuple[np.ndarray, np.ndarray]:
     return log[:, 0].copy(), pages.astype(np.int64)
 
 
-__all__ = ["replay_engine", "replay_states", "fault_log", "decoded_chunks", "page_space", "PageSpace",
+__all__ = ["replay_engine", "replay_states", "fault_log", "decoded_chunks", "page_space", "folio_settings", "PageSpace",
            "TraceSource"]

@@ -1,13 +1,17 @@
-"""Breaking COW on a page and on a range: the model's ``wp_page_copy`` and ``break_cow_ahead``."""
+"""Breaking COW on a page and on a range: the model's ``wp_page_copy`` and ``break_cow_ahead``.
+
+The ``_large`` versions are the same where a frame may be a large folio's (a reuse by the folio's rules,
+a copy that drops one mapping of the folio) and a window may reach into a PMD-mapped 2 MiB (which has no
+PTEs to break in the model: skipped); only the large-folio fault path calls them."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .layout import (ANON, C_AHEAD_COPIES, C_AHEAD_REUSES, C_EXTRA_PAGES, C_EXTRA_PAGES_PEAK, C_RESIDENT,
-                     C_RESIDENT_PEAK, FRAME_SHIFT, MAPPED, PENDING, PRESENT, SC_FRAMES_FREE, V_ANON, WRITABLE,
-                     ZERO_FRAME, frame_of, jit_inline, pte_at)
-from .mm import alloc_frame, map_frame, put_frame, wp_can_reuse
+from .layout import (ANON, BLK_PMD, C_AHEAD_COPIES, C_AHEAD_REUSES, C_EXTRA_PAGES, C_EXTRA_PAGES_PEAK,
+                     C_RESIDENT, C_RESIDENT_PEAK, FRAME_SHIFT, HPAGE_PMD_ORDER, MAPPED, PENDING, PRESENT,
+                     SC_FRAMES_FREE, V_ANON, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+from .mm import alloc_frame, can_reuse_any, map_frame, put_frame, put_frame_any, wp_can_reuse
 
 
 @jit_inline
@@ -71,3 +75,50 @@ def break_cow_range(st, s, v, lo, hi):
 @jit_inline
 def _breakable(st, s, q):
     return (st.ptes[pte_at(s, q)] & (PRESENT | WRITABLE)) == PRESENT
+
+
+# ----- where large folios may be ------------------------------------------------------
+
+
+@jit_inline
+def wp_page_copy_large(st, s, v, d):
+    """wp_page_copy where the old frame may be a large folio's page."""
+    old = frame_of(st.ptes[s, d])
+    new = alloc_frame(st, ANON)
+    st.vmas[v, V_ANON] = 1
+    put_frame_any(st, s, old)
+    map_frame(st, s, d, new, True)
+
+
+@jit_inline
+def breakable_large(st, s, q):
+    """A PTE (not a PMD's) present and write-protected."""
+    return (st.ptes[s, q] & (PRESENT | WRITABLE)) == PRESENT and not st.pmds[s, q >> HPAGE_PMD_ORDER] & BLK_PMD
+
+
+@jit
+def break_cow_range_large(st, s, v, lo, hi):
+    """break_cow_range where large folios may be, page by page as the model's break_cow_ahead."""
+    c = st.counters
+    copies = reuses = 0
+    for q in range(lo, hi):
+        if not breakable_large(st, s, q):
+            continue
+        pte = st.ptes[s, q]
+        old = frame_of(pte)
+        if can_reuse_any(st, s, old):
+            st.ptes[s, q] = pte | WRITABLE
+            reuses += 1
+            continue
+        new = alloc_frame(st, ANON)
+        put_frame_any(st, s, old)
+        st.frames[new] += MAPPED
+        st.ptes[s, q] = (new << FRAME_SHIFT) | PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+        copies += 1
+        c[C_EXTRA_PAGES] += 1
+        c[C_EXTRA_PAGES_PEAK] = max(c[C_EXTRA_PAGES_PEAK], c[C_EXTRA_PAGES])
+    if copies:
+        st.vmas[v, V_ANON] = 1
+        c[C_AHEAD_COPIES] += copies
+    c[C_AHEAD_REUSES] += reuses
+    return copies + reuses

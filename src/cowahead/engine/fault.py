@@ -1,17 +1,27 @@
 """The fault path, as in mm/memory.c and the model: ``handle_mm_fault`` dispatches each fault kind to its
-handler's steps; a COW copy on demand then asks the policy's window (windows.cow_ahead)."""
+handler's steps; a COW copy on demand then asks the policy's window (windows.cow_ahead).
+
+Two paths. ``handle_mm_fault`` is the 4 KiB one, inlined into the hot loop: a trace where no fault can
+map a large folio takes it and nothing else. ``handle_mm_fault_large`` is the model's whole fault path
+with large folios (PMDs, mTHP, folio-aware reuse and copies, page tables), a call of its own that
+``access`` makes instead where ``State.large`` says so: replay.py compiles its hot loop twice, once for
+each, so the 4 KiB loop holds none of that path, not even its test.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .cow import wp_page_copy
-from .layout import (ANON, B_DLO, B_SEG, C_AHEAD_HITS, C_COW_COPY, C_EXTRA_PAGES, C_MAP, C_OUTSIDE_VMA, C_REUSE,
-                     C_ZERO_FILL, C_ZERO_PAGE, DIRTY, FILE, HIT, PENDING, PP_KIND, PRESENT, PRIVATE_ANON,
-                     SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE, ZERO_FRAME, frame_of,
-                     jit_inline, pte_at)
-from .mm import alloc_frame, backing_frame, find_vma, map_frame, wp_can_reuse
-from .windows import POL_NONE, cow_ahead
+from .cow import wp_page_copy, wp_page_copy_large
+from .huge_memory import (alloc_anon_folio_order, do_huge_pmd_anonymous_page, do_huge_pmd_wp_page,
+                          thp_vma_allowable_orders)
+from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_HITS, C_COW_COPY, C_COW_COPY_PAGES,
+                     C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL,
+                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, HIT, HPAGE_PMD_ORDER, PENDING, PP_KIND,
+                     PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE,
+                     ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma, folio_add, map_frame, wp_can_reuse
+from .windows import POL_NONE, cow_ahead, cow_ahead_large
 
 
 @jit_inline
@@ -55,6 +65,99 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
         cow_ahead(st, s, v, d, pid, now)
 
 
+# ----- where large folios may be (State.large) -----------------------------------------
+
+
+@jit
+def handle_mm_fault_large(st, s, d, write, pid, now):
+    """The model's handle_mm_fault with large folios: a write to a write-protected PMD first
+    (do_huge_pmd_wp_page, which may split it), then the PTE level; an absent page in an empty 2 MiB may
+    get a PMD THP (or the huge zero page), else do_anonymous_page's folio. Every mapping at the PTE level
+    installs its page table. False: no VMA holds the page."""
+    v = find_vma(st, s, d)
+    if v < 0:
+        st.counters[C_OUTSIDE_VMA] += 1
+        return False
+    b = d >> HPAGE_PMD_ORDER
+    if st.ptes[s, d] & PRESENT:  # a write to a write-protected PTE or PMD
+        if st.pmds[s, b] & BLK_PMD and do_huge_pmd_wp_page(st, s, v, d):
+            return True
+        do_wp_page_large(st, s, v, d, pid, now)
+        return True
+    kind = st.vmas[v, V_KIND]
+    c = st.counters
+    if kind == PRIVATE_ANON:
+        if (not st.pmds[s, b] & BLK_TABLE and (thp_vma_allowable_orders(st, s, v) >> HPAGE_PMD_ORDER) & 1
+                and do_huge_pmd_anonymous_page(st, s, v, d, write)):
+            return True  # pmd_none (no page table: an absent PTE means no PMD either) and THP allowed
+        do_anonymous_page_large(st, s, v, d, write)
+    elif kind == SHARED_ANON:  # do_shared_fault
+        bk = st.vmas[v, V_BACKING]
+        if st.backing_frames[st.backings[bk, B_SEG] + d - st.backings[bk, B_DLO]] < 0:
+            c[C_ZERO_FILL] += 1
+            c[C_ZERO_FILL_PAGES] += 1
+        else:
+            c[C_MAP] += 1
+        map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
+    elif write:  # do_cow_fault
+        c[C_COW_COPY] += 1
+        c[C_COW_COPY_PAGES] += 1
+        st.vmas[v, V_ANON] = 1
+        backing_frame(st, v, d, FILE)
+        map_frame(st, s, d, alloc_frame(st, ANON), True)
+    else:  # do_read_fault
+        c[C_MAP] += 1
+        map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
+    st.pmds[s, b] |= BLK_TABLE  # _map_frame: the PTE's page table
+    return True
+
+
+@jit_inline
+def do_anonymous_page_large(st, s, v, d, write):
+    """A read maps the 4 KiB zero page; a write a new zeroed folio (alloc_anon_folio's order), every page of
+    it mapped writable at once."""
+    c = st.counters
+    if not write:
+        c[C_ZERO_PAGE] += 1
+        map_frame(st, s, d, ZERO_FRAME, False)
+        return
+    st.vmas[v, V_ANON] = 1
+    order = alloc_anon_folio_order(st, s, v, d)
+    c[C_ZERO_FILL] += 1
+    if order == 0:
+        c[C_ZERO_FILL_PAGES] += 1
+        map_frame(st, s, d, alloc_frame(st, ANON), True)
+        return
+    c[C_ZERO_FILL_PAGES] += 1 << order
+    c[C_MTHP_FAULT_ALLOC] += 1
+    f = alloc_folio(st, order)
+    base = d & ~((1 << order) - 1)
+    folio_add(st, f, s, 1 << order)  # as 2**order single mappings: the first takes slot 0 of a new folio
+    entry = (f << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
+    for q in range(base, base + (1 << order)):
+        st.ptes[s, q] = entry
+
+
+@jit_inline
+def do_wp_page_large(st, s, v, d, pid, now):
+    """do_wp_page where the frame may be a large folio's: reuse by wp_can_reuse's rules, else copy 4 KiB."""
+    c = st.counters
+    fl = st.ptes[s, d]
+    if st.vmas[v, V_KIND] == SHARED_ANON or can_reuse_any(st, s, frame_of(fl)):
+        c[C_REUSE] += 1
+        c[C_REUSE_PAGES] += 1
+        st.ptes[s, d] = fl | WRITABLE
+        return
+    c[C_COW_COPY] += 1
+    c[C_COW_COPY_PAGES] += 1
+    wp_page_copy_large(st, s, v, d)
+    if st.policy[PP_KIND] != POL_NONE:
+        cow_ahead_large(st, s, v, d, pid, now)
+
+
+# ----- the access ------------------------------------------------------------------------
+
+
 @jit_inline
 def store(st, pte, fl):
     """_store: a write to PTE ``pte`` (an index; ``fl`` its value) dirties it; the first on an ahead copy
@@ -78,17 +181,22 @@ def log_fault(st, d, now):
 
 
 @jit_inline
-def access(st, s, d, write, pid, now):
-    """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it. Did it fault?"""
+def access(st, s, d, write, pid, now, large):
+    """A load or store by ``pid`` at dense page ``d``: fault if needed, then do it. Did it fault? ``large``
+    (State.large, a constant in the hot loop's two versions) picks the fault path."""
     pte = pte_at(s, d)
     fl = st.ptes[pte]
     faulted = False
     if not (fl & PRESENT) or (write and not (fl & WRITABLE)):
-        v = find_vma(st, s, d)  # a present PTE always lies in a VMA
-        if v < 0:
-            st.counters[C_OUTSIDE_VMA] += 1
-            return False
-        handle_mm_fault(st, s, v, d, write, pid, now)
+        if large:  # large folios possible: the model's whole fault path, a call of its own
+            if not handle_mm_fault_large(st, s, d, write, pid, now):
+                return False
+        else:
+            v = find_vma(st, s, d)  # a present PTE always lies in a VMA
+            if v < 0:
+                st.counters[C_OUTSIDE_VMA] += 1
+                return False
+            handle_mm_fault(st, s, v, d, write, pid, now)
         fl = st.ptes[pte]
         faulted = True
     if write:

@@ -2,15 +2,19 @@
 
 The compiled engine is the one sanctioned duplicate of the reference model
 (model/kernel.py). Its modules follow the model's seams: this layout; ``mm``
-(frames, VMAs, backing objects, address spaces); ``cow`` (breaking COW on a
-range of pages); ``windows`` (one compiled window per policy file, and the
-dispatch); ``fork``; ``fault`` (the fault path); ``replay`` (the event loop).
+(frames, large folios' counts, VMAs, backing objects, address spaces);
+``huge_memory`` (the PMD paths and the folio a fault allocates, as
+model/huge_memory.py); ``mmap`` (mmap, munmap, madvise, exit, exec); ``cow``
+(breaking COW on a range of pages); ``windows`` (one compiled window per
+policy file, and the dispatch); ``fork``; ``fault`` (the fault path);
+``replay`` (the event loop).
 Every function mirrors one in the model, under the same name, and must count
 exactly what it counts; tests/test_engine.py holds the two equal. Differences
 are only of representation:
 
 * pages are *dense indices* into the trace's page space (``page_space``):
-  only pages a read or write touches can ever be present, so PTEs live in
+  only pages a read or write touches (and, where large folios may be, the
+  rest of their 2 MiB) can ever be present, so PTEs live in
   ``ptes[slot, d]``: one uint32 each, the frame index above FRAME_SHIFT and
   the flags below, so a fault finds its flags and its frame in one cache line;
 * an address space is a *slot* (reused after exit); VMAs, backing objects
@@ -20,6 +24,25 @@ are only of representation:
 * every frame is mapped at one page only (fork maps at the same address, a
   backing object's offset is fixed to its first mapping), so a backing
   object's frames are a segment indexed by dense page.
+
+Large folios are possible in a trace whose folio settings or MADV_COLLAPSE
+can make one (prepass.large_folios_possible); only then (``State.large``)
+does a fault leave the 4 KiB path for ``fault.handle_mm_fault_large`` (PMD
+THP, the huge zero page, mTHP, folio-aware reuse and copies; huge_memory.py),
+and only then does the page space hold whole 2 MiB blocks: a THP or mTHP
+maps pages the trace never names, a split PMD leaves 512 PTEs a window may
+copy ahead, and each must have its PTE. A folio is one frame, its *head*,
+whatever its size: every PTE of the folio holds the head's index,
+``frame_kind`` is LARGE, the folio's own counts (model/folio.py's refcount,
+entire mapcount, CONFIG_MM_ID slots) sit in ``folios[head]`` (F_*), and it
+counts 2**order resident pages from its allocation to its free. No count of
+the model reads a folio page's own map count, and contents are not
+modelled, so one frame stands for them all. A PMD mapping keeps its 512
+PTEs filled in too (the head, the PMD's protection), so that the hot loop's
+reads and writes through it need no test of their own and a split writes no
+PTE; which 2 MiB of an address space a PMD maps, and which have a page
+table, is ``pmds[slot, block]`` (BLK_*), the block of dense page d being
+d >> 9 in both kinds of page space.
 
 A pool that might overflow during an event is checked before the event;
 ``replay_chunk`` then stops and returns the event's index so the caller can
@@ -37,17 +60,23 @@ from numba import njit
 
 from ..model.counters import FIELD_NAMES
 from ..model.memory import FrameKind
-from ..trace.events import PAGE_SHIFT, EventKind, VmaKind
+from ..trace.events import HPAGE_PMD_ORDER, PAGE_SHIFT, Advice, EventKind, VmaKind
 from . import cache  # noqa: F401  (before any @jit: keys numba's cache on all engine sources)
 
 # Event kinds and VMA kinds.
 MMAP, MUNMAP, DONTNEED = int(EventKind.MMAP), int(EventKind.MUNMAP), int(EventKind.DONTNEED)
 READ, WRITE = int(EventKind.READ), int(EventKind.WRITE)
 FORK, EXEC, EXIT = int(EventKind.FORK), int(EventKind.EXEC), int(EventKind.EXIT)
+MADVISE, THP_DISABLE = int(EventKind.MADVISE), int(EventKind.THP_DISABLE)
+MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = int(Advice.HUGEPAGE), int(Advice.NOHUGEPAGE), int(Advice.COLLAPSE)
 PRIVATE_ANON, SHARED_ANON, PRIVATE_FILE = int(VmaKind.PRIVATE_ANON), int(VmaKind.SHARED_ANON), int(VmaKind.PRIVATE_FILE)
 
 # Frame kinds; frame 0 is the shared zero page.
 ANON, ZERO, FILE, SHMEM = int(FrameKind.ANON), int(FrameKind.ZERO), int(FrameKind.FILE), int(FrameKind.SHMEM)
+# The engine's own kind: the head frame of a large folio, standing for all its pages (the model keeps a
+# Frame per page, each pointing at its Folio). Its frame word is ONE_REF and stays so: never MAPPED, never
+# 0, so no 4 KiB path reuses or frees it; the folio's counts are in ``folios``.
+LARGE = max(int(k) for k in FrameKind) + 1
 ZERO_FRAME = 0
 # A frame's counts, the ones every fault reads, in one uint32: mappings in the low 16 bits, references
 # in the high 16, so mapping or unmapping a frame is one add; the kind (read only to reuse) lies apart.
@@ -80,6 +109,9 @@ _COUNTER = {name: i for i, name in enumerate(FIELD_NAMES)}
     "extra_pages_final", "resident", "resident_peak"))
 C_ZERO_FILL_PAGES, C_COW_COPY_PAGES, C_REUSE_PAGES = (_COUNTER[name] for name in (
     "zero_fill_pages", "cow_copy_pages", "reuse_pages"))
+C_THP_FAULT_ALLOC, C_MTHP_FAULT_ALLOC, C_HUGE_ZERO_PAGE, C_THP_SPLIT_PMD, C_THP_COLLAPSE_ALLOC = (
+    _COUNTER[name] for name in ("thp_fault_alloc", "mthp_fault_alloc", "huge_zero_page", "thp_split_pmd",
+                                "thp_collapse_alloc"))
 N_COUNTERS = len(FIELD_NAMES)
 
 # The policy's fields (state.policy): its engine kind (windows.py's POL_*), window pages (N, MAX, ccow's
@@ -87,13 +119,32 @@ N_COUNTERS = len(FIELD_NAMES)
 PP_KIND, PP_WINDOW, PP_THRESHOLD, PP_SHIFT = range(4)
 N_POLICY_FIELDS = 4
 
-# Slot (address space) fields.
-S_VMA_HEAD, S_VMA_CACHE, S_FORKED, S_NVMAS = 0, 1, 2, 3
-N_SLOT_FIELDS = 4
+# Slot (address space) fields; S_THP_DISABLED: prctl(PR_SET_THP_DISABLE), kept across fork and exec.
+S_VMA_HEAD, S_VMA_CACHE, S_FORKED, S_NVMAS, S_THP_DISABLED = range(5)
+N_SLOT_FIELDS = 5
 
-# VMA fields: raw page range, dense range, kind, backing, anon_vma, policy state, list link.
-V_START, V_END, V_DLO, V_DHI, V_KIND, V_BACKING, V_ANON, V_PSTATE, V_NEXT = range(9)
-N_VMA_FIELDS = 9
+# VMA fields: raw page range, dense range, kind, backing, anon_vma, policy state, list link, and
+# V_HUGE: 0, VM_HUGEPAGE or VM_NOHUGEPAGE (madvise sets one and clears the other).
+V_START, V_END, V_DLO, V_DHI, V_KIND, V_BACKING, V_ANON, V_PSTATE, V_NEXT, V_HUGE = range(10)
+N_VMA_FIELDS = 10
+VM_HUGEPAGE, VM_NOHUGEPAGE = 1, 2
+
+# Large folios. HPAGE_PMD_NR pages in a 2 MiB block (one PMD, one page table): dense page d lies in
+# block d >> HPAGE_PMD_ORDER when the page space holds whole blocks (State.large).
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
+# pmds[slot, block]: a page table is installed (the model's Mm.page_tables), a PMD maps the block
+# (Mm.pmds: a THP, or the huge zero page when its PTEs hold ZERO_FRAME). Never both.
+BLK_TABLE, BLK_PMD = 1, 2
+# folios[head, field], model/folio.py's Folio: order; refcount (= large_mapcount: the model takes no
+# other references); entire_mapcount (PMD mappings); CONFIG_MM_ID's two slots (slot + 1 of the address
+# space, 0 when free, and its mappings); maybe_shared.
+F_ORDER, F_REF, F_ENTIRE, F_MM0, F_N0, F_MM1, F_N1, F_SHARED = range(8)
+N_FOLIO_FIELDS = 8
+# state.thp: the folio settings (model/folio.py FolioSettings): the orders a fault may allocate as bit
+# masks (bit k: order k) outside and inside a VM_HUGEPAGE VMA, use_zero_page, and the rules that differ
+# by kernel version (reuses_large_folios, huge_zero_write_allocates, reclaims_page_tables).
+TH_ORDERS, TH_ORDERS_HUGEPAGE, TH_ZERO_PAGE, TH_REUSE_LARGE, TH_ZERO_WRITE_ALLOC, TH_RECLAIM_PT = range(6)
+N_THP = 6
 
 # Backing object fields: users, dense range of its first mapping, frame segment.
 B_USERS, B_DLO, B_DHI, B_SEG = range(4)

@@ -1,8 +1,10 @@
-"""Frames, dense pages, backing objects, VMAs and address spaces: model/kernel.py's state on arrays.
+"""Frames, large folios' counts, dense pages, backing objects, VMAs and address spaces: model/kernel.py's
+state on arrays.
 
-Mirrors the model's frames (``_alloc_frame``, ``_put_frame``, ``_map_frame``), its
-mappings (``mmap``, ``munmap``, ``madvise_dontneed``, ``zap_pte_range``) and its
-processes (``exit``, ``exec``); fork lives in fork.py, beside the policies' fork hook.
+Mirrors the model's frames (``_alloc_frame``, ``_put_frame``, ``_map_frame``), a large folio's counts
+(model/folio.py ``Folio``: ``add_mappings``, ``remove_mappings``, ``exclusive_to``, and
+``_put_folio_mappings``), ``zap_pte_range``, VMAs and ``mm_of``. The mappings that use them (mmap, munmap,
+madvise, exit, exec) are mmap.py's, the PMD paths huge_memory.py's, fork fork.py's.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from .layout import (ANON, B_DHI, B_DLO, B_SEG, B_USERS, C_AHEAD_WASTE, C_EXTRA_PAGES, C_RESIDENT,
-                     C_RESIDENT_PEAK, DIRTY, FRAME_SHIFT, MAPPED, ONE_REF, PENDING, PRESENT, PRIVATE_ANON,
-                     P_REF, P_RLEN, P_SEG, SC_BACKINGS_FREE, SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP,
-                     SC_FRAMES_FREE, SC_PREFETCH_MIN_BYTES, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE,
-                     S_FORKED, S_NVMAS, S_VMA_CACHE, S_VMA_HEAD, V_ANON, V_BACKING, V_DHI, V_DLO, V_END, V_KIND,
-                     V_NEXT, V_PSTATE, V_START, WRITABLE, ZAP_AHEAD, ZERO_FRAME, _pop, _push, dense_index,
-                     frame_of, jit, jit_inline, pte_at)
+                     C_RESIDENT_PEAK, DIRTY, FRAME_SHIFT, F_MM0, F_MM1, F_N0, F_N1, F_ORDER, F_REF, F_SHARED, LARGE,
+                     MAPPED, N_FOLIO_FIELDS, ONE_REF, PENDING, PRESENT, P_REF, P_RLEN, P_SEG, SC_BACKINGS_FREE,
+                     SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP, SC_FRAMES_FREE, SC_PREFETCH_MIN_BYTES,
+                     SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE, S_FORKED, S_NVMAS, S_THP_DISABLED, S_VMA_CACHE,
+                     S_VMA_HEAD, TH_REUSE_LARGE, V_ANON, V_BACKING, V_DHI, V_DLO, V_END, V_HUGE, V_KIND, V_NEXT,
+                     V_PSTATE, V_START, WRITABLE, ZAP_AHEAD, ZERO_FRAME, _pop, _push, dense_index, frame_of, jit,
+                     jit_inline, pte_at)
 from .prefetch import prefetch_item
 
 
@@ -76,8 +79,115 @@ def far_state(st):
     return st.ptes.nbytes + st.frames.nbytes >= st.sc[SC_PREFETCH_MIN_BYTES]
 
 
+# ----- large folios (model/folio.py Folio) ------------------------------------------
+# A folio is its head frame f (frame_kind LARGE); folios[f] holds its counts. ``s`` names an address space
+# by its slot: a slot is reused only once every mapping of the old one is gone, and then no folio's mm
+# slot holds it any more (a slot's count never exceeds the mappings it stands for, so it empties first).
+
+
+@jit
+def alloc_folio(st, order):
+    """A new anonymous folio of 2**order pages, each resident from now until the folio is freed."""
+    f = _pop(st.frame_free, st.sc, SC_FRAMES_FREE)
+    st.frame_kind[f] = LARGE
+    st.frames[f] = ONE_REF
+    for k in range(N_FOLIO_FIELDS):
+        st.folios[f, k] = 0
+    st.folios[f, F_ORDER] = order
+    c = st.counters
+    c[C_RESIDENT] += 1 << order
+    if c[C_RESIDENT] > c[C_RESIDENT_PEAK]:
+        c[C_RESIDENT_PEAK] = c[C_RESIDENT]
+    return f
+
+
+@jit_inline
+def folio_add(st, f, s, n):
+    """Folio.add_mappings: n more mappings (PTEs, or 1 for a PMD) by slot ``s``."""
+    fo = st.folios
+    fo[f, F_REF] += n
+    m = s + 1
+    if fo[f, F_MM0] == m:
+        fo[f, F_N0] += n
+    elif fo[f, F_MM1] == m:
+        fo[f, F_N1] += n
+    elif fo[f, F_MM0] == 0:
+        fo[f, F_MM0] = m
+        fo[f, F_N0] = n
+        if fo[f, F_REF] != n:  # other mappings exist: maybe mapped shared
+            fo[f, F_SHARED] = 1
+    elif fo[f, F_MM1] == 0:
+        fo[f, F_MM1] = m
+        fo[f, F_N1] = n
+        fo[f, F_SHARED] = 1
+    else:
+        fo[f, F_SHARED] = 1  # a third mm: no slot, so no telling any more
+
+
+@jit_inline
+def folio_remove(st, f, s, n):
+    """Folio.remove_mappings: n mappings fewer by slot ``s``; the shared bit clears when one slot holds all."""
+    fo = st.folios
+    fo[f, F_REF] -= n
+    m = s + 1
+    if fo[f, F_MM0] == m:
+        fo[f, F_N0] -= n
+        if fo[f, F_N0] > 0:
+            return
+        fo[f, F_MM0] = 0
+        fo[f, F_N0] = 0
+    elif fo[f, F_MM1] == m:
+        fo[f, F_N1] -= n
+        if fo[f, F_N1] > 0:
+            return
+        fo[f, F_MM1] = 0
+        fo[f, F_N1] = 0
+    if ((fo[f, F_MM0] != 0 and fo[f, F_N0] == fo[f, F_REF]) or (fo[f, F_MM1] != 0 and fo[f, F_N1] == fo[f, F_REF])
+            or fo[f, F_REF] == 0):
+        fo[f, F_SHARED] = 0
+
+
+@jit
+def folio_put(st, f, s):
+    """_put_folio_mappings(folio, mm, 1): one mapping fewer; the folio is freed whole with its last."""
+    folio_remove(st, f, s, 1)
+    if st.folios[f, F_REF] == 0:
+        st.frames[f] = 0
+        _push(st.frame_free, st.sc, SC_FRAMES_FREE, f)
+        st.counters[C_RESIDENT] -= 1 << st.folios[f, F_ORDER]
+
+
+@jit_inline
+def folio_exclusive_to(st, f, s):
+    """Folio.exclusive_to (6.16+): more than one mapping, not maybe shared, and slot ``s`` holds some."""
+    fo = st.folios
+    if fo[f, F_REF] <= 1 or fo[f, F_SHARED]:
+        return False
+    return fo[f, F_MM0] == s + 1 or fo[f, F_MM1] == s + 1
+
+
+@jit_inline
+def put_frame_any(st, s, f):
+    """The model's _put_frame(frame, unmap=True, mm) where a frame may be a large folio's."""
+    if f != ZERO_FRAME and st.frame_kind[np.uintp(f)] == LARGE:
+        folio_put(st, f, s)
+    else:
+        put_frame(st, f, True)
+
+
+@jit_inline
+def can_reuse_any(st, s, f):
+    """Kernel.wp_can_reuse: a 4 KiB page if exclusive; a large folio's page only on kernels that reuse them,
+    while the folio is this address space's alone."""
+    if f != ZERO_FRAME and st.frame_kind[np.uintp(f)] == LARGE:
+        return st.thp[TH_REUSE_LARGE] != 0 and folio_exclusive_to(st, f, s)
+    return wp_can_reuse(st, f)
+
+
 @jit
 def zap_pte_range(st, s, dlo, dhi):
+    if st.large:
+        return zap_pte_range_large(st, s, dlo, dhi)
     far = far_state(st)
     u = np.uintp(s)
     for d in range(dlo, dhi):
@@ -89,6 +199,17 @@ def zap_pte_range(st, s, dlo, dhi):
             settle_ahead(st, s, d)
             st.ptes[u, e] = 0
             put_frame(st, frame_of(pte), True)
+
+
+@jit
+def zap_pte_range_large(st, s, dlo, dhi):
+    """zap_pte_range where a PTE may map a large folio's page (its PMDs were zapped or split before)."""
+    for d in range(dlo, dhi):
+        pte = st.ptes[s, d]
+        if pte & PRESENT:
+            settle_ahead(st, s, d)
+            st.ptes[s, d] = 0
+            put_frame_any(st, s, frame_of(pte))
 
 
 # ----- dense pages ----------------------------------------------------------------
@@ -196,7 +317,7 @@ def backing_frame(st, v, d, kind):
 
 
 @jit
-def vma_new(st, s, start, end, kind, backing, anon, pstate):
+def vma_new(st, s, start, end, kind, backing, anon, pstate, huge):
     v = _pop(st.vma_free, st.sc, SC_VMAS_FREE)
     vm = st.vmas
     vm[v, V_START] = start
@@ -207,6 +328,7 @@ def vma_new(st, s, start, end, kind, backing, anon, pstate):
     vm[v, V_BACKING] = backing
     vm[v, V_ANON] = anon
     vm[v, V_PSTATE] = pstate
+    vm[v, V_HUGE] = huge
     if pstate >= 0:
         st.pstates[pstate, P_REF] += 1
     vm[v, V_NEXT] = st.slots[s, S_VMA_HEAD]
@@ -247,67 +369,6 @@ def find_vma(st, s, d):
     return -1
 
 
-@jit
-def unmap_vma_range(st, s, v, start, end):
-    """Zap [start, end) of ``v`` and keep what remains on either side (in place)."""
-    vm = st.vmas
-    dlo = dense_index(st.pages, st.direct_base, start)
-    dhi = dense_index(st.pages, st.direct_base, end)
-    zap_pte_range(st, s, dlo, dhi)
-    left = vm[v, V_START] < start
-    right = end < vm[v, V_END]
-    if left and right:
-        # users: +1 +1 -1 for the two pieces and the old VMA, as in the model
-        vma_new(st, s, end, vm[v, V_END], vm[v, V_KIND], vm[v, V_BACKING], vm[v, V_ANON], vm[v, V_PSTATE])
-        if vm[v, V_BACKING] >= 0:
-            st.backings[vm[v, V_BACKING], B_USERS] += 1
-        vm[v, V_END] = start
-        vm[v, V_DHI] = dlo
-    elif left:
-        vm[v, V_END] = start
-        vm[v, V_DHI] = dlo
-    elif right:
-        vm[v, V_START] = end
-        vm[v, V_DLO] = dhi
-    else:
-        b = vm[v, V_BACKING]
-        vma_remove(st, s, v)
-        drop_user(st, b)
-
-
-@jit
-def munmap(st, s, start, end):
-    vm = st.vmas
-    v = st.slots[s, S_VMA_HEAD]
-    while v >= 0:
-        nxt = vm[v, V_NEXT]  # pieces split off go to the list head, never revisited
-        if vm[v, V_START] < end and start < vm[v, V_END]:
-            unmap_vma_range(st, s, v, max(vm[v, V_START], start), min(vm[v, V_END], end))
-        v = nxt
-
-
-@jit
-def madvise_dontneed(st, s, start, end):
-    vm = st.vmas
-    v = st.slots[s, S_VMA_HEAD]
-    while v >= 0:
-        if vm[v, V_START] < end and start < vm[v, V_END]:
-            zap_pte_range(st, s, dense_index(st.pages, st.direct_base, max(vm[v, V_START], start)),
-                          dense_index(st.pages, st.direct_base, min(vm[v, V_END], end)))
-        v = vm[v, V_NEXT]
-
-
-@jit
-def mmap(st, s, start, end, kind):
-    """MAP_FIXED semantics: whatever was mapped in the range goes first."""
-    munmap(st, s, start, end)
-    backing = -1
-    if kind != PRIVATE_ANON:
-        backing = backing_new(st, dense_index(st.pages, st.direct_base, start),
-                              dense_index(st.pages, st.direct_base, end))
-    vma_new(st, s, start, end, kind, backing, 0, -1)
-
-
 # ----- processes ------------------------------------------------------------------
 
 
@@ -321,30 +382,7 @@ def mm_of(st, pid):
         st.slots[s, S_VMA_CACHE] = -1
         st.slots[s, S_FORKED] = 0
         st.slots[s, S_NVMAS] = 0
+        st.slots[s, S_THP_DISABLED] = 0
     return s
 
 
-@jit
-def exit_mmap(st, s):
-    vm = st.vmas
-    v = st.slots[s, S_VMA_HEAD]
-    while v >= 0:
-        nxt = vm[v, V_NEXT]
-        unmap_vma_range(st, s, v, vm[v, V_START], vm[v, V_END])
-        v = nxt
-
-
-@jit
-def do_exit(st, pid):
-    s = st.slot_of[pid]
-    if s >= 0:
-        exit_mmap(st, s)
-        st.slot_of[pid] = -1
-        _push(st.slot_free, st.sc, SC_SLOTS_FREE, s)
-
-
-@jit
-def do_exec(st, pid):
-    s = mm_of(st, pid)
-    exit_mmap(st, s)
-    st.slots[s, S_FORKED] = 0

@@ -4,11 +4,17 @@ All passes stream the trace chunk by chunk (Parquet row groups). The page
 space is the set of pages a read or write touches — the only pages that can
 ever be present — either as one dense run ``[base, base + n)`` when the span
 is small (an offset is cheaper than a search) or as the sorted unique set.
+Where a fault may map a large folio (``PageSpace.large``: the trace's folio
+settings allow one, in any VMA or in a MADV_HUGEPAGE one the trace asks for,
+or the trace asks MADV_COLLAPSE), a folio maps pages the trace never names;
+they all lie in the 2 MiB of a touched page, so the space then holds every
+touched 2 MiB whole: a run from a 2 MiB boundary to one, or whole blocks of
+512 pages, and dense page d lies in block d >> 9 either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -17,11 +23,13 @@ import psutil
 from numba import njit
 
 from ..errors import CowaheadError
+from ..model.folio import FolioSettings
 from ..trace.events import COLUMNS
 from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from ..trace.trace import Trace
 from . import cache  # noqa: F401  (before any @njit: keys numba's cache on all engine sources)
-from .layout import DONTNEED, EXEC, EXIT, FORK, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index, page_range
+from .layout import (DONTNEED, EXEC, EXIT, FORK, HPAGE_PMD_NR, HPAGE_PMD_ORDER, MADV_COLLAPSE, MADV_HUGEPAGE,
+                     MADVISE, MMAP, MUNMAP, NEAR_PAGES, READ, WRITE, dense_index, page_range)
 
 # What replay reads of a trace: no time, since events replay in the file's order (the oracle's clock
 # is the event's index). Leaving time_ns out of a read saves a fifth of the bytes and about a third
@@ -80,12 +88,33 @@ def fits_in_memory(trace: TraceFile, columns=REPLAY_COLUMNS) -> bool:
     return trace.num_events * per_event <= IN_MEMORY_SHARE * psutil.virtual_memory().available
 
 
+def folio_settings(source: TraceSource) -> FolioSettings:
+    """The folio settings a trace was made under (columns alone carry none: 4 KiB pages)."""
+    if isinstance(source, (str, Path)):
+        source = TraceFile(source)
+    return FolioSettings.from_metadata(source.metadata if isinstance(source, (Trace, TraceFile)) else {})
+
+
+def large_folios_possible(folios: FolioSettings, hugepage_advised: bool, collapse_advised: bool) -> bool:
+    """Can a fault of this trace map a large folio? Its settings allow one in any VMA, or in a VM_HUGEPAGE VMA
+    and the trace asks MADV_HUGEPAGE; or it asks MADV_COLLAPSE, which makes THPs whatever the knobs say."""
+    return bool(folios.anon_orders(hugepage=False) or (hugepage_advised and folios.anon_orders(hugepage=True))
+                or collapse_advised)
+
+
 @dataclass(frozen=True)
 class PageSpace:
     pages: np.ndarray      # int64 page number of each dense index, ascending
     direct_base: int       # pages[0] when pages is one dense run, else -1
     pids: np.ndarray       # int64 sorted unique pids (event pids and fork children)
     events: int
+    large: bool = False    # a fault may map a large folio: the space holds whole 2 MiB blocks
+    folios: FolioSettings = field(default_factory=FolioSettings)  # the settings it was made for
+    advice: int = 0        # large-folio advice the trace asks: bit 0 MADV_HUGEPAGE, bit 1 MADV_COLLAPSE
+
+    def large_under(self, folios: FolioSettings) -> bool:
+        """Would this trace have large folios possible under ``folios``?"""
+        return large_folios_possible(folios, bool(self.advice & 1), bool(self.advice & 2))
 
 
 @dataclass(frozen=True)
@@ -106,8 +135,10 @@ class Decoded:
 
 @njit(cache=True)
 def _scan_chunk(kind, pid, address, length, arg):
-    """Touched page bounds, pages touched, and the pids seen (runs collapsed)."""
+    """Touched page bounds, pages touched, the pids seen (runs collapsed), and the large-folio advice asked
+    (bit 0: MADV_HUGEPAGE, bit 1: MADV_COLLAPSE)."""
     lo, hi, touched = np.int64(1) << 62, np.int64(-1), np.int64(0)
+    advice = 0
     seen = np.empty(2 * kind.shape[0], np.int64)
     m = 0
     last = np.int64(-1) << 40
@@ -126,7 +157,12 @@ def _scan_chunk(kind, pid, address, length, arg):
             lo = min(lo, first)
             hi = max(hi, end)
             touched += end - first
-    return lo, hi, touched, seen[:m]
+        elif k == MADVISE:
+            if arg[i] == MADV_HUGEPAGE:
+                advice |= 1
+            elif arg[i] == MADV_COLLAPSE:
+                advice |= 2
+    return lo, hi, touched, seen[:m], advice
 
 
 @njit(cache=True)
@@ -142,29 +178,39 @@ def _touched_pages(kind, address, length, total):
     return out[:m]
 
 
-def page_space(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> PageSpace:
+def page_space(source: TraceSource, rows: int = ROW_GROUP_ROWS, folios: FolioSettings | None = None) -> PageSpace:
+    """The trace's page space; ``folios``: the settings it replays under (by default its own, from its
+    metadata), which say whether large folios are possible and so whether it holds whole 2 MiB blocks."""
+    folios = folio_settings(source) if folios is None else folios
     lo, hi, events, touched = 1 << 62, -1, 0, []
-    pids = []
+    pids, advice = [], 0
     for chunk in iter_chunks(source, rows):
-        c_lo, c_hi, c_touched, seen = _scan_chunk(chunk["kind"], chunk["pid"], chunk["address"],
-                                                  chunk["length"], chunk["arg"])
+        c_lo, c_hi, c_touched, seen, c_advice = _scan_chunk(chunk["kind"], chunk["pid"], chunk["address"],
+                                                            chunk["length"], chunk["arg"])
         lo, hi = min(lo, c_lo), max(hi, c_hi)
         pids.append(np.unique(seen))
         touched.append(c_touched)
         events += len(chunk["kind"])
+        advice |= c_advice
     pids_sorted = np.unique(np.concatenate(pids)) if pids else np.zeros(0, np.int64)
+    large = large_folios_possible(folios, bool(advice & 1), bool(advice & 2))
     if hi < 0:
-        return PageSpace(np.zeros(0, np.int64), 0, pids_sorted, events)
+        return PageSpace(np.zeros(0, np.int64), 0, pids_sorted, events, large, folios, advice)
+    if large:  # whole 2 MiB blocks: every page a folio of a touched page may map
+        lo, hi = lo & ~(HPAGE_PMD_NR - 1), (hi + HPAGE_PMD_NR - 1) & ~(HPAGE_PMD_NR - 1)
     if hi - lo <= DIRECT_SPAN:
-        return PageSpace(np.arange(lo, hi, dtype=np.int64), lo, pids_sorted, events)
+        return PageSpace(np.arange(lo, hi, dtype=np.int64), lo, pids_sorted, events, large, folios, advice)
     unique = np.zeros(0, np.int64)
     for chunk, total in zip(iter_chunks(source, rows), touched):
         unique = np.union1d(unique, np.unique(_touched_pages(chunk["kind"], chunk["address"], chunk["length"],
                                                               total)))
+    if large:
+        blocks = np.unique(unique >> HPAGE_PMD_ORDER)
+        unique = ((blocks[:, None] << HPAGE_PMD_ORDER) + np.arange(HPAGE_PMD_NR)).ravel()
     if len(unique) > MAX_DENSE_PAGES:
         raise CowaheadError(f"the trace touches {len(unique)} distinct pages; the engine indexes at most "
                             f"{MAX_DENSE_PAGES} (8 TiB): use `cowahead simulate --reference`")
-    return PageSpace(unique, -1, pids_sorted, events)
+    return PageSpace(unique, -1, pids_sorted, events, large, folios, advice)
 
 
 @njit(cache=True)

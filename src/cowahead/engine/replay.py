@@ -8,12 +8,14 @@ from .fault import access, log_fault, store
 from .fork import do_fork
 from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_COW_COPY_PAGES, C_EVENTS, C_EXTRA_PAGES, C_EXTRA_PAGES_FINAL,
                      C_MAP, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL, C_ZERO_FILL_PAGES, C_ZERO_PAGE, DONTNEED, EXEC,
-                     EXIT, FORK, FRAME_AHEAD, MMAP, MUNMAP, PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES,
-                     PRESENT, PTE_AHEAD, READ, SC_BACKINGS_FREE, SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP,
-                     SC_FEW_FAULTS, SC_FRAMES_FREE, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES, SC_NEED_COV, SC_NEED_FRAMES,
-                     SC_NEED_PSTATES, SC_NEED_SLOTS, SC_NEED_VMAS, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE,
-                     S_NVMAS, WRITABLE, WRITE, dense_index, frame_of, jit, jit_inline, page_range, pte_at)
-from .mm import do_exec, do_exit, far_state, madvise_dontneed, mm_of, mmap, munmap
+                     EXIT, FORK, FRAME_AHEAD, HPAGE_PMD_ORDER, MADV_COLLAPSE, MADVISE, MMAP, MUNMAP, PREFETCH_NONE,
+                     PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES, PRESENT, PTE_AHEAD, READ, SC_BACKINGS_FREE, SC_BK_BUMP,
+                     SC_BK_LIVE_FRAMES, SC_COV_BUMP, SC_FEW_FAULTS, SC_FRAMES_FREE, SC_NEED_BACKINGS,
+                     SC_NEED_BK_FRAMES, SC_NEED_COV, SC_NEED_FRAMES, SC_NEED_PSTATES, SC_NEED_SLOTS, SC_NEED_VMAS,
+                     SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE, S_NVMAS, S_THP_DISABLED, THP_DISABLE, WRITABLE,
+                     WRITE, dense_index, frame_of, jit, jit_inline, page_range, pte_at)
+from .mm import far_state, mm_of
+from .mmap import do_exec, do_exit, madvise, madvise_dontneed, mmap, munmap
 from .prefetch import prefetch, prefetch_item
 from .windows import keeps_regions, window_worst
 
@@ -28,7 +30,7 @@ def access_worst(st, npages):
 
 
 @jit_inline
-def headroom(st, kind, pid, npages, address, length):
+def headroom(st, kind, pid, npages, address, length, arg):
     """Is every pool big enough for the worst this event can do? If not, say how much is needed."""
     sc = st.sc
     slots = 2 if kind == FORK else 1
@@ -44,8 +46,12 @@ def headroom(st, kind, pid, npages, address, length):
         vmas = nvmas + 1
         pstates = nvmas + 1
         cov = st.region_start.shape[0] + nvmas + 1
-    elif kind == MMAP or kind == MUNMAP:
+    elif kind == MMAP or kind == MUNMAP or kind == MADVISE:
         vmas = 2
+        if kind == MADVISE and arg == MADV_COLLAPSE:  # a THP per 2 MiB of the range
+            start, stop = page_range(address, length)
+            frames = ((dense_index(st.pages, st.direct_base, stop) - dense_index(st.pages, st.direct_base, start))
+                      >> HPAGE_PMD_ORDER) + 1
         if kind == MMAP:
             backings = 1
             start, stop = page_range(address, length)
@@ -105,7 +111,20 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
     space, a pool to check). Nearly every event goes through here: apart from replay_chunk's many
     other paths, the compiler keeps this loop's values in registers. Measured on the benchmark VM when
     the loop was split off (fresh state, medians of 3, events/s): sequential none 46.4M → 52.2M,
-    random none 28.6M → 30.5M, hotcold fixed:16 24.5M → 29.9M."""
+    random none 28.6M → 30.5M, hotcold fixed:16 24.5M → 29.9M. This is the 4 KiB loop: compiled with
+    ``large`` False, it holds no large-folio code at all."""
+    return accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching, False)
+
+
+@jit
+def replay_accesses_large(st, kind, pid, dlo, dhi, first_index, start, prefetching):
+    """replay_accesses for a state where large folios may be: each fault calls handle_mm_fault_large."""
+    return accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching, True)
+
+
+@jit_inline
+def accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching, large):
+    """The loop of replay_accesses; ``large`` is a constant in each caller (the compiler drops the other path)."""
     n = kind.shape[0]
     ptes = st.ptes
     sc = st.sc
@@ -134,7 +153,7 @@ def replay_accesses(st, kind, pid, dlo, dhi, first_index, start, prefetching):
         if not (sc[SC_FRAMES_FREE] >= one_fault_frames and sc[SC_PSTATES_FREE] >= one_fault_pstates
                 and st.coverage.shape[1] - sc[SC_COV_BUMP] >= one_fault_cov):
             return i
-        access(st, s, d, k == WRITE, p, first_index + i)
+        access(st, s, d, k == WRITE, p, first_index + i, large)
     return n
 
 
@@ -158,17 +177,20 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
     i = resume
     while True:
         if not logging:
-            i = replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching)
+            if st.large:
+                i = replay_accesses_large(st, kind, pid, dlo, dhi, first_index, i, prefetching)
+            else:
+                i = replay_accesses(st, kind, pid, dlo, dhi, first_index, i, prefetching)
         if i == n:
             break
         k, p = kind[i], pid[i]
-        if not headroom(st, k, p, dhi[i] - dlo[i], address[i], length[i]):
+        if not headroom(st, k, p, dhi[i] - dlo[i], address[i], length[i], arg[i]):
             c[C_EVENTS] += i - resume
             return i
         if k == WRITE or k == READ:
             s = mm_of(st, p)
             for d in range(dlo[i], dhi[i]):
-                if access(st, s, d, k == WRITE, p, first_index + i) and logging:
+                if access(st, s, d, k == WRITE, p, first_index + i, st.large != 0) and logging:
                     log_fault(st, d, first_index + i)
         elif k == FORK:
             do_fork(st, p, arg[i])
@@ -176,6 +198,8 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
             do_exec(st, p)
         elif k == EXIT:
             do_exit(st, p)
+        elif k == THP_DISABLE:  # prctl(PR_SET_THP_DISABLE)
+            st.slots[mm_of(st, p), S_THP_DISABLED] = 1 if arg[i] != 0 else 0
         else:
             start, stop = page_range(address[i], length[i])
             if k == MMAP:
@@ -184,6 +208,8 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
                 munmap(st, mm_of(st, p), start, stop)
             elif k == DONTNEED:
                 madvise_dontneed(st, mm_of(st, p), start, stop)
+            elif k == MADVISE:
+                madvise(st, p, start, stop, arg[i])
         i += 1
     # Counted here, not per event: a counter in memory bumped at every event is a chain of its own.
     c[C_EVENTS] += n - resume
@@ -199,12 +225,13 @@ def faults(c):
 
 @jit
 def finish(st):
-    """End of trace: ahead copies still unwritten count as waste. The engine replays 4 KiB pages only
-    (engine/__init__.py refuses a trace with large folios), so each fault's pages are one page: the
-    page counters are the fault counters, set here rather than bumped at every fault."""
+    """End of trace: ahead copies still unwritten count as waste. Where no fault can map a large folio,
+    each fault's pages are one page: the page counters are the fault counters, set here rather than bumped
+    at every fault; the large-folio fault path counts them as it goes."""
     c = st.counters
     c[C_EXTRA_PAGES_FINAL] = c[C_EXTRA_PAGES]
     c[C_AHEAD_WASTE] += c[C_EXTRA_PAGES]
-    c[C_ZERO_FILL_PAGES] = c[C_ZERO_FILL]
-    c[C_COW_COPY_PAGES] = c[C_COW_COPY]
-    c[C_REUSE_PAGES] = c[C_REUSE]
+    if not st.large:
+        c[C_ZERO_FILL_PAGES] = c[C_ZERO_FILL]
+        c[C_COW_COPY_PAGES] = c[C_COW_COPY]
+        c[C_REUSE_PAGES] = c[C_REUSE]

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import EngineUnsupported
+from ..model.folio import FolioSettings
 from ..policies import Policy
 from . import layout
 from .windows import ENGINE_KINDS, POL_CCOW, POL_ORACLE
@@ -30,7 +31,7 @@ class State(NamedTuple):
     slot_free: np.ndarray
     slot_of: np.ndarray       # pid index -> slot, -1 when the pid has no address space
     frames: np.ndarray        # [frame] uint32: mappings + references << 16 (layout.ONE_MAP, layout.ONE_REF)
-    frame_kind: np.ndarray    # ANON, ZERO, FILE or SHMEM
+    frame_kind: np.ndarray    # ANON, ZERO, FILE, SHMEM, or LARGE: a large folio's head frame
     frame_free: np.ndarray
     vmas: np.ndarray
     vma_free: np.ndarray
@@ -49,6 +50,10 @@ class State(NamedTuple):
     oracle_cursor: np.ndarray
     oracle_rank: np.ndarray   # prepass.Future.rank
     fault_log: np.ndarray     # [fault, (event index, dense page)] where kept (log_faults), else 0 rows
+    large: int                # 1: a fault may map a large folio (PageSpace.large); 0: 4 KiB pages only
+    thp: np.ndarray           # the folio settings (layout.TH_*)
+    pmds: np.ndarray          # [slot, 2 MiB block] uint8 BLK_TABLE | BLK_PMD; no columns unless large
+    folios: np.ndarray        # [frame, F_*] int32: a large folio's counts, on its head frame; no rows unless large
 
 
 def policy_params(policy: Policy) -> np.ndarray:
@@ -60,6 +65,15 @@ def policy_params(policy: Policy) -> np.ndarray:
     window, threshold = policy.engine_params()
     shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
     return np.array([kind, window, threshold, shift], np.int64)
+
+
+def thp_params(folios: FolioSettings) -> np.ndarray:
+    """The folio settings the compiled code reads (layout.TH_*): allowed orders as bit masks, and so on."""
+    def mask(orders: list[int]) -> int:
+        return sum(1 << order for order in orders)
+    return np.array([mask(folios.anon_orders(hugepage=False)), mask(folios.anon_orders(hugepage=True)),
+                     int(folios.use_zero_page), int(folios.reuses_large_folios),
+                     int(folios.huge_zero_write_allocates), int(folios.reclaims_page_tables)], np.int64)
 
 
 def _free_stack(capacity: int, first: int = 0, dtype=np.int64) -> np.ndarray:
@@ -86,8 +100,10 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False) -> State:
     params = policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
-    # Room for two address spaces' worth of frames from the start: growing is a copy.
-    slots, frames, vmas = 4, min(2 * npages + 1024, layout.MAX_FRAMES), 64
+    # Room for two address spaces' worth of frames from the start: growing is a copy. A space of whole 2 MiB
+    # blocks holds pages no event names, and a folio is one frame: a quarter of that, and grow if need be.
+    slots, vmas = 4, 64
+    frames = min((npages // 4 if space.large else 2 * npages) + 1024, layout.MAX_FRAMES)
     region_of, region_start = _regions(space, params)
     sc = np.zeros(layout.N_SCALARS, np.int64)
     sc[layout.SC_SLOTS_FREE] = slots
@@ -118,6 +134,9 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
         oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
         oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(), oracle_rank=future.rank,
         fault_log=np.zeros((1024 if log_faults else 0, 2), np.int64),
+        large=int(space.large), thp=thp_params(space.folios),
+        pmds=np.zeros((slots, npages >> layout.HPAGE_PMD_ORDER if space.large else 0), np.uint8),
+        folios=np.zeros((frames if space.large else 0, layout.N_FOLIO_FIELDS), np.int32),
     )
 
 
@@ -166,13 +185,14 @@ def grow(st: State) -> State:
     new = _capacity(old, int(sc[layout.SC_SLOTS_FREE]), int(sc[layout.SC_NEED_SLOTS]),
                     (layout.MAX_SLOTS, "address spaces at once, more than a frame's 16-bit counts hold"))
     if new > old:
-        changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new),
+        changes.update(ptes=_grow_rows(st.ptes, new), slots=_grow_rows(st.slots, new), pmds=_grow_rows(st.pmds, new),
                        slot_free=_grow_free(st.slot_free, sc, layout.SC_SLOTS_FREE, old, new))
     # Each pool: its tables (rows indexed alike), its free stack, the stack's top, what is needed, and its
     # limit: a PTE holds a frame index of 27 bits.
     frames_limit = (layout.MAX_FRAMES, "pages resident at once, more than the engine's PTEs can index")
     for tables, free, top, need, limit in [
-            (("frames", "frame_kind"), "frame_free", layout.SC_FRAMES_FREE, layout.SC_NEED_FRAMES, frames_limit),
+            (("frames", "frame_kind") + (("folios",) if st.large else ()), "frame_free", layout.SC_FRAMES_FREE,
+             layout.SC_NEED_FRAMES, frames_limit),
             (("vmas",), "vma_free", layout.SC_VMAS_FREE, layout.SC_NEED_VMAS, None),
             (("backings",), "backing_free", layout.SC_BACKINGS_FREE, layout.SC_NEED_BACKINGS, None),
             (("pstates",), "pstate_free", layout.SC_PSTATES_FREE, layout.SC_NEED_PSTATES, None)]:

@@ -16,7 +16,9 @@ the first run of that day).
 writable, dirty, copied ahead), its own per-VMA state, ccow's region
 counters; the oracle alone reads the future (prepass.Future). Adding a
 policy: its POL_ number in ENGINE_KINDS, its window here, a branch in
-``cow_ahead`` (and ``on_fork`` if it looks at forks).
+``ranged_window`` (which ``cow_ahead`` and, where large folios may be,
+``cow_ahead_large`` share; a window with holes, as the oracle's, gets a
+branch in both), and ``on_fork`` if it looks at forks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..policies.adaptive import MMAP_LOTSAMISS
 from ..trace.events import PTRS_PER_PTE
-from .cow import _breakable, break_cow_range
+from .cow import _breakable, break_cow_range, break_cow_range_large, breakable_large
 from .layout import (C_AHEAD_BATCHES, DIRTY, HIT, PENDING, PP_KIND, PP_SHIFT, PP_THRESHOLD, PP_WINDOW,
                      P_LAST_DHI, P_LAST_DLO, P_MISS, P_NEXT_EXPECTED, P_REF, P_RLEN, P_RLO, P_ROLLED, P_SEG,
                      P_WINDOW, SC_COV_BUMP, SC_FORKS, SC_PSTATES_FREE, S_FORKED, S_VMA_HEAD, V_DHI, V_DLO,
@@ -253,8 +255,8 @@ def written_next(st, pid, q, now, j):
 
 
 @jit_inline
-def oracle_window(st, s, v, d, pid, now):
-    """fixed:N's pages that this process writes next, one by one."""
+def oracle_window(st, s, v, d, pid, now, large):
+    """fixed:N's pages that this process writes next, one by one (``large``: where large folios may be)."""
     keys = st.oracle_keys
     stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
     j = oracle_index(st, pid * st.pages.shape[0] + d + 1)
@@ -262,12 +264,32 @@ def oracle_window(st, s, v, d, pid, now):
     for q in range(d + 1, dense_after(st, d, stop)):
         while j < keys.shape[0] and keys[j] < pid * st.pages.shape[0] + q:
             j += 1
-        if _breakable(st, s, q) and written_next(st, pid, q, now, j):
+        if large:
+            if breakable_large(st, s, q) and written_next(st, pid, q, now, j):
+                done += break_cow_range_large(st, s, v, q, q + 1)
+        elif _breakable(st, s, q) and written_next(st, pid, q, now, j):
             done += break_cow_range(st, s, v, q, q + 1)
     return done
 
 
 # ----- the dispatch ------------------------------------------------------------------
+
+
+@jit_inline
+def ranged_window(st, s, v, d, pol):
+    """The dense range [lo, hi) a ranged policy's window names (empty for none)."""
+    lo = hi = d
+    if pol == POL_FIXED:
+        lo, hi = fixed_window(st, s, v, d)
+    elif pol == POL_AROUND:
+        lo, hi = around_window(st, s, v, d)
+    elif pol == POL_ADAPTIVE:
+        lo, hi = adaptive_window(st, s, v, d)
+    elif pol == POL_CCOW:
+        lo, hi = ccow_window(st, s, v, d)
+    elif pol == POL_FIXED_BEHIND:
+        lo, hi = fixed_behind_window(st, s, v, d)
+    return lo, hi
 
 
 @jit_inline
@@ -277,20 +299,26 @@ def cow_ahead(st, s, v, d, pid, now):
     if pol == POL_NONE:
         return
     if pol == POL_ORACLE:
-        done = oracle_window(st, s, v, d, pid, now)
+        done = oracle_window(st, s, v, d, pid, now, False)
     else:
-        lo = hi = d
-        if pol == POL_FIXED:
-            lo, hi = fixed_window(st, s, v, d)
-        elif pol == POL_AROUND:
-            lo, hi = around_window(st, s, v, d)
-        elif pol == POL_ADAPTIVE:
-            lo, hi = adaptive_window(st, s, v, d)
-        elif pol == POL_CCOW:
-            lo, hi = ccow_window(st, s, v, d)
-        elif pol == POL_FIXED_BEHIND:
-            lo, hi = fixed_behind_window(st, s, v, d)
+        lo, hi = ranged_window(st, s, v, d, pol)
         done = break_cow_range(st, s, v, lo, hi)
+    if done:
+        st.counters[C_AHEAD_BATCHES] += 1
+
+
+@jit
+def cow_ahead_large(st, s, v, d, pid, now):
+    """cow_ahead where large folios may be: the same windows, broken by break_cow_range_large. A call of
+    its own, so that the hot loop holds no second copy of the windows."""
+    pol = st.policy[PP_KIND]
+    if pol == POL_NONE:
+        return
+    if pol == POL_ORACLE:
+        done = oracle_window(st, s, v, d, pid, now, True)
+    else:
+        lo, hi = ranged_window(st, s, v, d, pol)
+        done = break_cow_range_large(st, s, v, lo, hi)
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
 
