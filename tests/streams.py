@@ -12,7 +12,8 @@ LOW, HIGH = 480, 560
 # Windows chosen to hit the edges, then every policy's own example from the registry (policies/*.py), so
 # that a new policy file is in every property and differential test without editing this list.
 POLICIES = list(dict.fromkeys(["none", "fixed:1", "fixed:3", "fixed:8", "around:4", "around:16", "adaptive:8",
-                               "adaptive", "ccow:8,0.5", "ccow:4,0.5", "ccow", "oracle:4", "oracle:16"]
+                               "adaptive", "ccow:8,0.5", "ccow:4,0.5", "ccow", "oracle:4", "oracle:16", "folio",
+                               "thp-cow", "ccow-published", "ccow-published:8"]
                               + default_policies("example")))
 
 

@@ -17,7 +17,7 @@ from .huge_memory import (alloc_anon_folio_order, do_huge_pmd_anonymous_page, do
                           thp_vma_allowable_orders)
 from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_HITS, C_COW_COPY, C_COW_COPY_PAGES,
                      C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL,
-                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, HIT, HPAGE_PMD_ORDER, PENDING, PP_KIND,
+                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER, HIT, LARGE, HPAGE_PMD_ORDER, PENDING, PP_KIND,
                      PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE,
                      ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
 from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma, folio_add, map_frame, wp_can_reuse
@@ -150,9 +150,11 @@ def do_wp_page_large(st, s, v, d, pid, now):
         return
     c[C_COW_COPY] += 1
     c[C_COW_COPY_PAGES] += 1
+    old = frame_of(fl)  # vmf.folio: the folio copied from, which the copy may free (folio's window asks)
+    order = st.folios[old, F_ORDER] if old != ZERO_FRAME and st.frame_kind[old] == LARGE else 0
     wp_page_copy_large(st, s, v, d)
     if st.policy[PP_KIND] != POL_NONE:
-        cow_ahead_large(st, s, v, d, pid, now)
+        cow_ahead_large(st, s, v, d, pid, now, old, order)
 
 
 # ----- the access ------------------------------------------------------------------------

@@ -16,11 +16,13 @@ import numpy as np
 
 from .layout import (BLK_PMD, BLK_TABLE, C_COW_COPY, C_COW_COPY_PAGES, C_HUGE_ZERO_PAGE, C_REUSE, C_REUSE_PAGES,
                      C_THP_COLLAPSE_ALLOC, C_THP_FAULT_ALLOC, C_THP_SPLIT_PMD, C_ZERO_FILL, C_ZERO_FILL_PAGES,
-                     C_ZERO_PAGE, DIRTY, FRAME_SHIFT, F_ENTIRE, F_REF, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PRESENT,
-                     PRIVATE_ANON, S_THP_DISABLED, TH_ORDERS, TH_ORDERS_HUGEPAGE, TH_ZERO_PAGE, TH_ZERO_WRITE_ALLOC,
+                     C_ZERO_PAGE, DIRTY, FRAME_SHIFT, F_ENTIRE, F_REF, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PP_KIND,
+                     PRESENT, PRIVATE_ANON, S_THP_DISABLED, TH_ORDERS, TH_ORDERS_HUGEPAGE, TH_ZERO_PAGE,
+                     TH_ZERO_WRITE_ALLOC,
                      VM_HUGEPAGE, VM_NOHUGEPAGE, V_ANON, V_DHI, V_DLO, V_HUGE, V_KIND, WRITABLE, ZERO_FRAME,
                      dense_index, frame_of, jit, jit_inline)
 from .mm import alloc_folio, find_vma, folio_add, folio_put, page_of, zap_pte_range_large
+from .windows import POL_THP_COW
 
 
 # ----- which folio a fault may allocate ------------------------------------------------
@@ -107,6 +109,14 @@ def do_huge_pmd_wp_page(st, s, v, d):
         c[C_REUSE_PAGES] += HPAGE_PMD_NR
         for q in range(base, base + HPAGE_PMD_NR):
             st.ptes[s, q] |= WRITABLE
+        return True
+    elif st.policy[PP_KIND] == POL_THP_COW:  # Linux <= 5.7 (policies/thp_cow.py): the new THP first
+        c[C_COW_COPY] += 1
+        c[C_COW_COPY_PAGES] += HPAGE_PMD_NR
+        c[C_THP_FAULT_ALLOC] += 1
+        new = alloc_folio(st, HPAGE_PMD_ORDER)
+        zap_huge_pmd(st, s, b)
+        map_pmd(st, s, b, new)
         return True
     split_huge_pmd(st, s, b)
     return False

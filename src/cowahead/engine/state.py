@@ -16,7 +16,7 @@ from ..errors import EngineUnsupported
 from ..model.folio import FolioSettings
 from ..policies import Policy
 from . import layout
-from .windows import ENGINE_KINDS, POL_CCOW, POL_ORACLE
+from .windows import ENGINE_KINDS, POL_ORACLE, keeps_regions_kind
 from .prepass import Future, PageSpace
 
 
@@ -81,7 +81,7 @@ def _free_stack(capacity: int, first: int = 0, dtype=np.int64) -> np.ndarray:
 
 
 def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if params[layout.PP_KIND] != POL_CCOW or len(space.pages) == 0:
+    if not keeps_regions_kind(params[layout.PP_KIND]) or len(space.pages) == 0:
         return np.zeros(1, np.int32), np.zeros(1, np.int64)
     size, n = int(params[layout.PP_WINDOW]), len(space.pages)
     if space.direct_base >= 0 and params[layout.PP_SHIFT] >= 0:
@@ -129,7 +129,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
         backings=np.zeros((16, layout.N_BACKING_FIELDS), np.int64), backing_free=_free_stack(16),
         backing_frames=np.zeros(1024, np.int32),
         pstates=np.zeros((64, layout.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
-        coverage=np.zeros((2, 1024 if params[layout.PP_KIND] == POL_CCOW else 0), np.int32),
+        coverage=np.zeros((2, 1024 if keeps_regions_kind(params[layout.PP_KIND]) else 0), np.int32),
         sc=sc, counters=np.zeros(layout.N_COUNTERS, np.int64),
         oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
         oracle_last_drop=future.last_drop, oracle_cursor=future.start[:-1].copy(), oracle_rank=future.rank,

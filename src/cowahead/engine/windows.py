@@ -31,14 +31,25 @@ from .cow import _breakable, break_cow_range, break_cow_range_large, breakable_l
 from .layout import (C_AHEAD_BATCHES, DIRTY, HIT, PENDING, PP_KIND, PP_SHIFT, PP_THRESHOLD, PP_WINDOW,
                      P_LAST_DHI, P_LAST_DLO, P_MISS, P_NEXT_EXPECTED, P_REF, P_RLEN, P_RLO, P_ROLLED, P_SEG,
                      P_WINDOW, SC_COV_BUMP, SC_FORKS, SC_PSTATES_FREE, S_FORKED, S_VMA_HEAD, V_DHI, V_DLO,
-                     V_END, V_NEXT, V_PSTATE, V_START, _pop, jit, jit_inline)
+                     V_END, V_NEXT, V_PSTATE, V_START, _pop, frame_of, jit, jit_inline)
 from .mm import dense_after, dense_from, page_of
 
 
 # Engine kinds (state.policy[PP_KIND]), by policy family.
-POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE, POL_FIXED_BEHIND = range(7)
+(POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE, POL_FIXED_BEHIND, POL_CCOW_PUBLISHED, POL_FOLIO,
+ POL_THP_COW) = range(10)
 ENGINE_KINDS = {"none": POL_NONE, "fixed": POL_FIXED, "around": POL_AROUND, "adaptive": POL_ADAPTIVE,
-                "ccow": POL_CCOW, "oracle": POL_ORACLE, "fixed-behind": POL_FIXED_BEHIND}
+                "ccow": POL_CCOW, "oracle": POL_ORACLE, "fixed-behind": POL_FIXED_BEHIND,
+                "ccow-published": POL_CCOW_PUBLISHED, "folio": POL_FOLIO, "thp-cow": POL_THP_COW}
+# The kinds past this one are looked at outside the hot loop's inlined dispatch (rare_window): each
+# branch inlined there costs every policy, none included (see above).
+POL_LAST_INLINED = POL_FIXED_BEHIND
+
+
+@jit_inline
+def keeps_regions_kind(kind):
+    """ccow and ccow-published keep counters per region."""
+    return kind == POL_CCOW or kind == POL_CCOW_PUBLISHED
 
 
 # ----- ccow's regions and the policy states ------------------------------------------
@@ -67,7 +78,7 @@ def pstate_new(st, v):
     # ccow: one counter pair per region overlapping the VMA now (it can only shrink).
     dlo, dhi = st.vmas[v, V_DLO], st.vmas[v, V_DHI]
     rlo, rlen = 0, 0
-    if st.policy[PP_KIND] == POL_CCOW and dlo < dhi:
+    if keeps_regions_kind(st.policy[PP_KIND]) and dlo < dhi:
         rlo = region_index(st, dlo)
         rlen = region_index(st, dhi - 1) + 1 - rlo
     seg = st.sc[SC_COV_BUMP]
@@ -193,6 +204,51 @@ def ccow_window(st, s, v, d):
     return d, d
 
 
+# ----- ccow-published[:REGION_PAGES] (policies/ccow_published.py) --------------------
+
+
+@jit
+def ccow_published_window(st, s, v, d):
+    """Count the fault in its region as ccow does; copy the region once this process has forked and the
+    VMA has any history (nr_access = MAX_ENTRY: the threshold never decides)."""
+    q = pstate_of(st, v)
+    r = region_index(st, d)
+    seg = st.pstates[q, P_SEG]
+    st.coverage[0, seg + r - st.pstates[q, P_RLO]] += 1
+    if not st.slots[s, S_FORKED]:
+        return d, d
+    for i in range(seg, seg + st.pstates[q, P_RLEN]):
+        if st.coverage[1, i]:
+            return max(st.region_start[r], st.vmas[v, V_DLO]), min(st.region_start[r + 1], st.vmas[v, V_DHI])
+    return d, d
+
+
+@jit
+def rare_window(st, s, v, d, pol):
+    """The ranged windows of the kinds past POL_LAST_INLINED, a call of its own. folio's needs the folio
+    copied from, which only the large-folio path has (cow_ahead_large), and thp-cow has none."""
+    if pol == POL_CCOW_PUBLISHED:
+        return ccow_published_window(st, s, v, d)
+    return d, d
+
+
+# ----- folio (policies/folio.py) -----------------------------------------------------
+
+
+@jit
+def folio_window(st, s, v, d, old, order):
+    """The other pages of the large folio ``old`` (of 2**order pages) that were copied from at ``d``, mapped
+    by this process's PTEs inside the VMA, each broken as the faulting page was (reused if exclusive)."""
+    base = d & ~((np.int64(1) << order) - 1)  # a folio sits naturally aligned, in dense pages too
+    lo = max(base, st.vmas[v, V_DLO])
+    hi = min(base + (np.int64(1) << order), st.vmas[v, V_DHI])
+    done = 0
+    for q in range(lo, hi):
+        if q != d and breakable_large(st, s, q) and frame_of(st.ptes[s, q]) == old:
+            done += break_cow_range_large(st, s, v, q, q + 1)
+    return done
+
+
 @jit
 def ccow_on_fork(st, s):
     """Count the parent's written ahead copies per region, then roll each history over once."""
@@ -289,6 +345,8 @@ def ranged_window(st, s, v, d, pol):
         lo, hi = ccow_window(st, s, v, d)
     elif pol == POL_FIXED_BEHIND:
         lo, hi = fixed_behind_window(st, s, v, d)
+    elif pol > POL_LAST_INLINED:
+        lo, hi = rare_window(st, s, v, d, pol)
     return lo, hi
 
 
@@ -308,14 +366,17 @@ def cow_ahead(st, s, v, d, pid, now):
 
 
 @jit
-def cow_ahead_large(st, s, v, d, pid, now):
-    """cow_ahead where large folios may be: the same windows, broken by break_cow_range_large. A call of
-    its own, so that the hot loop holds no second copy of the windows."""
+def cow_ahead_large(st, s, v, d, pid, now, old, order):
+    """cow_ahead where large folios may be: the same windows, broken by break_cow_range_large, and folio's,
+    over the folio ``old`` of 2**``order`` pages the fault copied from (order 0: a 4 KiB page, no window).
+    A call of its own, so that the hot loop holds no second copy of the windows."""
     pol = st.policy[PP_KIND]
     if pol == POL_NONE:
         return
     if pol == POL_ORACLE:
         done = oracle_window(st, s, v, d, pid, now, True)
+    elif pol == POL_FOLIO:
+        done = folio_window(st, s, v, d, old, order) if order else 0
     else:
         lo, hi = ranged_window(st, s, v, d, pol)
         done = break_cow_range_large(st, s, v, lo, hi)
@@ -326,7 +387,7 @@ def cow_ahead_large(st, s, v, d, pid, now):
 @jit_inline
 def on_fork(st, s):
     """A policy's look at the parent before fork write-protects it (policies' on_fork)."""
-    if st.policy[PP_KIND] == POL_CCOW:
+    if keeps_regions_kind(st.policy[PP_KIND]):
         ccow_on_fork(st, s)
 
 
@@ -338,5 +399,5 @@ def window_worst(st):
 
 @jit_inline
 def keeps_regions(st):
-    """Does the policy keep counters per region (ccow), which need room in the coverage pool?"""
-    return st.policy[PP_KIND] == POL_CCOW
+    """Does the policy keep counters per region (ccow, ccow-published), which need room in the coverage pool?"""
+    return keeps_regions_kind(st.policy[PP_KIND])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..trace.events import PTRS_PER_PTE
 from .base import Policy, no_arguments
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class FolioPolicy(Policy):
     def parse(cls, text: str, args: str) -> "FolioPolicy":
         no_arguments(text, args)
         return cls()
+
+    def engine_params(self) -> tuple[int, int]:
+        return PTRS_PER_PTE, 0  # the most pages one window breaks: a PMD THP's (the engine sizes its pools by it)
 
     def window(self, fault: VmFault) -> list[int]:
         folio = fault.folio
