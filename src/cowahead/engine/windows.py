@@ -15,10 +15,14 @@ the first run of that day).
 ``cow_ahead`` picks the window by the policy's engine kind. A policy reads only what a kernel could: PTE flags (present,
 writable, dirty, copied ahead), its own per-VMA state, ccow's region
 counters; the oracle alone reads the future (prepass.Future). Adding a
-policy: its POL_ number in ENGINE_KINDS, its window here, a branch in
-``ranged_window`` (which ``cow_ahead`` and, where large folios may be,
-``cow_ahead_large`` share; a window with holes, as the oracle's, gets a
-branch in both), and ``on_fork`` if it looks at forks.
+policy: its POL_ number in ENGINE_KINDS (after POL_LAST_INLINED: the hot
+loop's inlined dispatch holds the six measured ones), its window here, a
+branch in ``rare_window`` (which ``ranged_window``, shared by ``cow_ahead``
+and, where large folios may be, ``cow_ahead_large``, calls; a window with
+holes, as folio's, gets a branch in ``cow_ahead_large``, and in
+``cow_ahead`` too if it can act on 4 KiB pages), and ``on_fork`` if it
+looks at forks. thp-cow has no window: its whole-THP copy is a branch of
+huge_memory.do_huge_pmd_wp_page.
 """
 
 from __future__ import annotations
