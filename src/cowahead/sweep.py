@@ -120,8 +120,8 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
 
 
 def replay_group_reference(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
-    """replay_group for what the engine cannot replay yet (large folios, a policy without a compiled window):
-    the reference model, one pass per policy, slower but the same counters and heatmap."""
+    """replay_group for what the engine cannot replay (a trace past its pools' limits, a policy without a
+    compiled window): the reference model, one pass per policy, slower but the same counters and heatmap."""
     trace = _IN_MEMORY.get(path) or TraceFile(path).read()
     counters, heat = [], None
     for policy in policies:
