@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streams import FOLIO_SETTINGS, POLICIES, event_streams, folio_streams, snapshot_streams
 from test_engine import ENGINE_POLICIES, rough_streams
+from test_model_folios import four_workers, hugepage_region
 
 from cowahead.engine import fault_log, page_space, replay_engine, replay_states
 from cowahead.model import Kernel
@@ -102,19 +103,6 @@ def test_the_engines_fault_log_equals_the_models_with_folios(stream, thp, chunk_
 
 
 # ----- the hand-written scenarios of tests/test_model_folios.py -----------------------------------
-
-
-def hugepage_region(pages: int = 1024) -> Stream:
-    return Stream().mmap(1, 0, pages).madvise(1, 0, pages, Advice.HUGEPAGE)
-
-
-def four_workers() -> Stream:
-    s = hugepage_region().write(1, *range(1024))
-    for child in range(2, 6):
-        s.fork(1, child)
-    for i, child in enumerate(range(2, 6)):
-        s.write(child, *range(256 * i, 256 * (i + 1)))
-    return s
 
 
 def mthp_fork(child_pages: range) -> Stream:
