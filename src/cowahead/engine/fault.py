@@ -17,11 +17,31 @@ from .huge_memory import (alloc_anon_folio_order, do_huge_pmd_anonymous_page, do
                           thp_vma_allowable_orders)
 from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_HITS, C_COW_COPY, C_COW_COPY_PAGES,
                      C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL,
-                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER, HIT, LARGE, HPAGE_PMD_ORDER, PENDING, PP_KIND,
-                     PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE,
-                     ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER, HIT, HPAGE_PMD_ORDER, LARGE,
+                     PENDING, PP_KIND, PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING,
+                     V_KIND, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
 from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma, folio_add, map_frame, wp_can_reuse
 from .windows import POL_NONE, cow_ahead, cow_ahead_large
+
+
+@jit_inline
+def do_fault(st, s, v, d, write, kind):
+    """A fault at an absent PTE of a VMA that is not private anonymous, always 4 KiB: do_shared_fault,
+    do_cow_fault or do_read_fault. The counter it bumped (C_ZERO_FILL, C_MAP or C_COW_COPY)."""
+    if kind == SHARED_ANON:  # do_shared_fault
+        b = st.vmas[v, V_BACKING]
+        counted = C_ZERO_FILL if st.backing_frames[st.backings[b, B_SEG] + d - st.backings[b, B_DLO]] < 0 else C_MAP
+        map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
+    elif write:  # do_cow_fault
+        counted = C_COW_COPY
+        st.vmas[v, V_ANON] = 1
+        backing_frame(st, v, d, FILE)
+        map_frame(st, s, d, alloc_frame(st, ANON), True)
+    else:  # do_read_fault
+        counted = C_MAP
+        map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
+    st.counters[counted] += 1
+    return counted
 
 
 @jit_inline
@@ -38,21 +58,8 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
                 c[C_ZERO_FILL] += 1
                 st.vmas[v, V_ANON] = 1
                 map_frame(st, s, d, alloc_frame(st, ANON), True)
-        elif kind == SHARED_ANON:  # do_shared_fault
-            b = st.vmas[v, V_BACKING]
-            if st.backing_frames[st.backings[b, B_SEG] + d - st.backings[b, B_DLO]] < 0:
-                c[C_ZERO_FILL] += 1
-            else:
-                c[C_MAP] += 1
-            map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
-        elif write:  # do_cow_fault
-            c[C_COW_COPY] += 1
-            st.vmas[v, V_ANON] = 1
-            backing_frame(st, v, d, FILE)
-            map_frame(st, s, d, alloc_frame(st, ANON), True)
-        else:  # do_read_fault
-            c[C_MAP] += 1
-            map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
+        else:
+            do_fault(st, s, v, d, write, kind)
         return
     # do_wp_page
     if kind == SHARED_ANON or wp_can_reuse(st, frame_of(fl)):
@@ -91,23 +98,12 @@ def handle_mm_fault_large(st, s, d, write, pid, now):
                 and do_huge_pmd_anonymous_page(st, s, v, d, write)):
             return True  # pmd_none (no page table: an absent PTE means no PMD either) and THP allowed
         do_anonymous_page_large(st, s, v, d, write)
-    elif kind == SHARED_ANON:  # do_shared_fault
-        bk = st.vmas[v, V_BACKING]
-        if st.backing_frames[st.backings[bk, B_SEG] + d - st.backings[bk, B_DLO]] < 0:
-            c[C_ZERO_FILL] += 1
+    else:
+        counted = do_fault(st, s, v, d, write, kind)
+        if counted == C_ZERO_FILL:  # a 4 KiB page each: the pages counters follow the faults
             c[C_ZERO_FILL_PAGES] += 1
-        else:
-            c[C_MAP] += 1
-        map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
-    elif write:  # do_cow_fault
-        c[C_COW_COPY] += 1
-        c[C_COW_COPY_PAGES] += 1
-        st.vmas[v, V_ANON] = 1
-        backing_frame(st, v, d, FILE)
-        map_frame(st, s, d, alloc_frame(st, ANON), True)
-    else:  # do_read_fault
-        c[C_MAP] += 1
-        map_frame(st, s, d, backing_frame(st, v, d, FILE), False)
+        elif counted == C_COW_COPY:
+            c[C_COW_COPY_PAGES] += 1
     st.pmds[s, b] |= BLK_TABLE  # _map_frame: the PTE's page table
     return True
 
