@@ -18,7 +18,8 @@ numba would compile anew inside it (for many minutes) rather than load its
 cache: both versions are compiled for ``NUMBA_CPU_NAME=generic`` (plain
 x86-64), natively first, and valgrind then loads that. Counts are of that
 generic code, the same for both versions. ``REV`` is checked out into a temporary git
-worktree; both versions read the same trace file. Results go to
+worktree; both versions read the same trace file, written by ``REV``'s generators (a newer
+cowahead reads an older trace format). Results go to
 benchmarks/results/engine-instructions-<date>[-N].json.
 """
 
@@ -61,6 +62,15 @@ for _ in range(replays):
     replay()
 """
 
+WRITE_TRACES = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import engine
+for pattern in sys.argv[2].split(","):
+    engine.trace_file(pattern, int(sys.argv[3]), Path(sys.argv[4]))
+"""
+
 
 def environment(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tree / "src"), "NUMBA_CPU_NAME": "generic"}
@@ -100,9 +110,13 @@ def main() -> None:
     subprocess.run([*git, "worktree", "add", "--detach", str(before), commit], check=True, capture_output=True)
     try:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        import engine  # this tree's: makes the trace files both versions read
-        args.cache.mkdir(parents=True, exist_ok=True)
-        traces = {p: engine.trace_file(p, args.pages, args.cache) for p in args.patterns.split(",")}
+        import engine
+        cache = args.cache / commit[:12]
+        cache.mkdir(parents=True, exist_ok=True)
+        # Written by the older tree: this one reads an older trace format, not the reverse.
+        subprocess.run([sys.executable, "-c", WRITE_TRACES, str(before / "benchmarks"), args.patterns,
+                        str(args.pages), str(cache)], env=environment(before), check=True)
+        traces = {p: engine.trace_file(p, args.pages, cache) for p in args.patterns.split(",")}
         trees = {"before": before, "after": ROOT}
         policies = args.policies.split(",")
         for tree in trees.values():  # compile each version once, natively, so that valgrind only loads the cache
