@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streams import POLICIES, event_streams, snapshot_streams
 
-from cowahead.engine import fault_log, page_space, replay_engine, replay_states, to_counters
+from cowahead.engine import (cow_batches, fault_log, page_space, replay_engine, replay_states, samples,
+                             to_counters)
 from cowahead.engine.prepass import DIRECT_SPAN
 from cowahead.model import Kernel
 from cowahead.policies import parse_policy
+from cowahead.results.memory import sample_points
 from cowahead.results.rows import replay_reference
 from cowahead.trace import EventKind, VmaKind, write_trace
 from cowahead.trace.generators import PATTERNS, generate
@@ -28,9 +30,13 @@ FAR = 1 << 30  # pages: a second area this far away makes the page space sparse
 
 
 def assert_engine_equals_reference(trace, policies=ENGINE_POLICIES, chunk_rows=1 << 20):
-    engine = replay_engine(trace, policies, chunk_rows=chunk_rows)
-    for policy, counters in zip(policies, engine):
-        assert counters == replay_reference(trace, policy), policy
+    """Every counter, the COW batch histogram and the counters at sample points, of every policy."""
+    points = sample_points(len(trace), 7)
+    for policy, st in zip(policies, replay_states(trace, policies, chunk_rows=chunk_rows, sample_points=points)):
+        kernel = Kernel(parse_policy(policy))
+        assert to_counters(st) == kernel.replay(trace, sample_points=points), policy
+        assert cow_batches(st) == kernel.cow_batches, policy
+        assert samples(st) == kernel.samples, policy
 
 
 @st.composite

@@ -18,10 +18,12 @@ from streams import FOLIO_SETTINGS, POLICIES, event_streams, folio_streams, snap
 from test_engine import ENGINE_POLICIES, rough_streams
 from test_model_folios import four_workers, hugepage_region
 
-from cowahead.engine import fault_log, page_space, replay_engine, replay_states
+from cowahead.engine import (cow_batches, fault_log, page_space, replay_engine, replay_states, samples,
+                             to_counters)
 from cowahead.model import Kernel
 from cowahead.model.folio import FolioSettings
 from cowahead.policies import parse_policy
+from cowahead.results.memory import sample_points
 from cowahead.trace import write_trace
 from cowahead.trace.events import Advice
 from cowahead.trace.generators import FOLIO_VARIANTS, PATTERNS, generate
@@ -42,9 +44,14 @@ def model(trace, policy: str):
 
 
 def assert_engine_equals_model(trace, policies=POLICIES, chunk_rows=1 << 20):
-    engine = replay_engine(trace, policies, chunk_rows=chunk_rows)
-    for policy, counters in zip(policies, engine):
-        assert counters == model(trace, policy), policy
+    """Every counter and the COW batch histogram of every policy; the engine's counters, in order."""
+    engine, points = [], sample_points(len(trace), 7)
+    for policy, st in zip(policies, replay_states(trace, policies, chunk_rows=chunk_rows, sample_points=points)):
+        kernel = Kernel(parse_policy(policy))
+        engine.append(to_counters(st))
+        assert engine[-1] == kernel.replay(trace, sample_points=points), policy
+        assert cow_batches(st) == kernel.cow_batches, policy
+        assert samples(st) == kernel.samples, policy
     return engine
 
 
@@ -300,8 +307,6 @@ def test_a_madvise_split_inside_a_thp_splits_its_pmd_and_fork_copies_it_once():
 def test_a_page_space_of_bare_columns_is_made_anew_only_where_large_folios_need_it():
     """A sweep hands over a page space of bare columns (no settings: 4 KiB) with the trace's own settings:
     rebuilt where these make large folios possible, kept (not even re-decoded) where they do not."""
-    from cowahead.engine import to_counters
-
     trace = four_workers().trace(MADVISE)
     space = page_space(trace.columns)
     assert not space.large and page_space(trace).large

@@ -131,6 +131,7 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     for workload, entry in zip(workloads, results["workloads"]):
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
                      notes=workload.notes, trace=os.path.relpath(workload.trace_path, out_dir))
+        keep_memory_of_the_best(entry["rows"])
         if workload.scenario:
             entry["scenario"] = workload.scenario
     if settings.real_repeats:
@@ -142,6 +143,14 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
     write_report(results, out_dir)
     return results
+
+
+def keep_memory_of_the_best(rows: list[dict]) -> None:
+    """Memory over time stays on none's row and each family's best window: the plot's, a bounded file."""
+    kept = {"none"} | {s["policy"] for s in best_per_family(rows)}
+    for row in rows:
+        if row["policy"] not in kept:
+            row.pop("memory", None)
 
 
 def _time_for_real(workloads: list[Workload], results: dict, settings: Settings, step, lap) -> None:

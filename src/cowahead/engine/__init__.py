@@ -42,10 +42,21 @@ def to_counters(st: State) -> Counters:
     return Counters(**{name: int(v) for name, v in zip(FIELD_NAMES, st.counters)})
 
 
+def samples(st: State) -> list[Counters]:
+    """The counters at each sample point of the replay (replay_states' ``sample_points``)."""
+    return [Counters(**{name: int(v) for name, v in zip(FIELD_NAMES, row)}) for row in st.samples]
+
+
+def cow_batches(st: State) -> dict[tuple[int, int], int]:
+    """The 4 KiB COW faults by (ahead copies, ahead reuses) of their batch, as the model's Kernel.cow_batches."""
+    copies, reuses = np.nonzero(st.cow_batches)
+    return {(int(a), int(r)): int(st.cow_batches[a, r]) for a, r in zip(copies, reuses)}
+
+
 def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,
                   chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
                   log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None,
-                  folios: FolioSettings | None = None) -> list[State]:
+                  folios: FolioSettings | None = None, sample_points: Sequence[int] = ()) -> list[State]:
     """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
@@ -54,7 +65,9 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     the policies named in ``log_faults`` keep the model's fault log (``fault_log``);
     ``decoded``: the trace's chunks already decoded (``decoded_chunks``), kept by a caller that replays
     the same trace again; ``folios``: the trace's folio settings, for a caller handing over bare columns
-    (by default read from the trace's metadata). A ``space`` made for settings under which large folios
+    (by default read from the trace's metadata); ``sample_points``: ascending event counts after which each
+    state's counters are kept (``State.samples``, one row per point: memory over time, as the model's
+    ``Kernel.samples``). A ``space`` made for settings under which large folios
     were possible and are not, or the reverse (a page space of bare columns knows no settings), is made
     anew for these, and the chunks decoded anew with it.
     """
@@ -69,16 +82,27 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     space = space or page_space(source, chunk_rows, folios)
     oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
                      else None)
-    states = [new_state(space, p, oracle_future, p.name in log_faults) for p in parsed]
+    points = [p for p in sample_points if p > 0]
+    states = [new_state(space, p, oracle_future, p.name in log_faults, len(points)) for p in parsed]
     logging = any(len(st.fault_log) for st in states)
-    first_index = 0
+    first_index, taken = 0, 0
     for d in decoded_chunks(source, space, chunk_rows, decoded):
         if logging:  # room for one fault per page the chunk accesses; a replay without a log skips the sum
             accessed = int((d.dhi - d.dlo).sum())
             states = [log_room(st, accessed) for st in states]
-        states = [replay_chunk(st, d, first_index) for st in states]
-        first_index += len(d.kind)
-        progress(len(d.kind))
+        start, n = 0, len(d.kind)
+        while start < n:  # up to the next sample point in this chunk, or its end
+            stop = min(n, points[taken] - first_index) if taken < len(points) else n
+            part = d if (start, stop) == (0, n) else d.events(start, stop)
+            states = [replay_chunk(st, part, first_index + start) for st in states]
+            while taken < len(points) and points[taken] == first_index + stop:
+                for st in states:
+                    st.samples[taken] = st.counters
+                    replay.settle_pages(st.large, st.samples[taken])
+                taken += 1
+            start = stop
+        first_index += n
+        progress(n)
     for st in states:
         replay.finish(st)
     return states
@@ -98,5 +122,5 @@ def fault_log(st: State) -> tuple[np.ndarray, np.ndarray]:
     return log[:, 0].copy(), pages.astype(np.int64)
 
 
-__all__ = ["replay_engine", "replay_states", "fault_log", "decoded_chunks", "page_space", "folio_settings", "PageSpace",
+__all__ = ["replay_engine", "replay_states", "fault_log", "to_counters", "cow_batches", "samples", "decoded_chunks", "page_space", "folio_settings", "PageSpace",
            "TraceSource"]

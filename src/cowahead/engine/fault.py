@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model.counters import BATCH_BINS
 from .cow import wp_page_copy, wp_page_copy_large
 from .huge_memory import (alloc_anon_folio_order, do_huge_pmd_anonymous_page, do_huge_pmd_wp_page,
                           thp_vma_allowable_orders)
-from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_HITS, C_COW_COPY, C_COW_COPY_PAGES,
-                     C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL,
-                     C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER, HIT, HPAGE_PMD_ORDER, LARGE,
-                     PENDING, PP_KIND, PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON, SHMEM, V_ANON, V_BACKING,
-                     V_KIND, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_COPIES, C_AHEAD_HITS, C_AHEAD_REUSES,
+                     C_COW_COPY, C_COW_COPY_PAGES, C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE,
+                     C_REUSE_PAGES, C_ZERO_FILL, C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER,
+                     HIT, HPAGE_PMD_ORDER, LARGE, PENDING, PP_KIND, PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON,
+                     SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
 from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma, folio_add, map_frame, wp_can_reuse
 from .windows import POL_NONE, cow_ahead, cow_ahead_large
+
+
+@jit_inline
+def count_batch(st, copies, reuses):
+    """A 4 KiB COW fault into the batch histogram (model/counters.py): the pages its window broke."""
+    st.cow_batches[min(copies, BATCH_BINS), min(reuses, BATCH_BINS)] += 1
 
 
 @jit_inline
@@ -34,6 +41,7 @@ def do_fault(st, s, v, d, write, kind):
         map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
     elif write:  # do_cow_fault
         counted = C_COW_COPY
+        st.cow_batches[0, 0] += 1
         st.vmas[v, V_ANON] = 1
         backing_frame(st, v, d, FILE)
         map_frame(st, s, d, alloc_frame(st, ANON), True)
@@ -68,8 +76,12 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
-    if st.policy[PP_KIND] != POL_NONE:  # a call costs more than Linux's own path here
-        cow_ahead(st, s, v, d, pid, now)
+    if st.policy[PP_KIND] == POL_NONE:  # a call costs more than Linux's own path here
+        st.cow_batches[0, 0] += 1
+        return
+    copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
+    cow_ahead(st, s, v, d, pid, now)
+    count_batch(st, c[C_AHEAD_COPIES] - copies, c[C_AHEAD_REUSES] - reuses)
 
 
 # ----- where large folios may be (State.large) -----------------------------------------
@@ -149,8 +161,10 @@ def do_wp_page_large(st, s, v, d, pid, now):
     old = frame_of(fl)  # vmf.folio: the folio copied from, which the copy may free (folio's window asks)
     order = st.folios[old, F_ORDER] if old != ZERO_FRAME and st.frame_kind[old] == LARGE else 0
     wp_page_copy_large(st, s, v, d)
+    copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
     if st.policy[PP_KIND] != POL_NONE:
         cow_ahead_large(st, s, v, d, pid, now, old, order)
+    count_batch(st, c[C_AHEAD_COPIES] - copies, c[C_AHEAD_REUSES] - reuses)
 
 
 # ----- the access ------------------------------------------------------------------------

@@ -132,6 +132,11 @@ class Decoded:
     dhi: np.ndarray
     scattered: bool    # do its reads and writes jump about? (then replay prefetches, if the state is big)
 
+    def events(self, start: int, stop: int) -> "Decoded":
+        """Events start … stop−1 of the chunk (views, no copy)."""
+        return Decoded(self.kind[start:stop], self.pid[start:stop], self.arg[start:stop], self.address[start:stop],
+                       self.length[start:stop], self.dlo[start:stop], self.dhi[start:stop], self.scattered)
+
 
 @njit(cache=True)
 def _scan_chunk(kind, pid, address, length, arg):

@@ -24,7 +24,7 @@ from .windows import keeps_regions, window_worst
 def access_worst(st, npages):
     """The most a read or write of ``npages`` pages may take: frames (per page a page-cache frame, the
     copy, and at most a window of ahead copies), policy states, and ccow's region counters."""
-    per_page = 2 + window_worst(st)
+    per_page = 2 + window_worst(st.policy)
     cov = st.region_start.shape[0] + npages + 1 if keeps_regions(st) else 0
     return per_page * npages, npages + 1, cov
 
@@ -225,13 +225,19 @@ def faults(c):
 
 @jit
 def finish(st):
-    """End of trace: ahead copies still unwritten count as waste. Where no fault can map a large folio,
-    each fault's pages are one page: the page counters are the fault counters, set here rather than bumped
-    at every fault; the large-folio fault path counts them as it goes."""
+    """End of trace: ahead copies still unwritten count as waste; the page counters settled."""
     c = st.counters
     c[C_EXTRA_PAGES_FINAL] = c[C_EXTRA_PAGES]
     c[C_AHEAD_WASTE] += c[C_EXTRA_PAGES]
-    if not st.large:
+    settle_pages(st.large, c)
+
+
+@jit
+def settle_pages(large, c):
+    """Where no fault can map a large folio each fault's pages are one page: the page counters are the
+    fault counters, set here (at the end, and in a sample of the counters mid-trace) rather than bumped at
+    every fault; the large-folio fault path counts them as it goes."""
+    if not large:
         c[C_ZERO_FILL_PAGES] = c[C_ZERO_FILL]
         c[C_COW_COPY_PAGES] = c[C_COW_COPY]
         c[C_REUSE_PAGES] = c[C_REUSE]

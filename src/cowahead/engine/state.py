@@ -13,10 +13,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import EngineUnsupported
+from ..model.counters import batch_bin
 from ..model.folio import FolioSettings
 from ..policies import Policy
 from . import layout
-from .windows import ENGINE_KINDS, POL_ORACLE, keeps_regions_kind
+from .windows import ENGINE_KINDS, POL_ORACLE, keeps_regions_kind, window_worst
 from .prepass import Future, PageSpace
 
 
@@ -54,6 +55,8 @@ class State(NamedTuple):
     thp: np.ndarray           # the folio settings (layout.TH_*)
     pmds: np.ndarray          # [slot, 2 MiB block] uint8 BLK_TABLE | BLK_PMD; no columns unless large
     folios: np.ndarray        # [frame, F_*] int32: a large folio's counts, on its head frame; no rows unless large
+    cow_batches: np.ndarray   # [ahead copies, ahead reuses] -> 4 KiB COW faults (model/counters.py BATCH_BINS)
+    samples: np.ndarray       # [sample point, counter]: the counters after each sample point's events (Python fills)
 
 
 def policy_params(policy: Policy) -> np.ndarray:
@@ -97,7 +100,8 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return region_of, np.concatenate([[0], starts, [n]]).astype(np.int64)
 
 
-def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False) -> State:
+def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False,
+              samples: int = 0) -> State:
     params = policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
     # Room for two address spaces' worth of frames from the start: growing is a copy. A space of whole 2 MiB
@@ -137,6 +141,8 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
         large=int(space.large), thp=thp_params(space.folios),
         pmds=np.zeros((slots, npages >> layout.HPAGE_PMD_ORDER if space.large else 0), np.uint8),
         folios=np.zeros((frames if space.large else 0, layout.N_FOLIO_FIELDS), np.int32),
+        cow_batches=np.zeros((batch_bin(window_worst.py_func(params)) + 1,) * 2, np.int64),
+        samples=np.zeros((samples, layout.N_COUNTERS), np.int64),
     )
 
 

@@ -396,9 +396,10 @@ def on_fork(st, s):
 
 
 @jit_inline
-def window_worst(st):
-    """The most pages one COW fault's window may break."""
-    return 0 if st.policy[PP_KIND] == POL_NONE else st.policy[PP_WINDOW]
+def window_worst(policy):
+    """The most pages one COW fault's window may break (``policy``: State.policy; also called from Python,
+    as ``window_worst.py_func``, to size the batch histogram)."""
+    return 0 if policy[PP_KIND] == POL_NONE else policy[PP_WINDOW]
 
 
 @jit_inline

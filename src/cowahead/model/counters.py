@@ -45,4 +45,17 @@ class Counters:
 
 
 FIELD_NAMES = [f.name for f in fields(Counters)]
-__all__ = ["Counters", "FIELD_NAMES", "asdict"]
+
+# COW faults by their batch: a 4 KiB COW copy on demand (wp_page_copy, do_cow_fault) and the pages its window
+# then broke, as (ahead copies, ahead reuses) -> faults. A histogram, not a list: a fault's stall follows
+# from its batch under a cost profile (results/stalls.py). A window of more pages counts in the last bin.
+# Copies of 512 pages at one fault (thp-cow, a write to the huge zero page) have no window and are not in
+# it: (cow_copy_pages - cow_copy) / 511 of them, from the counters.
+BATCH_BINS = 1024
+
+
+def batch_bin(pages: int) -> int:
+    return min(pages, BATCH_BINS)
+
+
+__all__ = ["Counters", "FIELD_NAMES", "BATCH_BINS", "asdict", "batch_bin"]

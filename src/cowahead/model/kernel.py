@@ -14,12 +14,13 @@ This model is the reference the fast engine is held equal to.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..trace.events import HPAGE_PMD_ORDER, Advice, Event, EventKind, VmaKind
 from ..trace.trace import Trace
-from .counters import Counters
+from .counters import Counters, batch_bin
 from .fault import VmFault
 from .folio import Folio, FolioSettings
 from .huge_memory import HPAGE_PMD_NR, HugeMemory, folio_base
@@ -51,6 +52,8 @@ class Kernel(HugeMemory):
         self._folios_given = folios is not None
         self.unplaced_collapses = 0  # khugepaged's collapses: a trace cannot say where they were
         self.counters = Counters()
+        self.cow_batches: Counter[tuple[int, int]] = Counter()  # (ahead copies, ahead reuses) -> COW faults
+        self.samples: list[Counters] = []  # the counters at each of replay's sample points
         # With log_faults, every fault and ahead action as (event index, pid, page, kind):
         # kind is a Counters field name (zero_fill, cow_copy, ...) or ahead_copies / ahead_reuses.
         self.fault_log: list[tuple[int, int, int, str]] | None = [] if log_faults else None
@@ -64,14 +67,20 @@ class Kernel(HugeMemory):
     # ----- replay -----------------------------------------------------------------
 
     def replay(self, trace: Trace, reads: list[int] | None = None,
-               progress: Callable[[int], None] = lambda events: None) -> Counters:
+               progress: Callable[[int], None] = lambda events: None, sample_points: Sequence[int] = ()) -> Counters:
         """Run every event; if ``reads`` is a list, append each value read to it. ``progress`` hears
-        how many events were run, every PROGRESS_EVENTS and at the end."""
+        how many events were run, every PROGRESS_EVENTS and at the end. After as many events as each of
+        ``sample_points`` (ascending) the counters are kept in ``samples``: memory over time."""
         self.policy.prepare(trace)
         if not self._folios_given:
             self.folios = FolioSettings.from_metadata(trace.metadata)
+        points = iter(p for p in sample_points if p > 0)
+        point = next(points, None)
         for index, event in enumerate(trace.events()):
             self.apply(event, index, reads)
+            while point == index + 1:
+                self.samples.append(replace(self.counters))
+                point = next(points, None)
             if (index + 1) % PROGRESS_EVENTS == 0:
                 progress(PROGRESS_EVENTS)
         progress(len(trace) % PROGRESS_EVENTS)
@@ -449,6 +458,7 @@ class Kernel(HugeMemory):
     def do_cow_fault(self, vmf: VmFault) -> None:
         """Write to an unmapped page of a private file: copy the page-cache page."""
         self._count(vmf, "cow_copy")
+        self.cow_batches[0, 0] += 1
         vmf.vma.anon_vma = True
         source = self._page_cache_frame(vmf.vma, vmf.page)
         vmf.pte = self._map_frame(vmf.mm, vmf.page, self._alloc_frame(FrameKind.ANON, source.content), writable=True)
@@ -463,7 +473,10 @@ class Kernel(HugeMemory):
         self._count(vmf, "cow_copy")
         vmf.folio = vmf.pte.frame.folio
         vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
+        c = self.counters
+        copies, reuses = c.ahead_copies, c.ahead_reuses
         self.cow_ahead(vmf)
+        self.cow_batches[batch_bin(c.ahead_copies - copies), batch_bin(c.ahead_reuses - reuses)] += 1
 
     def wp_can_reuse(self, mm: Mm, frame: Frame) -> bool:
         """wp_can_reuse_anon_folio. A 4 KiB page: exclusive. A page of a large folio: only on kernels that

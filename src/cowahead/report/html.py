@@ -29,10 +29,13 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 SUMMARY_COLUMNS = [("policy", "best window"), ("faults_change_pct", "faults vs none"),
                    ("ahead_copies", "pages copied ahead"), ("ahead_waste", "waste (never written)"),
                    ("extra_copies", "extra copies vs none"), ("extra_pages_peak", "extra pages, peak"),
-                   ("predicted_change_pct", "predicted time vs none"), ("real_change_pct", "real time vs none")]
+                   ("predicted_change_pct", "predicted time vs none"), ("real_change_pct", "real time vs none"),
+                   ("stall_p99_us", "p99 stall per COW fault, µs"), ("none_stall_p99_us", "none's p99 stall, µs"),
+                   ("stall_max_us", "max stall, µs")]
 
 ROW_COLUMNS = ["policy", "faults", "cow_copies", "ahead_copies", "pages_copied", "ahead_hits", "ahead_waste",
-               "zero_fills", "reuses", "extra_pages_peak", "predicted_us"]
+               "zero_fills", "reuses", "extra_pages_peak", "predicted_us", "cow_faults", "stall_p50_us",
+               "stall_p99_us", "stall_max_us"]
 
 
 def write_report(results: dict, out_dir: Path) -> Path:
@@ -71,6 +74,10 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
     slug = _slug(workload["name"])
     images = [plots.tradeoff(workload["rows"], f"{workload['name']}: faults saved vs extra memory",
                              out_dir / f"{slug}-tradeoff.png")]
+    shown = plots.memory(workload["rows"], f"{workload['name']}: memory over time (none and each best window)",
+                         out_dir / f"{slug}-memory.png")
+    if shown:
+        images.append(shown)
     if workload.get("heatmap"):
         images.append(plots.heatmap(workload["heatmap"], f"{workload['name']}: {workload['heatmap'].get('what', '')}",
                                     out_dir / f"{slug}-heatmap.png"))

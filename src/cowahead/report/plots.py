@@ -1,4 +1,4 @@
-"""PNG plots of results: the trade-off per workload, and the fault heatmap."""
+"""PNG plots of results: the trade-off per workload, memory over time, and the fault heatmap."""
 
 from __future__ import annotations
 
@@ -36,6 +36,30 @@ def tradeoff(rows: list[dict], title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def memory(rows: list[dict], title: str, path: Path) -> Path | None:
+    """Extra pages (solid) and pages copied (dotted) over the trace's events, for every row that carries its
+    memory series (none and each family's best window); None if no row does."""
+    shown = [r for r in rows if r.get("memory")]
+    if not shown:
+        return None
+    palette = colours()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for row in shown:
+        series, colour = row["memory"], palette.get(family(row["policy"]), "black")
+        ax.plot(series["events"], series["extra_pages"], color=colour, label=f"{row['policy']}: extra pages")
+        ax.plot(series["events"], series["pages_copied"], color=colour, linestyle=":", linewidth=1,
+                label=f"{row['policy']}: pages copied")
+    ax.set_xlabel("events replayed")
+    ax.set_ylabel("pages")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

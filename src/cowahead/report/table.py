@@ -76,6 +76,11 @@ def _count(key: str) -> Callable[[dict, dict | None], str]:
     return lambda r, base: f"{r[key]:,}"
 
 
+def _us(key: str) -> Callable[[dict, dict | None], str]:
+    """A stall in µs; empty where the row has none (no COW fault, or a results file from before stalls)."""
+    return lambda r, base: "" if r.get(key) is None else f"{r[key]:,.1f}"
+
+
 # simulate's columns: header, cell of a row (given the baseline row), rank. What COW-ahead saves and
 # costs is kept longest.
 COLUMNS: list[tuple[str, Callable[[dict, dict | None], str], int]] = [
@@ -91,6 +96,8 @@ COLUMNS: list[tuple[str, Callable[[dict, dict | None], str], int]] = [
     ("reuses", _count("reuses"), 0),
     ("extra pages peak", _count("extra_pages_peak"), 9),
     ("predicted µs", lambda r, base: f"{r['predicted_us']:,.1f}", 7),
+    ("p99 stall µs", _us("stall_p99_us"), 11),
+    ("max stall µs", _us("stall_max_us"), 5),
     ("Δ time", lambda r, base: _delta(r["predicted_us"], base and base["predicted_us"]), KEEP),
 ]
 

@@ -22,7 +22,10 @@ PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 HISTORY: dict[str, dict[int, str]] = {
     "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'",
               2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
-    "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s"},
+    "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s",
+                2: "rows carry their COW faults' batch histogram (cow_batches: [ahead copies, ahead reuses, "
+                   "faults]) and stalls under the costs (cow_faults, stall_p50_us, stall_p99_us, stall_max_us, "
+                   "stall_total_us)"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
                  2: "the common header; the run's settings under 'settings'",
                  3: "runs per THP configuration ('config', 'status'), faults and folio pages matched of "
@@ -36,7 +39,7 @@ HISTORY: dict[str, dict[int, str]] = {
 }
 
 
-READABLE: dict[str, set[int]] = {"trace": {1}}
+READABLE: dict[str, set[int]] = {"trace": {1}, "results": {1}}  # a version-1 results file: rows without stalls
 
 
 def current_version(kind: str) -> int:

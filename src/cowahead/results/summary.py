@@ -44,6 +44,9 @@ def best_per_family(rows: list[dict]) -> list[dict]:
         "extra_copies": row["pages_copied"] - base["pages_copied"],
         "extra_pages_peak": row["extra_pages_peak"],
         "predicted_change_pct": change(row["predicted_us"], base["predicted_us"]),
+        # one COW fault's stall, this window against none's (results/stalls.py; absent in older files)
+        "stall_p99_us": row.get("stall_p99_us"), "stall_max_us": row.get("stall_max_us"),
+        "none_stall_p99_us": base.get("stall_p99_us"),
     } for name, row in best.items()]
 
 
