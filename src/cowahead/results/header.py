@@ -22,7 +22,9 @@ PACKAGES = ["cowahead", "numpy", "numba", "pyarrow", "matplotlib"]
 HISTORY: dict[str, dict[int, str]] = {
     "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'",
               2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
-    "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s"},
+    "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s",
+                2: "two cost profiles: predicted_us under the headline one ('cost_profile', 'costs'; kernel by "
+                   "default), predicted_us_userspace under the user-space one ('costs_userspace') in every row"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
                  2: "the common header; the run's settings under 'settings'",
                  3: "runs per THP configuration ('config', 'status'), faults and folio pages matched of "
@@ -33,6 +35,8 @@ HISTORY: dict[str, dict[int, str]] = {
                     2: "the common header; the run's settings under 'settings'"},
     "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
                      2: "the common header; written atomically"},
+    "costs": {1: "a cost profile derived from measurements ('profile', 'costs' as CostModel's fields, "
+                 "'provenance', 'fit', 'conversion', 'checks', 'not_measured')"},
 }
 
 
