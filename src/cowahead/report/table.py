@@ -92,6 +92,9 @@ COLUMNS: list[tuple[str, Callable[[dict, dict | None], str], int]] = [
     ("extra pages peak", _count("extra_pages_peak"), 9),
     ("predicted µs", lambda r, base: f"{r['predicted_us']:,.1f}", 7),
     ("Δ time", lambda r, base: _delta(r["predicted_us"], base and base["predicted_us"]), KEEP),
+    # the user-space profile: what the same window does without a patched kernel
+    ("Δ time user space",
+     lambda r, base: _delta(r["predicted_us_userspace"], base and base["predicted_us_userspace"]), 11),
 ]
 
 

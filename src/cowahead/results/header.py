@@ -23,8 +23,8 @@ HISTORY: dict[str, dict[int, str]] = {
     "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'",
               2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
     "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s",
-                2: "two cost profiles: predicted_us under the headline one ('cost_profile', 'costs'; kernel by "
-                   "default), predicted_us_userspace under the user-space one ('costs_userspace') in every row"},
+                2: "two cost profiles in every row: predicted_us under 'costs' (the kernel profile unless "
+                   "--costs says otherwise), predicted_us_userspace under 'costs_userspace' (MADV_POPULATE_WRITE)"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
                  2: "the common header; the run's settings under 'settings'",
                  3: "runs per THP configuration ('config', 'status'), faults and folio pages matched of "

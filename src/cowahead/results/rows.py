@@ -1,4 +1,8 @@
-"""One result row per trace × policy: the counters, the cost model's time, and the policy name."""
+"""One result row per trace × policy: the counters, the cost model's time under two profiles, and the policy name.
+
+``predicted_us`` is under the profile asked for (``--costs``: the kernel profile unless told otherwise);
+``predicted_us_userspace`` always under the user-space one: what can be done without a patched kernel.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,17 @@ Progress = Callable[[int], None]  # told how many more events were replayed
 
 # The keys `simulate --json` promises, in table order.
 KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
-        "reuses", "extra_pages_peak", "predicted_us", "pages_copied"]
+        "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "predicted_us_userspace"]
 
 
-def result_row(policy: str, counters: Counters, costs: CostModel) -> dict:
+def result_row(policy: str, counters: Counters, costs: CostModel, userspace: CostModel = CostModel()) -> dict:
     c = counters.as_dict()
     row = {"policy": policy, "faults": c["faults"], "cow_copies": c["cow_copy"],
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
            "zero_fills": c["zero_fill"], "reuses": c["reuse"], "extra_pages_peak": c["extra_pages_peak"],
            "predicted_us": round(costs.predict_us(counters), 3),
-           "pages_copied": c["cow_copy_pages"] + c["ahead_copies"]}  # pages, not faults: a fault may copy many
+           "pages_copied": c["cow_copy_pages"] + c["ahead_copies"],  # pages, not faults: a fault may copy many
+           "predicted_us_userspace": round(userspace.predict_us(counters), 3)}
     row.update({k: v for k, v in c.items() if k not in row})
     return row
 
