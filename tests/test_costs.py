@@ -71,7 +71,8 @@ def test_the_kernel_profile_against_single_rows_by_hand():
     # The copy is 4,114.3 of them (ftrace: (9,786,430 + 9,816,142 − 4,105 × 661) / 4,105 calls); the host
     # copies a page in 0.5287 µs and takes 2.515 µs for the whole fault, so every other instruction is
     # (2.515 − 0.5287) / (6,523.65 − 4,114.3) = 1.9863 / 2,409.35 = 0.00082442 µs.
-    # sequential, fixed:64: 10,878,085 − 16,470 = 10,861,615 instructions, 32 faults and 2,016 pages ahead in 32 windows: (10,861,615 − 32 × 6,523.65) / 2,016 = 5,284.2 per
+    # sequential, fixed:64: 10,878,085 − 16,470 = 10,861,615 instructions, 32 faults and 2,016 pages
+    # ahead in 32 windows: (10,861,615 − 32 × 6,523.65) / 2,016 = 5,284.2 per
     # ahead page with its window's share, 0.5287 + (5,284.2 − 4,114.3) × 0.00082442 = 1.4932 µs.
     assert profile.ahead_copy_us + 32 / 2016 * profile.ahead_call_us == pytest.approx(1.4932, abs=0.005)
     # sequential, fixed:4: 11,729,648 − 16,470 = 11,713,178; 512 faults, 1,536 ahead in 512 windows:

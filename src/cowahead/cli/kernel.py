@@ -78,7 +78,8 @@ existing_file = click.Path(dir_okay=False, exists=True, path_type=Path)
 @command.command("costs")
 @click.argument("check_file", metavar="KERNEL_CHECK", type=existing_file)
 @click.option("--ftrace", "ftrace_file", type=existing_file, required=True,
-              help="The ftrace breakdown of the same kernel (python -m cowahead.kernel.ftrace): the copy's instructions.")
+              help="The ftrace breakdown of the same kernel (python -m cowahead.kernel.ftrace): the copy's "
+                   "instructions.")
 @click.option("--calibration", "calibration_file", type=existing_file, required=True,
               help="This host's `cowahead calibrate` file: converts instructions to µs.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)

@@ -82,7 +82,8 @@ def measure_rows(check: dict, where: str) -> list[dict]:
     rows = check.get("measure", {}).get("measurement") or []
     needed = {"pattern", "policy", "window", "child_instructions", "user_instructions", *FIT_TERMS}
     if not rows or any(needed - row.keys() for row in rows):
-        raise CowaheadError(f"{where}: its measure rows lack {', '.join(sorted(needed))} (rerun `cowahead kernel check`)")
+        raise CowaheadError(f"{where}: its measure rows lack {', '.join(sorted(needed))} "
+                            "(rerun `cowahead kernel check`)")
     return rows
 
 
@@ -198,8 +199,8 @@ def kernel_profile(check_path: str | Path, ftrace_path: str | Path, calibration_
                                  "per_batch": round(fit.per_batch, 1)},
                 "worst_residual_pct": max(abs(r["residual_pct"]) for r in checked if r["in_fit"]),
                 "rows": checked},
-        "conversion": {"method": "the page copy at the host's memcpy, every other instruction at "
-                                 "us_per_instruction = (cow_fault_us − memcpy_us) / (per_cow_fault − copy_instructions)",
+        "conversion": {"method": "the page copy at the host's memcpy, every other instruction at us_per_instruction "
+                                 "= (cow_fault_us − memcpy_us) / (per_cow_fault − copy_instructions)",
                        "copy_instructions": round(copy, 1), "memcpy_us_per_page": memcpy_us,
                        "cow_fault_us": measured["cow_fault_us"], "us_per_instruction": round(us_per_instruction, 7)},
         "checks": {"trap": {"instructions": TRAP_INSTRUCTIONS,
@@ -212,5 +213,6 @@ def kernel_profile(check_path: str | Path, ftrace_path: str | Path, calibration_
                                     "what": "ftrace: one ranged flush_tlb_mm_range per window of up to 16 pages"}},
         "not_measured": {"ahead_reuse_us": "the calibration's MADV_POPULATE_WRITE reuse per page (512-page calls): "
                                            "the kernel check's measured patterns reuse nothing ahead",
-                         "zero_fill_us, zero_page_us, map_us, reuse_us": "the calibration's: paths the patch does not change"},
+                         "zero_fill_us, zero_page_us, map_us, reuse_us":
+                             "the calibration's: paths the patch does not change"},
     }

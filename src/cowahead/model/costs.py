@@ -78,10 +78,13 @@ class CostModel:
             raise CowaheadError(f"{path}: not a readable calibration file ({e}); run `cowahead calibrate`") from None
 
 
+USERSPACE = CostModel()
+
+
 def cost_profile(name: str) -> CostModel:
     """``kernel``, ``userspace``, or the path of a calibration or cost-profile file; one line otherwise."""
     if name == "userspace":
-        return CostModel()
+        return USERSPACE
     if name == "kernel":
         return CostModel.load(KERNEL_PROFILE)
     if Path(name).is_file():

@@ -30,7 +30,8 @@ SUMMARY_COLUMNS = [("policy", "best window"), ("faults_change_pct", "faults vs n
                    ("ahead_copies", "pages copied ahead"), ("ahead_waste", "waste (never written)"),
                    ("extra_copies", "extra copies vs none"), ("extra_pages_peak", "extra pages, peak"),
                    ("predicted_change_pct", "predicted time vs none"),
-                   ("predicted_change_pct_userspace", "user space, predicted: what can be done without a patched kernel"),
+                   ("predicted_change_pct_userspace",
+                    "user space, predicted: what can be done without a patched kernel"),
                    ("real_change_pct", "real time vs none (user space)")]
 
 ROW_COLUMNS = ["policy", "faults", "cow_copies", "ahead_copies", "pages_copied", "ahead_hits", "ahead_waste",
@@ -89,7 +90,8 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
         f"<p>{html.escape(workload.get('description', ''))} Source <code>{html.escape(workload.get('source', ''))}</code>, "
         f"{workload.get('events', 0):,} events.</p>",
         _notes(workload),
-        f"<p class='verdict'><b>{html.escape(verdict(summaries))}</b> {html.escape(without_patched_kernel(summaries))}</p>",
+        f"<p class='verdict'><b>{html.escape(verdict(summaries))}</b> "
+        f"{html.escape(without_patched_kernel(summaries))}</p>",
         "<h3>Best window per policy</h3>", _summary_table(summaries), _real_note(real),
         "<div class='plots'>" + "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in images) + "</div>",
         "<details><summary>Every policy and window</summary>", _rows_table(workload["rows"]), "</details>",

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
-from ..model.costs import CostModel
+from ..model.costs import USERSPACE
 from ..output import write_atomically
 from ..trace.parquet import METADATA_KEY
 from .header import check_header, header
@@ -24,7 +24,7 @@ from .header import check_header, header
 def new_results(costs: dict) -> dict:
     """``costs``: the profile the rows' ``predicted_us`` is under; ``costs_userspace``: their
     ``predicted_us_userspace``'s."""
-    return {**header("results"), "costs": costs, "costs_userspace": asdict(CostModel()), "workloads": []}
+    return {**header("results"), "costs": costs, "costs_userspace": asdict(USERSPACE), "workloads": []}
 
 
 def save_results(results: dict, path: Path) -> None:

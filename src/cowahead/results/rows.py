@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..model.costs import CostModel
+from ..model.costs import USERSPACE, CostModel
 from ..model.counters import Counters
 from ..model.kernel import Kernel
 from ..policies import Policy, parse_policies, parse_policy
@@ -21,7 +21,7 @@ KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_w
         "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "predicted_us_userspace"]
 
 
-def result_row(policy: str, counters: Counters, costs: CostModel, userspace: CostModel = CostModel()) -> dict:
+def result_row(policy: str, counters: Counters, costs: CostModel, userspace: CostModel = USERSPACE) -> dict:
     c = counters.as_dict()
     row = {"policy": policy, "faults": c["faults"], "cow_copies": c["cow_copy"],
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
