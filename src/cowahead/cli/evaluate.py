@@ -10,9 +10,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..model.costs import CostModel
+from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
-from ..results.summary import best_per_family, verdict
+from ..results.summary import best_per_family, verdict, without_patched_kernel
 from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 
 
@@ -23,11 +23,11 @@ from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 @click.option("--quick", is_flag=True, help="Smaller workloads, fewer windows and real runs (about 2 minutes).")
 @click.option("--no-real", is_flag=True, help="Skip timing the best windows for real.")
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
-@click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
+@click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
-def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int | None, costs: str | None,
+def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int | None, costs: str,
             output: Path) -> None:
-    cost_model = CostModel.load(costs) if costs else CostModel()
+    cost_model = cost_profile(costs)
     settings = Settings.default(quick, real=not no_real)
     if pages:
         settings = dataclasses.replace(settings, pages=pages)
@@ -43,5 +43,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int |
             return lambda n: progress.advance(task, n)
         results = evaluate(names, settings, output, cost_model, step)
     for workload in results["workloads"]:
-        click.echo(f"{workload['name']}: {verdict(best_per_family(workload['rows']))}")
+        summaries = best_per_family(workload["rows"])
+        sentences = [verdict(summaries), without_patched_kernel(summaries)]
+        click.echo(f"{workload['name']}: {' '.join(s for s in sentences if s)}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")

@@ -1,7 +1,8 @@
-"""``cowahead kernel build|run|check``: COW-ahead in Linux's own fault path, in a TCG guest."""
+"""``cowahead kernel build|run|check|costs``: COW-ahead in Linux's own fault path, in a TCG guest."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import click
 
 from ..errors import CowaheadError
 from ..kernel.check import RESULTS_DIR, check
+from ..kernel.costs import kernel_profile
 from ..kernel.kbuild import DEFAULT_BUILD_DIR, PATCH, build, built_kernel
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
+from ..output import output_file, write_atomically
 
 build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path),
                                 default=DEFAULT_BUILD_DIR, show_default=True,
@@ -67,3 +70,28 @@ def check_command(build_dir: Path, skip_build: bool, out_dir: Path | None) -> No
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
     click.echo(str(path))
+
+
+existing_file = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
+@command.command("costs")
+@click.argument("check_file", metavar="KERNEL_CHECK", type=existing_file)
+@click.option("--ftrace", "ftrace_file", type=existing_file, required=True,
+              help="The ftrace breakdown of the same kernel (python -m cowahead.kernel.ftrace): the copy's "
+                   "instructions.")
+@click.option("--calibration", "calibration_file", type=existing_file, required=True,
+              help="This host's `cowahead calibrate` file: converts instructions to µs.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def costs_command(check_file: Path, ftrace_file: Path, calibration_file: Path, output: Path) -> None:
+    """Fit the kernel cost profile to a kernel check's measurements (docs/costs.md); write it for --costs."""
+    output_file(output)
+    doc = kernel_profile(check_file, ftrace_file, calibration_file)
+    write_atomically(output, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    fit, costs = doc["fit"], doc["costs"]
+    click.echo(f"instructions per COW fault {fit['instructions']['per_cow_fault']:,.1f}, per ahead copy "
+               f"{fit['instructions']['per_ahead_copy']:,.1f}, per batch {fit['instructions']['per_batch']:,.1f} "
+               f"(worst residual {fit['worst_residual_pct']:.2f}%)")
+    click.echo(f"µs: cow_fault {costs['cow_fault_us']}, ahead_copy {costs['ahead_copy_us']}, "
+               f"ahead_call {costs['ahead_call_us']}, ahead_reuse {costs['ahead_reuse_us']} (not measured)")
+    click.echo(str(output))

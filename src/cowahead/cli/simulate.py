@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..model.costs import CostModel
+from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..policies import SYNTAX, default_policies, parse_policies
 from ..report.table import results_table
 from ..results.rows import simulate_engine, simulate_reference
@@ -22,11 +22,11 @@ PROGRESS_COLUMNS = [TextColumn("{task.description}"), BarColumn(), MofNCompleteC
 @click.argument("trace_path", metavar="TRACE")
 @click.option("--policy", "-p", "policies", multiple=True, help="A policy; repeat for more. Default: a set of six.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of result objects instead of a table.")
-@click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
+@click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
 @click.option("--reference", is_flag=True,
               help="Replay through the plain Python model instead of the compiled engine (same counters, slower).")
-def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: str | None, reference: bool) -> None:
-    cost_model = CostModel.load(costs) if costs else CostModel()
+def command(trace_path: str, policies: tuple[str, ...], as_json: bool, costs: str, reference: bool) -> None:
+    cost_model = cost_profile(costs)
     trace = TraceFile(trace_path)
     policies = parse_policies(list(policies) or default_policies("example"))  # a bad one fails before any replay
     # The model replays once per policy; the engine all policies in one pass.

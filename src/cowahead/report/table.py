@@ -99,6 +99,9 @@ COLUMNS: list[tuple[str, Callable[[dict, dict | None], str], int]] = [
     ("p99 stall µs", _us("stall_p99_us"), 11),
     ("max stall µs", _us("stall_max_us"), 5),
     ("Δ time", lambda r, base: _delta(r["predicted_us"], base and base["predicted_us"]), KEEP),
+    # the user-space profile: what the same window does without a patched kernel
+    ("Δ time user space",
+     lambda r, base: _delta(r["predicted_us_userspace"], base and base["predicted_us_userspace"]), 11),
 ]
 
 

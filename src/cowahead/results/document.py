@@ -8,19 +8,23 @@ reads either back into the same document.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CowaheadError
+from ..model.costs import USERSPACE
 from ..output import write_atomically
 from ..trace.parquet import METADATA_KEY
 from .header import check_header, header
 
 
 def new_results(costs: dict) -> dict:
-    return {**header("results"), "costs": costs, "workloads": []}
+    """``costs``: the profile the rows' ``predicted_us`` is under; ``costs_userspace``: their
+    ``predicted_us_userspace``'s."""
+    return {**header("results"), "costs": costs, "costs_userspace": asdict(USERSPACE), "workloads": []}
 
 
 def save_results(results: dict, path: Path) -> None:

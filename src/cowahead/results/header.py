@@ -23,9 +23,12 @@ HISTORY: dict[str, dict[int, str]] = {
     "trace": {1: "one row per event (time_ns, pid, kind, address, length, arg), metadata under b'cowahead'",
               2: "event kinds MADVISE, THP_DISABLE and COLLAPSE; the folio settings (thp, kernel) in the metadata"},
     "results": {1: "workloads with one row per policy; costs; optional sweep, settings, timings_s",
-                2: "rows carry their COW faults' batch histogram (cow_batches: [ahead copies, ahead reuses, "
-                   "faults]) and stalls under the costs (cow_faults, stall_p50_us, stall_p99_us, stall_max_us, "
-                   "stall_total_us)"},
+                2: "two cost profiles in every row: predicted_us under 'costs' (the kernel profile unless "
+                   "--costs says otherwise), predicted_us_userspace under 'costs_userspace' (MADV_POPULATE_WRITE); "
+                   "rows carry their COW faults' batch histogram (cow_batches: [ahead copies, ahead reuses, "
+                   "faults]), stalls under 'costs' (cow_faults, stall_p50_us, stall_p99_us, stall_max_us, "
+                   "stall_total_us) and, where kept, memory over time (memory: events, extra_pages, "
+                   "pages_copied, resident)"},
     "validate": {1: "machine metadata and settings mixed under 'metadata'",
                  2: "the common header; the run's settings under 'settings'",
                  3: "runs per THP configuration ('config', 'status'), faults and folio pages matched of "
@@ -36,10 +39,12 @@ HISTORY: dict[str, dict[int, str]] = {
                     2: "the common header; the run's settings under 'settings'"},
     "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
                      2: "the common header; written atomically"},
+    "costs": {1: "a cost profile derived from measurements ('profile', 'costs' as CostModel's fields, "
+                 "'provenance', 'fit', 'conversion', 'checks', 'not_measured')"},
 }
 
 
-READABLE: dict[str, set[int]] = {"trace": {1}, "results": {1}}  # a version-1 results file: rows without stalls
+READABLE: dict[str, set[int]] = {"trace": {1}}
 
 
 def current_version(kind: str) -> int:

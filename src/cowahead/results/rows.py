@@ -1,10 +1,16 @@
-"""One result row per trace × policy: the counters, the cost model's time, the stalls, and the policy name."""
+"""One result row per trace × policy: the counters, the cost model's time under two profiles, the stalls, and the
+policy name.
+
+``predicted_us`` and the stalls are under the profile asked for (``--costs``: the kernel profile unless told
+otherwise); ``predicted_us_userspace`` always under the user-space one: what can be done without a patched
+kernel.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from ..model.costs import CostModel
+from ..model.costs import USERSPACE, CostModel
 from ..model.counters import Counters
 from ..model.kernel import Kernel
 from ..policies import Policy, parse_policies, parse_policy
@@ -15,11 +21,12 @@ Progress = Callable[[int], None]  # told how many more events were replayed
 
 # The keys `simulate --json` promises, in table order.
 KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
-        "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "stall_p99_us"]
+        "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "predicted_us_userspace", "stall_p99_us"]
 
 
 def result_row(policy: str, counters: Counters, costs: CostModel,
-               batches: dict[tuple[int, int], int] | None = None, memory: dict | None = None) -> dict:
+               batches: dict[tuple[int, int], int] | None = None, memory: dict | None = None,
+               userspace: CostModel = USERSPACE) -> dict:
     """The row; with the COW batch histogram (Kernel.cow_batches, engine.cow_batches), its stalls too, and
     with a memory series (results/memory.py), that under ``memory``."""
     c = counters.as_dict()
@@ -27,7 +34,8 @@ def result_row(policy: str, counters: Counters, costs: CostModel,
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
            "zero_fills": c["zero_fill"], "reuses": c["reuse"], "extra_pages_peak": c["extra_pages_peak"],
            "predicted_us": round(costs.predict_us(counters), 3),
-           "pages_copied": c["cow_copy_pages"] + c["ahead_copies"]}  # pages, not faults: a fault may copy many
+           "pages_copied": c["cow_copy_pages"] + c["ahead_copies"],  # pages, not faults: a fault may copy many
+           "predicted_us_userspace": round(userspace.predict_us(counters), 3)}
     if batches is not None:
         row.update(stall_summary(batches, counters, costs))
         row["cow_batches"] = batches_to_json(batches)
