@@ -119,6 +119,44 @@ def test_sigterm_inside_raises_terminated_restores_the_knobs_and_the_old_handler
     assert signal.getsignal(signal.SIGTERM) is old
 
 
+def _lock_is_free() -> bool:
+    import fcntl
+    fd = os.open(thp.LOCK_PATH if thp.LOCK_PATH.parent.is_dir() else f"/tmp/{thp.LOCK_PATH.name}",
+                 os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_thp_config_in_another_process_holds_the_knobs_until_it_restores_them():
+    """Two processes setting and restoring the knobs at once leave one's settings behind; so a block holds a
+    machine-wide lock from its snapshot to its restore (nested blocks in one process take it once)."""
+    code = textwrap.dedent("""
+        import sys
+        from cowahead.real import thp
+        with thp.thp_config("never"):
+            with thp.thp_config("always"):  # nested: no second lock, no wait on itself
+                print("held", flush=True)
+                sys.stdin.readline()
+        print("restored", flush=True)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert not _lock_is_free()
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "restored"
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
+    assert _lock_is_free()
+
+
 def test_a_process_killed_with_sigterm_inside_restores_every_knob_and_exits_143():
     before = thp.knob_snapshot()
     code = textwrap.dedent("""

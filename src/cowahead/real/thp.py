@@ -28,6 +28,7 @@ They are global too: another process's faults count in them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -209,6 +210,36 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+# The knobs are the machine's. Two processes each setting and restoring them at once (two test runs, a
+# validate beside a test run) leave behind what the other set: each restores the snapshot it took, one of
+# them while the other's knobs were in force (seen here: mTHP 16K/64K/2M `always` left on). A block holds
+# this lock, machine-wide, from its snapshot to its restore; a second one waits.
+LOCK_PATH = Path("/run/lock/cowahead-thp.lock")
+_held = 0  # blocks entered by this process: an inner one takes no second lock (flock would wait on itself)
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the THP knobs for this process, against every other cowahead process on the machine."""
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
+    path = LOCK_PATH if LOCK_PATH.parent.is_dir() else Path("/tmp") / LOCK_PATH.name
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)  # CLOEXEC: an exec'd child holds nothing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held = 1
+        yield
+    finally:
+        _held = 0
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def thp_config(config: ThpConfig | str | None = None, *, enabled: str | None = None, defrag: str | None = None,
                use_zero_page: int | bool | None = None,
@@ -232,6 +263,11 @@ def thp_config(config: ThpConfig | str | None = None, *, enabled: str | None = N
     wanted.update(overrides.knobs())
     _check_writable(wanted)
 
+    with machine_lock():
+        yield from _in_config(wanted)
+
+
+def _in_config(wanted: dict[str, str]) -> Iterator[dict[str, str]]:
     snapshot = knob_snapshot()
     owner = os.getpid()  # a child forked inside the block that unwinds through it must not restore
     in_main_thread = threading.current_thread() is threading.main_thread()
