@@ -10,10 +10,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..errors import CowaheadError
 from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
 from ..results.summary import best_per_family, verdict, without_patched_kernel
-from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
+from ..suite import DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
 
 
 @click.command("evaluate", help="Run the built-in workloads (or the given generators, scenarios, traces) under "
@@ -22,13 +23,17 @@ from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 @click.argument("workloads", nargs=-1, metavar="[WORKLOAD|TRACE ...]")
 @click.option("--quick", is_flag=True, help="Smaller workloads, fewer windows and real runs (about 2 minutes).")
 @click.option("--no-real", is_flag=True, help="Skip timing the best windows for real.")
+@click.option("--real", "every_real", is_flag=True,
+              help=f"Time the best windows for real on every workload that can run (default: {', '.join(REAL_BY_DEFAULT)}).")
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
 @click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
-def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int | None, costs: str,
+def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: bool, pages: int | None, costs: str,
             output: Path) -> None:
+    if no_real and every_real:
+        raise CowaheadError("--real and --no-real ask for opposite things: give one")
     cost_model = cost_profile(costs)
-    settings = Settings.default(quick, real=not no_real)
+    settings = Settings.default(quick, real=not no_real, every_real=every_real)
     if pages:
         settings = dataclasses.replace(settings, pages=pages)
     names = list(workloads) or DEFAULT_WORKLOADS
