@@ -167,6 +167,17 @@ def test_best_per_family_picks_the_lowest_time_then_the_fewest_extra_pages():
     assert len(out) == 4 and {s["policy"] for s in out.values()} == {"fixed:8", "around:16", "ccow", "oracle:4"}
 
 
+NO_STALLS = {"stall_p99_us": None, "stall_max_us": None, "none_stall_p99_us": None}  # rows without stalls
+
+
+def test_best_per_family_carries_the_best_windows_stalls_and_nones():
+    rows = [{**r, "stall_p99_us": 10.0 * i, "stall_max_us": 100.0 * i} for i, r in enumerate(ROWS)]
+    out = {s["family"]: s for s in best_per_family(rows)}
+    # fixed:8 is ROWS[3], none ROWS[1]
+    assert (out["fixed"]["stall_p99_us"], out["fixed"]["stall_max_us"], out["fixed"]["none_stall_p99_us"]) == \
+        (30.0, 300.0, 10.0)
+
+
 def test_best_per_family_changes_against_none_by_hand():
     out = {s["family"]: s for s in best_per_family(ROWS)}
     # fixed:8 against none: faults 100·(20−100)/100 = −80 %; time 100·(150−200)/200 = −25 %;
@@ -175,19 +186,19 @@ def test_best_per_family_changes_against_none_by_hand():
     assert out["fixed"] == {"family": "fixed", "policy": "fixed:8", "faults_change_pct": pytest.approx(-80.0),
                             "ahead_copies": 45, "ahead_waste": 10, "extra_copies": 20, "extra_pages_peak": 16,
                             "predicted_change_pct": pytest.approx(-25.0),
-                            "predicted_change_pct_userspace": pytest.approx(5.0)}
+                            "predicted_change_pct_userspace": pytest.approx(5.0), **NO_STALLS}
     # around:16: faults 100·(60−100)/100 = −40 %; time 100·(190−200)/200 = −5 %; copies 62 − 50 = 12;
     # user space 100·(290−300)/300 = −3.33 %
     assert out["around"] == {"family": "around", "policy": "around:16", "faults_change_pct": pytest.approx(-40.0),
                              "ahead_copies": 12, "ahead_waste": 4, "extra_copies": 12, "extra_pages_peak": 20,
                              "predicted_change_pct": pytest.approx(-5.0),
-                             "predicted_change_pct_userspace": pytest.approx(-10 / 3)}
+                             "predicted_change_pct_userspace": pytest.approx(-10 / 3), **NO_STALLS}
     # ccow: faults 100·(90−100)/100 = −10 %; time 100·(210−200)/200 = +5 %; copies 55 − 50 = 5;
     # user space 100·(310−300)/300 = +3.33 %
     assert out["ccow"] == {"family": "ccow", "policy": "ccow", "faults_change_pct": pytest.approx(-10.0),
                            "ahead_copies": 5, "ahead_waste": 1, "extra_copies": 5, "extra_pages_peak": 2,
                            "predicted_change_pct": pytest.approx(5.0),
-                           "predicted_change_pct_userspace": pytest.approx(10 / 3)}
+                           "predicted_change_pct_userspace": pytest.approx(10 / 3), **NO_STALLS}
     # oracle:4: faults −70 %; time 100·(120−200)/200 = −40 %; copies 50 − 50 = 0
     assert out["oracle"]["faults_change_pct"] == pytest.approx(-70.0)
     assert out["oracle"]["predicted_change_pct"] == pytest.approx(-40.0)

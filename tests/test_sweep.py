@@ -11,6 +11,7 @@ from cowahead.cli.main import main
 from cowahead.engine import replay_engine
 from cowahead.errors import CowaheadError
 from cowahead.results.document import load_results
+from cowahead.results.memory import sample_points
 from cowahead.sweep import expand_policies
 from cowahead.trace import write_trace
 from cowahead.trace.generators import generate
@@ -193,6 +194,11 @@ def test_ctrl_c_during_evaluates_replay_stops_the_evaluation(tmp_path):
     assert not (tmp_path / "ev" / "results.json").exists()
 
 
+def without_memory(row: dict) -> dict:
+    """A sweep's row without its memory series (simulate's rows carry none)."""
+    return {k: v for k, v in row.items() if k != "memory"}
+
+
 def test_a_sweep_with_heatmaps_gives_the_heatmap_of_the_models_faults_under_none(tmp_path):
     """evaluate's heatmaps come from the sweep's own none replay (the engine's fault log), and equal the
     heatmap of the reference model's fault log; a trace handed over in memory is not read back."""
@@ -215,12 +221,14 @@ def test_a_sweep_with_heatmaps_gives_the_heatmap_of_the_models_faults_under_none
     expected = heatmap(trace.columns, events, pages)
     assert workload["heatmap"] == expected
     assert sum(map(sum, expected["counts"])) + expected["outside"] == len(events) > 0
-    assert workload["rows"] == simulate_engine(path, policies, CostModel())
+    assert [without_memory(r) for r in workload["rows"]] == simulate_engine(path, policies, CostModel())
+    assert all(r["memory"]["events"] == sample_points(len(trace)) for r in workload["rows"])
 
     other = generate("sequential", pages=512, seed=1)  # what the caller holds for that path
     held = run_sweep([str(path)], expand_policies(policies), 1, CostModel(), in_memory={str(path): other})
     [held] = held["workloads"]
-    assert held["rows"] == simulate_engine(other, policies, CostModel()) != workload["rows"]
+    assert [without_memory(r) for r in held["rows"]] == simulate_engine(other, policies, CostModel()) \
+        != [without_memory(r) for r in workload["rows"]]
     assert "heatmap" not in held
 
 
@@ -240,7 +248,7 @@ def test_a_sweep_replays_what_the_engine_cannot_with_the_reference_model(tmp_pat
     write_trace(trace, path)
     policies = ["none", "fixed:16", "folio", "thp-cow"]
     [workload] = run_sweep([str(path)], expand_policies(policies), 2, CostModel(), heatmaps=True)["workloads"]
-    assert workload["rows"] == simulate_reference(trace, policies, CostModel())
+    assert [without_memory(r) for r in workload["rows"]] == simulate_reference(trace, policies, CostModel())
     none = {row["policy"]: row for row in workload["rows"]}["none"]
     assert (none["zero_fill"], none["zero_fill_pages"], none["thp_fault_alloc"]) == (2, 1024, 2)  # 2 MiB each
     kernel = Kernel(parse_policy("none"), log_faults=True)
