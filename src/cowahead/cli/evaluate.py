@@ -14,6 +14,7 @@ from ..model.costs import CostModel
 from ..output import output_folder
 from ..results.summary import best_per_family, verdict
 from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
+from ..sweep import open_pool
 
 
 @click.command("evaluate", help="Run the built-in workloads (or the given generators, scenarios, traces) under "
@@ -25,8 +26,11 @@ from ..suite import DEFAULT_WORKLOADS, Settings, check_workloads, evaluate
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
 @click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
+              help="Replay on a Dask cluster (an address, or local:N), as `sweep --scheduler` does; its workers read "
+                   "the traces in DIR/traces, sent to them where small (docs/cluster.md). Also COWAHEAD_SCHEDULER.")
 def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int | None, costs: str | None,
-            output: Path) -> None:
+            output: Path, scheduler: str | None) -> None:
     cost_model = CostModel.load(costs) if costs else CostModel()
     settings = Settings.default(quick, real=not no_real)
     if pages:
@@ -34,6 +38,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int |
     names = list(workloads) or DEFAULT_WORKLOADS
     check_workloads(names)  # before the progress display takes the terminal
     output_folder(output)
+    pool = open_pool(scheduler, 2) if scheduler else None  # an unreachable scheduler is one line, before any work
     err = Console(stderr=True)
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -41,7 +46,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int |
         def step(description: str, total: int):
             task = progress.add_task(description, total=total)
             return lambda n: progress.advance(task, n)
-        results = evaluate(names, settings, output, cost_model, step)
+        results = evaluate(names, settings, output, cost_model, step, pool)
     for workload in results["workloads"]:
         click.echo(f"{workload['name']}: {verdict(best_per_family(workload['rows']))}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")
