@@ -74,10 +74,13 @@ def _local_cluster(scheduler: str) -> tuple[Client, LocalCluster]:
 
 
 class DaskPool:
-    """sweep.Pool on a Dask cluster; ``cluster`` is the LocalCluster it started (closed with it), if any."""
+    """sweep.Pool on a Dask cluster, closing ``client`` when the sweep ends; ``cluster`` is the LocalCluster it
+    started (closed with it), if any. ``send``: small local traces go with the tasks (by default where the
+    cluster is not this machine's own)."""
 
-    def __init__(self, client: Client, cluster: LocalCluster | None, scheduler: str):
+    def __init__(self, client: Client, cluster: LocalCluster | None, scheduler: str, send: bool | None = None):
         self.client, self._cluster, self.scheduler = client, cluster, scheduler
+        self._send = cluster is None if send is None else send
         self.address = client.scheduler.address
         workers = client.scheduler_info(n_workers=-1)["workers"]
         self.workers = len(workers)
@@ -124,7 +127,7 @@ class DaskPool:
         a task's input, not scattered: the scheduler keeps a task's input, so a worker lost with the only copy
         of the result is no loss (it is made again); scattered data would be gone with it."""
         if path not in self._sent:
-            send = self._cluster is None and os.path.isfile(path) and os.path.getsize(path) <= SEND_LIMIT
+            send = self._send and os.path.isfile(path) and os.path.getsize(path) <= SEND_LIMIT
             self._sent[path] = self.client.submit(_bytes, Path(path).read_bytes(), pure=False, priority=3) \
                 if send else None
         return self._sent[path]
