@@ -1,6 +1,6 @@
 """Benchmark of sweeps on Dask (a script, not a test; needs root and perf for the recorded traces).
 
-    .venv/bin/python benchmarks/cluster.py [--generated 100] [--recorded 20] [--pages 16384] [--runs 3]
+    .venv/bin/python benchmarks/cluster.py [--generated 100] [--recorded 20] [--pages 16384] [--runs 5]
 
 A corpus of generated traces (the eight generator patterns, seeds 0, 1, …, each of ``--pages`` pages) and
 traces recorded with ``cowahead record`` (small Python programs that map, write and fork, and shell loops
@@ -13,8 +13,8 @@ default policies, as medians of ``--runs`` runs after one warm-up kept apart:
   run's document is checked equal to the local pool's;
 * the scheduler's own cost per task: a thousand tasks that do nothing, through the same client and
   ``as_completed`` loop, on one worker (a task's round trip) and on two (the rate the scheduler sustains);
-  and, in the sweep on two workers, each task's compute time from Dask's task stream against the wall time:
-  overhead per task = (wall × workers − Σ compute) / tasks, which also holds the idle tail;
+  and, in each sweep, every task's compute time from Dask's task stream against the wall time: overhead
+  per task = (wall × workers − Σ compute) / tasks, summary tasks included, which also holds the idle tail;
 * from those, the throughput expected on N machines like this one, with its assumptions.
 
 Results go to benchmarks/results/cluster-<date>.json with the machine and every run's value; a spread
@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from distributed import Client, LocalCluster, as_completed
 
 from cowahead.cluster import DaskPool
@@ -147,48 +148,80 @@ def same_rows(a: dict, b: dict) -> bool:
     return a["workloads"] == b["workloads"]
 
 
-def bench_local(paths, policies, runs, reference) -> dict:
-    sweep_once(paths[:2], policies, LocalPool(2))  # warm-up
-    walls = []
-    for _ in range(runs):
-        wall, doc = sweep_once(paths, policies, LocalPool(2))
-        assert same_rows(doc, reference)
-        walls.append(wall)
-    return {"wall_s": summary(walls)}
+def one_local_run(paths, policies, reference) -> dict:
+    load = os.getloadavg()[0]
+    cpu = psutil.Process().cpu_times()
+    wall, doc = sweep_once(paths, policies, LocalPool(2))
+    assert same_rows(doc, reference)
+    return {"wall_s": wall, "load_1min": load, "parent_cpu_s": cpu_since(cpu)}
 
 
-def bench_dask(paths, policies, runs, reference, workers: int) -> dict:
-    cluster, start_s = local_cluster(workers)
-    observer = Client(cluster, set_as_default=False)  # reads the scheduler's task stream of each run
+def one_dask_run(cluster: LocalCluster, observer: Client, workers: int, paths, policies, reference) -> dict:
+    load = os.getloadavg()[0]
+    pool = pool_on(cluster)
+    since, cpu = time.time(), psutil.Process().cpu_times()
+    wall, doc = sweep_once(paths, policies, pool)
+    parent_cpu = cpu_since(cpu)  # the client's and, in a LocalCluster, the scheduler's and nannies' too
+    assert same_rows(doc, reference), "the cluster's document differs from the local pool's"
+    stream = observer.get_task_stream(start=since)
+    compute = {kind: [sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
+                      for t in stream if t["key"].startswith(kind)]
+               for kind in ("replay_remote", "summarize_remote")}
+    tasks, summaries = len(compute["replay_remote"]), len(compute["summarize_remote"])
+    # every task's compute is work (a summary is the trace's page-space pass); the rest of the workers' time
+    # is the scheduler's, the client's, the transfers' and the idle tail's
+    busy = sum(compute["replay_remote"]) + sum(compute["summarize_remote"])
+    return {"wall_s": wall, "load_1min": load, "parent_cpu_s": parent_cpu, "tasks": tasks, "summary_tasks": summaries,
+            "task_compute_s_mean": sum(compute["replay_remote"]) / tasks,
+            "overhead_per_task_s": (wall * workers - busy) / (tasks + summaries)}
+
+
+def cpu_since(before) -> float:
+    now = psutil.Process().cpu_times()
+    return (now.user - before.user) + (now.system - before.system)
+
+
+def aggregate(runs: list[dict]) -> dict:
+    return {key: summary([run[key] for run in runs]) if isinstance(runs[0][key], float) else runs[0][key]
+            for key in runs[0]}
+
+
+def bench(paths, policies, runs: int, reference) -> dict:
+    """Every configuration once per round, rounds repeated: the machine's load, which drifts (it is shared),
+    falls on all of them alike."""
+    clusters = {w: local_cluster(w) for w in (1, 2)}
+    observers = {w: Client(cluster, set_as_default=False) for w, (cluster, _) in clusters.items()}
     try:
-        sweep_once(paths[:2], policies, pool_on(cluster))  # warm-up: each worker loads numba's cache
-        observer.get_task_stream()  # starts the scheduler's record of task timings
-        walls, overheads, computes, tasks = [], [], [], 0
+        sweep_once(paths[:2], policies, LocalPool(2))  # warm-ups: each Dask worker loads numba's cache
+        for w, (cluster, _) in clusters.items():
+            sweep_once(paths[:2], policies, pool_on(cluster))
+            observers[w].get_task_stream()  # starts the scheduler's record of task timings
+        found: dict[str, list[dict]] = {"local": [], "dask_1": [], "dask_2": []}
+        for round_ in range(runs):
+            found["local"].append(one_local_run(paths, policies, reference))
+            for w, (cluster, _) in clusters.items():
+                found[f"dask_{w}"].append(one_dask_run(cluster, observers[w], w, paths, policies, reference))
+            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]['wall_s']:.2f} s" for k, v in found.items()),
+                  flush=True)
+        noop_s = {w: [] for w in clusters}
         for _ in range(runs):
-            pool = pool_on(cluster)
-            since = time.time()
-            wall, doc = sweep_once(paths, policies, pool)
-            assert same_rows(doc, reference), "the cluster's document differs from the local pool's"
-            compute = [sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
-                       for t in observer.get_task_stream(start=since) if t["key"].startswith("replay_remote")]
-            tasks = len(compute)
-            walls.append(wall)
-            computes.append(sum(compute) / tasks)
-            overheads.append((wall * workers - sum(compute)) / tasks)
-        observer.submit(noop, pure=False).result()
-        noop_s = [noop_round_trips(observer, NOOP_TASKS) for _ in range(runs)]
-        result_bytes = len(pickle.dumps(replay_group(paths[0], policies[:13])))
+            for w in clusters:
+                noop_s[w].append(noop_round_trips(observers[w], NOOP_TASKS))
+        out = {"local": aggregate(found["local"])}
+        for w, (cluster, start_s) in clusters.items():
+            out[f"dask_{w}"] = {"workers": w, "cluster_start_s": round(start_s, 3), **aggregate(found[f"dask_{w}"]),
+                                "noop_task_s": summary(noop_s[w])}
+        out["result_bytes_per_task_of_13_policies"] = len(pickle.dumps(replay_group(paths[0], policies[:13])))
+        return out
     finally:
-        observer.close()
-        cluster.close()
-    return {"workers": workers, "cluster_start_s": round(start_s, 3), "wall_s": summary(walls), "tasks": tasks,
-            "task_compute_s_mean": summary(computes), "overhead_per_task_s": summary(overheads),
-            "noop_task_s": summary(noop_s), "result_bytes_per_task_of_13_policies": result_bytes}
+        for w, (cluster, _) in clusters.items():
+            observers[w].close()
+            cluster.close()
 
 
 def project(doc: dict) -> dict:
     """Throughput on N machines like this one (2 workers each) from what was measured here."""
-    two, one = doc["dask"]["2"], doc["dask"]["1"]
+    two, one = doc["runs_by_config"]["dask_2"], doc["runs_by_config"]["dask_1"]
     per_machine = doc["replays"] / two["wall_s"]["median"]
     per_task_compute = two["task_compute_s_mean"]["median"]
     replays_per_task = doc["replays"] / two["tasks"]
@@ -197,8 +230,8 @@ def project(doc: dict) -> dict:
     out = {"assumptions": [
         "each machine is like this one: 2 cores, 2 worker processes of 1 thread; its throughput is the "
         "measured local:2 sweep's",
-        "the traces are on storage every worker reads as fast as this machine's disk (each is read once per "
-        "worker and cached: its first read is inside the measured task time)",
+        "the traces are on storage every worker reads as fast as this machine's disk (a task reads its trace, "
+        "unless its worker has it among the last few it read, and that read is inside the measured task time)",
         "tasks stay the size measured here (the same corpus and groups); the scheduler and the client "
         "(which assembles the rows) add the measured per-task cost of do-nothing tasks, here on the same 2 cores "
         "as the workers, so the ceiling is pessimistic for a scheduler on its own machine",
@@ -220,9 +253,10 @@ def main() -> None:
     parser.add_argument("--generated", type=int, default=100)
     parser.add_argument("--recorded", type=int, default=20)
     parser.add_argument("--pages", type=int, default=16384)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--corpus", type=Path, default=Path("/tmp/cowahead-bench-cluster"))
     args = parser.parse_args()
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # the clusters closing, run after run
     policies = expand_policies(DEFAULT_POLICIES)
     started = time.perf_counter()
     paths, kinds = build_corpus(args.corpus, args.generated, args.recorded, args.pages)
@@ -234,9 +268,11 @@ def main() -> None:
            "method": "run_sweep of the whole corpus × the sweep's default policies, wall time from the call to the "
                      "document (trace summaries, every task, assembly), median of runs after a warm-up sweep of two "
                      "traces kept apart; the local pool with -j 2 (forked per sweep, as `cowahead sweep` does), "
-                     "LocalClusters of 1 and 2 single-thread worker processes on loopback started once per "
-                     "configuration (start timed apart), reading the trace files in place; every run's workloads "
-                     "checked equal to the local pool's",
+                     "LocalClusters of 1 and 2 single-thread worker processes on loopback, both started once "
+                     "(start timed apart) and reading the trace files in place; the three configurations run in "
+                     "turn, round after round, so that the shared machine's drifting load falls on all alike "
+                     "(each run's 1-minute load average is kept); every run's workloads checked equal to the "
+                     "local pool's",
            "corpus": {"traces": len(paths), "generated": args.generated, "recorded": args.recorded,
                       "pages_per_generated": args.pages, "events_total": sum(events),
                       "events_median": statistics.median(events), "events_max": max(events),
@@ -245,18 +281,14 @@ def main() -> None:
     print(f"corpus: {len(paths)} traces ({args.generated} generated, {args.recorded} recorded), "
           f"{sum(events):,} events; × {len(policies)} policies = {doc['replays']:,} replays", flush=True)
     reference = run_sweep(paths, policies, 2, CostModel())
-    doc["local"] = bench_local(paths, policies, args.runs, reference)
-    print(f"local pool -j 2: {doc['local']['wall_s']['median']:.2f} s", flush=True)
-    doc["dask"] = {}
-    for workers in (1, 2):
-        doc["dask"][str(workers)] = result = bench_dask(paths, policies, args.runs, reference, workers)
-        print(f"dask local:{workers}: {result['wall_s']['median']:.2f} s, {result['tasks']} tasks, overhead "
-              f"{result['overhead_per_task_s']['median'] * 1e3:.1f} ms/task, no-op {result['noop_task_s']['median'] * 1e3:.2f} "
-              f"ms/task", flush=True)
+    doc["runs_by_config"] = found = bench(paths, policies, args.runs, reference)
+    for config in ("local", "dask_1", "dask_2"):
+        print(f"{config}: {found[config]['wall_s']['median']:.2f} s" + (
+            f", {found[config]['tasks']} tasks, overhead {found[config]['overhead_per_task_s']['median'] * 1e3:.1f} "
+            f"ms/task, no-op {found[config]['noop_task_s']['median'] * 1e3:.2f} ms/task" if config != "local" else ""))
     doc["local_noop_task_s"] = summary([local_noop_round_trips(NOOP_TASKS) for _ in range(args.runs)])
-    doc["throughput_replays_per_s"] = {
-        "local_pool_2": doc["replays"] / doc["local"]["wall_s"]["median"],
-        **{f"dask_{w}": doc["replays"] / doc["dask"][w]["wall_s"]["median"] for w in doc["dask"]}}
+    doc["throughput_replays_per_s"] = {config: doc["replays"] / found[config]["wall_s"]["median"]
+                                       for config in ("local", "dask_1", "dask_2")}
     doc["projection"] = project(doc)
     doc["total_s"] = round(time.perf_counter() - started, 1)
     out = ROOT / "benchmarks" / "results" / f"cluster-{time.strftime('%Y-%m-%d')}.json"

@@ -79,6 +79,7 @@ def test_a_sweep_on_local_workers_equals_the_local_sweep_row_for_row(traces):
     same_sweep(local, remote)
     assert sum(done) == 3 * len(POLICIES)  # the progress bar was fed every replay, once
     assert remote["sweep"]["cluster"]["scheduler"] == "local:2" and remote["sweep"]["cluster"]["workers"] == 2
+    assert not leftovers(), "the sweep's LocalCluster outlived it"
 
 
 def test_a_remote_scheduler_gets_small_traces_with_the_tasks_or_reads_a_url(traces, cluster):
