@@ -96,7 +96,7 @@ def build_corpus(folder: Path, generated: int, recorded: int, pages: int) -> tup
 def local_cluster(workers: int) -> tuple[LocalCluster, float]:
     started = time.perf_counter()
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.CRITICAL)
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
     return cluster, time.perf_counter() - started
 
 

@@ -38,7 +38,7 @@ def cluster():
     """Two worker processes on loopback, one thread each; its address is a 'remote' scheduler to the sweep
     (small traces are sent with the tasks). Closed, with its processes, after the test."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=logging.CRITICAL) as local:
+                                  dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as local:
         with distributed.Client(local, set_as_default=False) as client:
             yield local, client
     assert not leftovers(), [p.cmdline() for p in leftovers()]
@@ -123,8 +123,8 @@ def test_ctrl_c_on_a_cluster_sweep_writes_the_partial_document(tmp_path):
     the document says it was interrupted, lists what is missing, holds rows equal to the local sweep's, and
     the LocalCluster's processes are gone."""
     first = tmp_path / "random-0.parquet"
-    write_trace(generate("random", pages=1_000_000, seed=1), first)
-    paths = [first] + [tmp_path / f"random-{i}.parquet" for i in range(1, 4)]
+    write_trace(generate("random", pages=250_000, seed=1), first)
+    paths = [first] + [tmp_path / f"random-{i}.parquet" for i in range(1, 8)]  # a task each: 51 policies
     for path in paths[1:]:
         shutil.copy(first, path)
     out = tmp_path / "r.json"
@@ -145,14 +145,14 @@ def test_ctrl_c_on_a_cluster_sweep_writes_the_partial_document(tmp_path):
     assert sweep.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("cowahead: interrupted; ")
     doc = load_results(out)
-    assert doc["sweep"]["interrupted"] and 0 < doc["sweep"]["replays"] < doc["sweep"]["planned"] == 4 * 51
+    assert doc["sweep"]["interrupted"] and 0 < doc["sweep"]["replays"] < doc["sweep"]["planned"] == 8 * 51
     assert doc["sweep"]["cluster"]["workers"] == 2
     reference = {row["policy"]: row for row in
                  run_sweep([str(first)], expand_policies(doc["sweep"]["policies"]), 2, CostModel())["workloads"][0]["rows"]}
-    for workload in doc["workloads"]:  # four copies of one trace: each kept row is that trace's
+    for workload in doc["workloads"]:  # eight copies of one trace: each kept row is that trace's
         assert all(row == reference[row["policy"]] for row in workload["rows"])
         assert sorted(workload.get("missing", []) + [r["policy"] for r in workload["rows"]]) == sorted(reference)
-    assert sum(len(w.get("missing", [])) for w in doc["workloads"]) > 0 or len(doc["workloads"]) < 4
+    assert sum(len(w.get("missing", [])) for w in doc["workloads"]) > 0 or len(doc["workloads"]) < 8
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive
 

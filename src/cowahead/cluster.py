@@ -40,6 +40,9 @@ from .sweep import TraceSummary, replay_group, summarize
 LOCAL = re.compile(r"local:(\d+)")
 CONNECT_TIMEOUT_S = 5  # an unreachable scheduler is an error within this, not the 30 s Dask waits by default
 WORKERS_TIMEOUT_S = 30  # a scheduler without workers: how long to wait for the first one
+# The scheduler's HTTP server (health, and the dashboard where bokeh is installed): even with no dashboard
+# (dashboard_address=None) it takes port 8787, and warns on stderr where another cluster has it.
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
 SEND_LIMIT = 16 << 20  # a local trace up to this size is sent with the tasks to a remote cluster (the scheduler
 # holds what it sends until the sweep ends: a big corpus belongs on storage the workers share)
 
@@ -69,7 +72,7 @@ def _local_cluster(scheduler: str) -> tuple[Client, LocalCluster]:
     # One thread per worker process: a replay holds the GIL, so more threads would only wait for it. Logs
     # silenced: these workers write to this terminal, and what goes wrong in a task comes back as its error.
     cluster = LocalCluster(n_workers=int(match.group(1)), threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL)
+                           host="127.0.0.1", dashboard_address=LOOPBACK_ANY_PORT, silence_logs=logging.CRITICAL)
     return Client(cluster, set_as_default=False), cluster
 
 

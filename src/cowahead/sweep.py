@@ -210,10 +210,14 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def plan_groups(pages: int, policies: list[Policy], jobs: int) -> list[list[Policy]]:
-    """Split one trace's policies into groups: enough to keep every worker busy, small enough to fit."""
+def plan_groups(pages: int, policies: list[Policy], jobs: int, share: float = 1.0) -> list[list[Policy]]:
+    """Split one trace's policies into groups: as many as its ``share`` of the sweep's events asks for to give
+    every worker two tasks' worth of the whole sweep (a trace alone: 2 × jobs groups), small enough to fit.
+    Each group is one pass over the trace, so a corpus of many traces is replayed in few passes per trace, and
+    a cluster's many workers do not cut every trace into one-policy tasks."""
     fit = max(1, MEMORY_PER_WORKER // max(1, BYTES_PER_PAGE * pages))
-    size = max(1, min(fit, math.ceil(len(policies) / (2 * jobs))))
+    groups = max(1, math.ceil(2 * jobs * share))
+    size = max(1, min(fit, math.ceil(len(policies) / groups)))
     return [policies[i:i + size] for i in range(0, len(policies), size)]
 
 
@@ -250,7 +254,9 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     summaries: dict[str, TraceSummary] = {}
     try:
         summaries = pool.summaries(paths)  # fails early on a bad file
-        tasks = [(path, group) for path in paths for group in plan_groups(summaries[path].pages, policies, pool.jobs)]
+        events = sum(summary.events for summary in summaries.values())
+        tasks = [(path, group) for path, summary in summaries.items()
+                 for group in plan_groups(summary.pages, policies, pool.jobs, summary.events / events if events else 1)]
         tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
         pending = {pool.submit(path, group, heatmaps, any(p.name == "none" for p in group)): (path, group)
                    for path, group in tasks}
