@@ -41,12 +41,16 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, pages: int |
     pool = open_pool(scheduler, 2) if scheduler else None  # an unreachable scheduler is one line, before any work
     err = Console(stderr=True)
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err) as progress:
-        def step(description: str, total: int):
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-        results = evaluate(names, settings, output, cost_model, step, pool)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as progress:
+            def step(description: str, total: int):
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.advance(task, n)
+            results = evaluate(names, settings, output, cost_model, step, pool)
+    finally:
+        if pool:  # the replay closes it; this is for a failure before it (a scenario's, say)
+            pool.close()
     for workload in results["workloads"]:
         click.echo(f"{workload['name']}: {verdict(best_per_family(workload['rows']))}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")
