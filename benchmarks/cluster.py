@@ -232,9 +232,12 @@ def project(doc: dict) -> dict:
         "measured local:2 sweep's",
         "the traces are on storage every worker reads as fast as this machine's disk (a task reads its trace, "
         "unless its worker has it among the last few it read, and that read is inside the measured task time)",
-        "tasks stay the size measured here (the same corpus and groups); the scheduler and the client "
-        "(which assembles the rows) add the measured per-task cost of do-nothing tasks, here on the same 2 cores "
-        "as the workers, so the ceiling is pessimistic for a scheduler on its own machine",
+        "tasks stay the size measured here: the grouping makes one task per trace, all its policies in one "
+        "pass, while the corpus holds at least two traces per worker (4N for N machines) of similar size; a "
+        "smaller corpus is cut into more, smaller tasks and meets the ceiling sooner",
+        "the scheduler and the client (which assembles the rows) cost per task what do-nothing tasks measured "
+        "here, on the same 2 cores as the workers and under the same load: pessimistic for a scheduler on a "
+        "machine of its own",
         "scaling is linear until the scheduler's task rate is the limit: throughput(N) = min(N × per machine, "
         "replays per task / scheduler seconds per task); the ceiling grows with the task: a task of bigger "
         "traces (10M events: seconds per task, not these tens of ms) meets it at many more machines"],

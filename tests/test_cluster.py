@@ -167,20 +167,21 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
-@pytest.mark.parametrize("how", ["flag", "environment"])
-def test_an_unreachable_scheduler_is_one_line_and_exit_2(how, traces, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how, address", [("flag", UNREACHABLE), ("environment", UNREACHABLE),
+                                          ("flag", "localhost:9")])  # an address, though it starts with local
+def test_an_unreachable_scheduler_is_one_line_and_exit_2(how, address, traces, tmp_path, capsys, monkeypatch):
     args = ["sweep", traces[0], "-p", "fixed:4", "-o", str(tmp_path / "r.json")]
     if how == "flag":
-        args += ["--scheduler", UNREACHABLE]
+        args += ["--scheduler", address]
     else:
-        monkeypatch.setenv("COWAHEAD_SCHEDULER", UNREACHABLE)
+        monkeypatch.setenv("COWAHEAD_SCHEDULER", address)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"cowahead: error: scheduler {UNREACHABLE}: unreachable")
+    assert err.count("\n") == 1 and err.startswith(f"cowahead: error: scheduler {address}: unreachable")
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("bad", ["local:0", "local:", "local:two", "local:2:3"])
+@pytest.mark.parametrize("bad", ["local", "local:0", "local:", "local:two", "local:2:3"])
 def test_a_bad_local_cluster_is_one_line(bad, traces, tmp_path, capsys):
     assert main(["sweep", traces[0], "-p", "fixed:4", "--scheduler", bad, "-o", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err

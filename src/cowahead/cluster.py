@@ -50,7 +50,7 @@ SEND_LIMIT = 16 << 20  # a local trace up to this size is sent with the tasks to
 def connect(scheduler: str) -> "DaskPool":
     """A pool on the cluster ``scheduler`` names (an address, or ``local:N``); a CowaheadError if there is
     none to be had."""
-    if scheduler.startswith("local"):
+    if scheduler == "local" or scheduler.startswith("local:"):  # not localhost:8786, an address
         return DaskPool(*_local_cluster(scheduler), scheduler)
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
