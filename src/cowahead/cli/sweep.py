@@ -30,7 +30,7 @@ from ..trace import TraceFile
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Results file: .json (readable by `cowahead report`) or .parquet.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-              help="Worker processes.")
+              help="Worker processes on this machine (without --scheduler; a cluster has its own).")
 @click.option("--costs", type=click.Path(dir_okay=False), help="A calibration file from `cowahead calibrate`.")
 @click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
               help="Run on a Dask cluster: a scheduler's address (tcp://host:8786), or local:N for N worker "
