@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cowahead"
-# Imported lazily, for their load time (numba compiles or loads its cache; matplotlib starts a backend).
-LAZY = {"cowahead.engine", "cowahead.engine.prepass", "cowahead.report.html"}
+# Imported lazily, for their load time (numba compiles or loads its cache; matplotlib starts a backend;
+# cluster.py loads dask, which only a sweep on a cluster needs).
+LAZY = {"cowahead.engine", "cowahead.engine.prepass", "cowahead.report.html", "cowahead.cluster"}
 
 
 def module_name(path: Path) -> str:

@@ -255,3 +255,20 @@ def test_a_sweep_replays_what_the_engine_cannot_with_the_reference_model(tmp_pat
     kernel.replay(trace)
     events, pages = (np.array(column) for column in zip(*[(i, p) for i, _, p, _ in kernel.fault_log]))
     assert workload["heatmap"] == heatmap(trace.columns, events, pages)
+
+
+def test_groups_follow_a_traces_share_of_the_sweep():
+    """Two tasks per worker over the whole sweep: a trace alone on 2 workers is cut in 4 groups, one of 120
+    equal traces is one group (one pass), a trace holding 90% of the events still gets 4; each group list is
+    the policies, in order, once."""
+    from cowahead.sweep import DEFAULT_POLICIES, plan_groups
+
+    policies = expand_policies(DEFAULT_POLICIES)  # 51
+    alone, among, big = (plan_groups(1000, policies, 2, share) for share in (1.0, 1 / 120, 0.9))
+    assert [len(g) for g in alone] == [13, 13, 13, 12] and [len(g) for g in big] == [13, 13, 13, 12]
+    assert among == [policies]
+    assert [len(g) for g in plan_groups(1000, policies, 1)] == [26, 25]
+    for groups in (alone, among, big):
+        assert [p for g in groups for p in g] == policies
+    many_pages = plan_groups(20_000_000, policies, 2, 1 / 120)  # 800 MB a policy: one at a time fits in 1 GiB
+    assert [len(g) for g in many_pages] == [1] * 51

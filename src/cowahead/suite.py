@@ -24,7 +24,7 @@ from .real.timing import time_policies
 from .results.document import save_results
 from .results.summary import best_per_family
 from .scenarios import SCENARIOS, scenario
-from .sweep import expand_policies, run_sweep
+from .sweep import Pool, expand_policies, run_sweep
 from .trace import Trace, TraceFile, write_trace
 from .trace.generators import PATTERNS, generate
 
@@ -110,8 +110,9 @@ def prepare(name: str, settings: Settings, traces_dir: Path, progress=None) -> W
 
 
 def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostModel,
-             step: Callable[[str, int], Callable[[int], None]]) -> dict:
-    """Run the whole job; ``step(description, total)`` returns an ``advance(n)`` for a progress bar."""
+             step: Callable[[str, int], Callable[[int], None]], pool: Pool | None = None) -> dict:
+    """Run the whole job; ``step(description, total)`` returns an ``advance(n)`` for a progress bar.
+    ``pool``: where the replay runs (sweep.open_pool: a Dask cluster); by default this machine's two cores."""
     traces_dir = out_dir / "traces"
     traces_dir.mkdir(parents=True, exist_ok=True)
     check_workloads(names)
@@ -130,10 +131,13 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
         lap(f"workload {name}")
         advance(1)
     paths = [str(w.trace_path) for w in workloads]
-    advance = step("replay (engine, both cores)", len(paths) * len(settings.policies))
-    # The none replay keeps its fault log for the heatmap; generated traces are replayed from memory.
+    advance = step(f"replay (engine, {'the cluster' if pool else 'both cores'})",
+                   len(paths) * len(settings.policies))
+    # The none replay keeps its fault log for the heatmap; generated traces are replayed from memory here, and
+    # a cluster reads the files they were written to.
     results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance,
-                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in workloads if w.trace})
+                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in workloads if w.trace},
+                        pool=pool)
     if results["sweep"]["interrupted"]:
         raise KeyboardInterrupt  # unlike a sweep, an evaluation has no partial form: Ctrl-C stops it here too
     lap("replay")

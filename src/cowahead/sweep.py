@@ -1,9 +1,12 @@
-"""Policy sweeps: window ranges, a traces × policies grid over a process pool, the results document.
+"""Policy sweeps: window ranges, a traces × policies grid over a pool of workers, the results document.
 
 ``fixed:1..512`` stands for fixed:1, fixed:2, fixed:4, … fixed:512: every
 power of two in the range. Each worker replays a group of one trace's
 policies with the engine, so the trace is streamed once per group; the
-page-space pre-pass is cached per worker and trace.
+page-space pre-pass is cached per worker and trace. The pool is this
+machine's processes (LocalPool) or a Dask cluster (cluster.py, imported only
+when a scheduler is named): both take the same tasks, and one loop here
+assembles the same document from either.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import os
 import re
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -29,8 +32,8 @@ from .model.kernel import Kernel
 from .policies import Policy, default_policies, parse_policies
 from .results.document import new_results
 from .results.heatmap import heatmap as fault_heatmap
-from .results.rows import result_row
 from .results.memory import memory_series, sample_points
+from .results.rows import result_row
 from .results.stalls import batches_from_json, batches_to_json
 from .trace import Trace, TraceFile
 from .trace.events import COLUMNS
@@ -149,12 +152,65 @@ def _heatmap_columns(path: str) -> dict:
     return source if isinstance(source, dict) else source.read_columns(("time_ns", "kind", "address", "length"))
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill the workers of an interrupted sweep rather than wait for their groups. The executor has no public
-    way before Python 3.14 (terminate_workers); multiprocessing.Pool's terminate could hang (its task
-    thread blocked on a queue lock a killed worker held: 1 run in 100 here)."""
-    for process in list(getattr(pool, "_processes", {}).values()):
-        process.terminate()
+@dataclass(frozen=True)
+class TraceSummary:
+    """What the sweep needs of a trace before replaying it: the document's fields and the page count that
+    sizes its groups."""
+    source: str
+    events: int
+    pages: int
+
+
+def summarize(path: str) -> TraceSummary:
+    """Open and check the trace and run its page-space pass (cached: the replays reuse it)."""
+    trace = TraceFile(path)  # a bad file fails here, before any replay
+    return TraceSummary(trace.metadata.get("source", "?"), trace.num_events, len(_page_space(*_key(path)).pages))
+
+
+class Pool(Protocol):
+    """Where a sweep's tasks run: this machine's processes, or a cluster (cluster.DaskPool)."""
+    jobs: int  # tasks it runs at once, which sizes the groups
+
+    def summaries(self, paths: list[str]) -> dict[str, TraceSummary]: ...
+    def submit(self, path: str, group: list[Policy], heatmaps: bool, first: bool) -> Future: ...
+    def as_completed(self, futures: Iterable) -> Iterator: ...
+    def stop(self) -> None: ...   # on Ctrl-C: drop what is pending, stop what runs
+    def close(self) -> None: ...
+    def describe(self) -> dict: ...  # what the results document records of it
+
+
+class LocalPool:
+    """A process pool on this machine. The parent summarizes every trace before the first task, so the forked
+    workers inherit the trace reads and page spaces (a small file is read once in a whole sweep)."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self._pool: ProcessPoolExecutor | None = None
+
+    def summaries(self, paths: list[str]) -> dict[str, TraceSummary]:
+        return {path: summarize(path) for path in paths}
+
+    def submit(self, path: str, group: list[Policy], heatmaps: bool, first: bool) -> Future:
+        if self._pool is None:  # made after the summaries, so that its workers fork with them
+            self._pool = ProcessPoolExecutor(max_workers=self.jobs, initializer=_ignore_interrupts)
+        return self._pool.submit(replay_group, path, group, heatmaps)
+
+    def as_completed(self, futures: Iterable) -> Iterator:
+        return as_completed(futures)
+
+    def stop(self) -> None:
+        """Kill the workers of an interrupted sweep rather than wait for their groups. The executor has no
+        public way before Python 3.14 (terminate_workers); multiprocessing.Pool's terminate could hang (its
+        task thread blocked on a queue lock a killed worker held: 1 run in 100 here)."""
+        for process in (getattr(self._pool, "_processes", None) or {}).values():
+            process.terminate()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def describe(self) -> dict:
+        return {}
 
 
 def _ignore_interrupts() -> None:
@@ -162,41 +218,57 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def plan_groups(pages: int, policies: list[Policy], jobs: int) -> list[list[Policy]]:
-    """Split one trace's policies into groups: enough to keep every worker busy, small enough to fit."""
+def plan_groups(pages: int, policies: list[Policy], jobs: int, share: float = 1.0) -> list[list[Policy]]:
+    """Split one trace's policies into groups: as many as its ``share`` of the sweep's events asks for to give
+    every worker two tasks' worth of the whole sweep (a trace alone: 2 × jobs groups), small enough to fit.
+    Each group is one pass over the trace, so a corpus of many traces is replayed in few passes per trace, and
+    a cluster's many workers do not cut every trace into one-policy tasks."""
     fit = max(1, MEMORY_PER_WORKER // max(1, BYTES_PER_PAGE * pages))
-    size = max(1, min(fit, math.ceil(len(policies) / (2 * jobs))))
+    groups = max(1, math.ceil(2 * jobs * share))
+    size = max(1, min(fit, math.ceil(len(policies) / groups)))
     return [policies[i:i + size] for i in range(0, len(policies), size)]
+
+
+def open_pool(scheduler: str | None, jobs: int) -> Pool:
+    """``jobs`` processes here, or, with ``scheduler`` (a Dask scheduler's address, or ``local:N``), a Dask
+    cluster (cluster.py): connected now, so an unreachable one is an error before any work."""
+    if scheduler is None:
+        return LocalPool(jobs)
+    from .cluster import connect  # dask loads only for a sweep on a cluster
+    return connect(scheduler)
 
 
 def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostModel,
               progress: Callable[[int], None] = lambda n: None, heatmaps: bool = False,
-              in_memory: dict[str, Trace] | None = None) -> dict:
+              in_memory: dict[str, Trace] | None = None, pool: Pool | None = None) -> dict:
     """Replay every trace under every policy; returns a results document (results/document.py).
 
     On Ctrl-C the workers stop and the document holds what was replayed: ``sweep.interrupted`` is
     true, each workload lists its ``missing`` policies (the report notes them), and a trace whose baseline (none) was not
     replayed yet is left out (nothing there can be compared). With ``heatmaps`` each workload gets the fault
-    heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back."""
-    opened = {str(path): TraceFile(path) for path in traces}  # fails early on a bad file
+    heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back
+    by the local pool (a cluster's workers read the file, which must hold the same trace). ``pool``: where the
+    tasks run (open_pool), closed when the sweep ends; by default ``jobs`` processes on this machine."""
+    paths = list(dict.fromkeys(str(path) for path in traces))
     for cache in (_source, _page_space, _decoded, _folios):  # a sweep starts from what it is given, not the last one's
         cache.cache_clear()
     _IN_MEMORY.clear()
     _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})
-    tasks = []
-    for path in opened:
-        # computed here first, so forked workers inherit the caches: the trace read and its page space
-        pages = len(_page_space(*_key(path)).pages)
-        tasks += [(path, group) for group in plan_groups(pages, policies, jobs)]
-    tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
+    pool = pool or LocalPool(jobs)
     rows: dict[tuple[str, str], dict] = {}
     maps: dict[str, dict] = {}
     started = time.perf_counter()
     interrupted = False
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts)
+    summaries: dict[str, TraceSummary] = {}
     try:
-        pending = {pool.submit(replay_group, path, group, heatmaps): (path, group) for path, group in tasks}
-        for done in as_completed(pending):
+        summaries = pool.summaries(paths)  # fails early on a bad file
+        events = sum(summary.events for summary in summaries.values())
+        tasks = [(path, group) for path, summary in summaries.items()
+                 for group in plan_groups(summary.pages, policies, pool.jobs, summary.events / events if events else 1)]
+        tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
+        pending = {pool.submit(path, group, heatmaps, any(p.name == "none" for p in group)): (path, group)
+                   for path, group in tasks}
+        for done in pool.as_completed(pending):
             path, group = pending[done]
             counted, heatmap = done.result()
             for policy, counters in zip(group, counted):
@@ -207,23 +279,23 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
             progress(len(group))
     except KeyboardInterrupt:
         interrupted = True
-        _stop_workers(pool)
+        pool.stop()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+        _IN_MEMORY.clear()
     wall = time.perf_counter() - started
     results = new_results(json.loads(costs.to_json()))
     names = [p.name for p in policies]
-    results["sweep"] = {"policies": names, "jobs": jobs, "wall_seconds": round(wall, 3), "engine": "numba",
-                        "interrupted": interrupted, "replays": len(rows), "planned": len(opened) * len(policies)}
-    results["workloads"] = [_workload(path, trace, names, rows, maps.get(path)) for path, trace in opened.items()
+    results["sweep"] = {"policies": names, "jobs": pool.jobs, "wall_seconds": round(wall, 3), "engine": "numba",
+                        "interrupted": interrupted, "replays": len(rows), "planned": len(paths) * len(policies),
+                        **pool.describe()}
+    results["workloads"] = [_workload(path, summaries[path], names, rows, maps.get(path)) for path in paths
                             if (path, "none") in rows]
-    _IN_MEMORY.clear()
     return results
 
 
-def _workload(path: str, trace: TraceFile, policies: list[str], rows: dict, heatmap: dict | None) -> dict:
+def _workload(path: str, trace: TraceSummary, policies: list[str], rows: dict, heatmap: dict | None) -> dict:
     missing = [p for p in policies if (path, p) not in rows]
-    return {"name": Path(path).stem, "source": trace.metadata.get("source", "?"), "path": path,
-            "events": trace.num_events, "description": f"sweep of {len(policies)} policies",
+    return {"name": Path(path).stem, "source": trace.source, "path": path, "events": trace.events, "description": f"sweep of {len(policies)} policies",
             "rows": [rows[path, p] for p in policies if (path, p) in rows],
             **({"missing": missing} if missing else {}), **({"heatmap": heatmap} if heatmap else {})}

@@ -15,6 +15,7 @@ from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
 from ..results.summary import best_per_family, verdict, without_patched_kernel
 from ..suite import DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
+from ..sweep import open_pool
 
 
 @click.command("evaluate", help="Run the built-in workloads (or the given generators, scenarios, traces) under "
@@ -28,8 +29,11 @@ from ..suite import DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workload
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
 @click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
+              help="Replay on a Dask cluster (an address, or local:N), as `sweep --scheduler` does; its workers read "
+                   "the traces in DIR/traces, sent to them where small (docs/cluster.md). Also COWAHEAD_SCHEDULER.")
 def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: bool, pages: int | None, costs: str,
-            output: Path) -> None:
+            output: Path, scheduler: str | None) -> None:
     if no_real and every_real:
         raise CowaheadError("--real and --no-real ask for opposite things: give one")
     cost_model = cost_profile(costs)
@@ -39,14 +43,19 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
     names = list(workloads) or DEFAULT_WORKLOADS
     check_workloads(names)  # before the progress display takes the terminal
     output_folder(output)
+    pool = open_pool(scheduler, 2) if scheduler else None  # an unreachable scheduler is one line, before any work
     err = Console(stderr=True)
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err) as progress:
-        def step(description: str, total: int):
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-        results = evaluate(names, settings, output, cost_model, step)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as progress:
+            def step(description: str, total: int):
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.advance(task, n)
+            results = evaluate(names, settings, output, cost_model, step, pool)
+    finally:
+        if pool:  # the replay closes it; this is for a failure before it (a scenario's, say)
+            pool.close()
     for workload in results["workloads"]:
         summaries = best_per_family(workload["rows"])
         sentences = [verdict(summaries), without_patched_kernel(summaries)]

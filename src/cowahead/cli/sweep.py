@@ -17,7 +17,7 @@ from ..policies import SYNTAX, parse_policy
 from ..report.table import KEEP, FittedTable, percent
 from ..results.document import save_results
 from ..results.summary import best_per_family
-from ..sweep import DEFAULT_POLICIES, expand_policies, run_sweep
+from ..sweep import DEFAULT_POLICIES, expand_policies, open_pool, run_sweep
 from ..trace import TraceFile
 
 
@@ -30,9 +30,14 @@ from ..trace import TraceFile
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Results file: .json (readable by `cowahead report`) or .parquet.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-              help="Worker processes.")
+              help="Worker processes on this machine (without --scheduler; a cluster has its own).")
 @click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
-def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jobs: int, costs: str) -> None:
+@click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
+              help="Run on a Dask cluster: a scheduler's address (tcp://host:8786), or local:N for N worker "
+                   "processes here; TRACE may then be an fsspec URL the workers read (docs/cluster.md). "
+                   "Default: --jobs processes here. Also COWAHEAD_SCHEDULER.")
+def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jobs: int, costs: str,
+            scheduler: str | None) -> None:
     cost_model = cost_profile(costs)
     expanded = expand_policies(list(policies) or DEFAULT_POLICIES)
     if all(p.name != "none" for p in expanded):
@@ -41,12 +46,16 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
         raise CowaheadError(f"{output}: the results file must end in .json or .parquet")
     output_file(output)
     for trace in traces:
-        TraceFile(trace)  # a bad trace is one line, before the progress display takes the terminal
+        if not scheduler or Path(trace).exists():  # a cluster's workers read a URL, or a path only they have
+            TraceFile(trace)  # a bad trace is one line, before the progress display takes the terminal
+    pool = open_pool(scheduler or None, jobs)  # an unreachable scheduler is one line, before the progress display
     err = Console(stderr=True)
     columns = [TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True) as bar:
+    # Drawn on a terminal only: elsewhere the bar has no reader, and its last refresh would put an empty line
+    # before an error a worker raised.
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("sweep", total=len(traces) * len(expanded))
-        results = run_sweep(list(traces), expanded, jobs, cost_model, lambda n: bar.advance(task, n))
+        results = run_sweep(list(traces), expanded, jobs, cost_model, lambda n: bar.advance(task, n), pool=pool)
     save_results(results, output)
     for workload in results["workloads"]:
         tradeoff_table(workload).print()
@@ -55,8 +64,9 @@ def command(traces: tuple[str, ...], policies: tuple[str, ...], output: Path, jo
         click.echo(f"cowahead: interrupted; {sweep['replays']} of {sweep['planned']} replays kept in {output} "
                    "(each trace lists its missing policies)", err=True)
         sys.exit(130)
+    where = f"the cluster {sweep['cluster']['scheduler']}" if "cluster" in sweep else "this machine"
     err.print(f"{output}: {len(traces)} trace(s) × {len(expanded)} policies in {sweep['wall_seconds']:.1f} s "
-              f"on {jobs} workers")
+              f"on {sweep['jobs']} workers of {where}")
 
 
 def tradeoff_table(workload: dict) -> FittedTable:
