@@ -16,7 +16,7 @@ import pytest
 
 from cowahead.cli.main import main
 from cowahead.errors import CowaheadError
-from cowahead.model.costs import CostModel
+from cowahead.model.costs import HEADLINE, CostModel, cost_profile
 from cowahead.results.document import load_results
 from cowahead.sweep import expand_policies, open_pool, run_sweep
 from cowahead.trace import write_trace
@@ -148,7 +148,8 @@ def test_ctrl_c_on_a_cluster_sweep_writes_the_partial_document(tmp_path):
     assert doc["sweep"]["interrupted"] and 0 < doc["sweep"]["replays"] < doc["sweep"]["planned"] == 8 * 51
     assert doc["sweep"]["cluster"]["workers"] == 2
     reference = {row["policy"]: row for row in
-                 run_sweep([str(first)], expand_policies(doc["sweep"]["policies"]), 2, CostModel())["workloads"][0]["rows"]}
+                 run_sweep([str(first)], expand_policies(doc["sweep"]["policies"]), 2,
+                           cost_profile(HEADLINE))["workloads"][0]["rows"]}  # the CLI's default profile
     for workload in doc["workloads"]:  # eight copies of one trace: each kept row is that trace's
         assert all(row == reference[row["policy"]] for row in workload["rows"])
         assert sorted(workload.get("missing", []) + [r["policy"] for r in workload["rows"]]) == sorted(reference)
