@@ -15,7 +15,7 @@ from cowahead.errors import CowaheadError
 from cowahead.model.costs import CostModel
 from cowahead.model.counters import Counters
 from cowahead.real import timing
-from cowahead.results.summary import best_per_family, change, verdict
+from cowahead.results.summary import Budgets, best_per_family, change, over_budget, verdict
 from cowahead.results.rows import result_row
 
 # One power of ten per cost constant, so each term shows as its own digit of the total.
@@ -349,3 +349,35 @@ def test_run_rounds_stops_at_broken_memory(monkeypatch):
     with pytest.raises(CowaheadError, match=r"^bgsave under fixed:4: memory integrity broken: "
                                             r"pid 2: page \+5: holds 7, must hold 6$"):
         timing.run_rounds({"fixed:4": plan}, repeats=3)
+
+
+# ----- budgets: the rule that picks a best window ---------------------------------------------------
+
+
+def with_stalls(p99: dict[str, float]) -> list[dict]:
+    return [{**r, "stall_p99_us": p99.get(r["policy"], 2.5)} for r in ROWS]
+
+
+def test_a_window_over_the_stall_budget_is_not_chosen():
+    # fixed:8 (150 µs, the fastest) stalls 150 µs at p99: over 100, so fixed:16 (150 µs too, ties on time,
+    # 32 extra pages) is next; with fixed:16 over too, fixed:4 (180 µs)
+    rows = with_stalls({"fixed:8": 150.0})
+    assert {s["family"]: s["policy"] for s in best_per_family(rows)}["fixed"] == "fixed:16"
+    rows = with_stalls({"fixed:8": 150.0, "fixed:16": 101.0})
+    assert {s["family"]: s["policy"] for s in best_per_family(rows)}["fixed"] == "fixed:4"
+    assert {s["family"]: s["policy"] for s in best_per_family(rows, Budgets(None))}["fixed"] == "fixed:8"
+
+
+def test_a_family_with_every_window_over_budget_has_no_summary_and_the_verdict_names_it():
+    rows = with_stalls({"fixed:4": 200.0, "fixed:8": 200.0, "fixed:16": 200.0})
+    summaries = best_per_family(rows)
+    assert "fixed" not in {s["family"] for s in summaries} and over_budget(rows, Budgets()) == ["fixed"]
+    assert verdict(summaries, over_budget(rows, Budgets())).endswith("(fixed: every window over the budgets).")
+
+
+def test_the_memory_budget_in_mib():
+    # 16 extra pages = 64 KiB = 0.0625 MiB: fixed:8 fits 0.0625 and not 0.06; then fixed:4 (8 pages, 0.03125)
+    rows = with_stalls({})
+    assert {s["family"]: s["policy"] for s in best_per_family(rows, Budgets(None, 0.0625))}["fixed"] == "fixed:8"
+    assert {s["family"]: s["policy"] for s in best_per_family(rows, Budgets(None, 0.06))}["fixed"] == "fixed:4"
+    assert Budgets(100.0, 8.0).describe() == "p99 stall ≤ 100 µs and extra memory ≤ 8 MiB at peak"

@@ -20,7 +20,7 @@ from cowahead.report.html import write_report
 from cowahead.results.document import load_results, new_results, save_results
 from cowahead.results.heatmap import heatmap
 from cowahead.results.rows import simulate_reference
-from cowahead.results.summary import best_per_family
+from cowahead.results.summary import best_acting, best_per_family
 from cowahead.trace import EventKind
 from cowahead.trace.generators import generate
 
@@ -76,7 +76,8 @@ def test_report_verb_rebuilds_the_page_from_results(results, tmp_path, capsys):
     assert main(["report", str(path), "-o", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "index.html").exists()
     pngs = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
-    assert pngs == ["random-heatmap.png", "random-tradeoff.png", "sequential-heatmap.png", "sequential-tradeoff.png"]
+    assert pngs == ["overview-change.png", "random-heatmap.png", "random-tradeoff.png", "sequential-heatmap.png",
+                    "sequential-tradeoff.png"]
 
 
 def test_report_verb_rejects_a_foreign_file(tmp_path, capsys):
@@ -101,7 +102,15 @@ def test_chromium_shows_the_plots_and_the_numbers_of_results_json(results, tmp_p
     dom = chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=5000", "--dump-dom",
                    page.as_uri()).stdout
     widths = [int(w) for w in re.findall(r'data-width="(\d+)"', dom)]
-    assert len(widths) == 4 and min(widths) > 200, widths  # every image loaded
+    assert len(widths) == 5 and min(widths) > 200, widths  # every image loaded: the overview's grid too
+    overview = dom[dom.index('class="overview"'):]
+    overview = overview[:overview.index("</table>")]
+    for workload in data["workloads"]:  # the overview's row: the verdict's policy, its Δ time, stalls, memory
+        best = best_acting(best_per_family(workload["rows"]))
+        cells = re.search(rf'#{workload["name"]}">{workload["name"]}</a></td>(.*?)</tr>', overview).group(1)
+        assert f"<td>{best['policy']}</td>" in cells
+        assert f"{best['predicted_change_pct']:+.1f}%" in cells and f"{best['stall_p99_us']:,.1f}" in cells
+        assert f"{best['extra_pages_peak'] * 4096 / (1 << 20):,.1f}" in cells
     for workload in data["workloads"]:
         for summary in best_per_family(workload["rows"]):
             assert f"<td>{summary['policy']}</td>" in dom

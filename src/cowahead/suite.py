@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from .model.costs import CostModel
 from .policies import Policy, default_policies
 from .real.timing import time_policies
 from .results.document import save_results
-from .results.summary import best_per_family
+from .results.summary import Budgets, best_per_family
 from .scenarios import SCENARIOS, scenario
 from .sweep import Pool, expand_policies, run_sweep
 from .trace import Trace, TraceFile, write_trace
@@ -43,6 +43,7 @@ class Settings:
     real_repeats: int   # real runs per policy, medians; 0 = no real timing
     seed: int = 0
     real_workloads: tuple[str, ...] | None = REAL_BY_DEFAULT  # the workloads timed for real; None: every one
+    budgets: Budgets = Budgets()  # what a best window may cost (stall, memory)
 
     @classmethod
     def default(cls, quick: bool, real: bool = True, every_real: bool = False) -> "Settings":
@@ -144,7 +145,7 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     for workload, entry in zip(workloads, results["workloads"]):
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
                      notes=workload.notes, trace=os.path.relpath(workload.trace_path, out_dir))
-        keep_memory_of_the_best(entry["rows"])
+        keep_memory_of_the_best(entry["rows"], settings.budgets)
         if workload.scenario:
             entry["scenario"] = workload.scenario
     if settings.real_repeats:
@@ -152,6 +153,7 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
                            "policies": [p.name for p in settings.policies], "real_repeats": settings.real_repeats,
                            "real_workloads": "all" if settings.real_workloads is None else list(settings.real_workloads)}
+    results["budgets"] = asdict(settings.budgets)
     results["timings_s"] = timings
     save_results(results, out_dir / "results.json")
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
@@ -159,9 +161,9 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     return results
 
 
-def keep_memory_of_the_best(rows: list[dict]) -> None:
+def keep_memory_of_the_best(rows: list[dict], budgets: Budgets) -> None:
     """Memory over time stays on none's row and each family's best window: the plot's, a bounded file."""
-    kept = {"none"} | {s["policy"] for s in best_per_family(rows)}
+    kept = {"none"} | {s["policy"] for s in best_per_family(rows, budgets)}
     for row in rows:
         if row["policy"] not in kept:
             row.pop("memory", None)
@@ -171,7 +173,8 @@ def _time_for_real(workloads: list[Workload], results: dict, settings: Settings,
     """Real time change of each family's best window, for workloads that can run for real."""
     runnable = [(w, e) for w, e in zip(workloads, results["workloads"]) if w.trace is not None
                 and (settings.real_workloads is None or w.name in settings.real_workloads)]
-    chosen = {w.name: ["none"] + [s["policy"] for s in best_per_family(e["rows"])] for w, e in runnable}
+    chosen = {w.name: ["none"] + [s["policy"] for s in best_per_family(e["rows"], settings.budgets)]
+              for w, e in runnable}
     # each policy but none runs beside a none cut into the same calls: 2n - 1 plans per workload
     runs = sum(2 * len(p) - 1 for p in chosen.values()) * settings.real_repeats
     advance = step("real runs (user-space COW-ahead)", runs)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CowaheadError
 from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
-from ..results.summary import best_per_family, verdict, without_patched_kernel
+from ..results.summary import Budgets, best_per_family, over_budget, verdict, without_patched_kernel
 from ..suite import DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
 from ..sweep import open_pool
 
@@ -28,16 +28,22 @@ from ..sweep import open_pool
               help=f"Time the best windows for real on every workload that can run (default: {', '.join(REAL_BY_DEFAULT)}).")
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
 @click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
+@click.option("--stall-budget", type=click.FloatRange(min=0), default=Budgets.stall_p99_us, show_default=True,
+              help="The p99 stall per COW fault (µs, under --costs) a best window may have.")
+@click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
+              help="The extra memory at peak (MiB) a best window may hold (default: no limit).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
               help="Replay on a Dask cluster (an address, or local:N), as `sweep --scheduler` does; its workers read "
                    "the traces in DIR/traces, sent to them where small (docs/cluster.md). Also COWAHEAD_SCHEDULER.")
 def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: bool, pages: int | None, costs: str,
-            output: Path, scheduler: str | None) -> None:
+            stall_budget: float, memory_budget: float | None, output: Path, scheduler: str | None) -> None:
     if no_real and every_real:
         raise CowaheadError("--real and --no-real ask for opposite things: give one")
     cost_model = cost_profile(costs)
     settings = Settings.default(quick, real=not no_real, every_real=every_real)
+    budgets = Budgets(stall_budget, memory_budget)
+    settings = dataclasses.replace(settings, budgets=budgets)
     if pages:
         settings = dataclasses.replace(settings, pages=pages)
     names = list(workloads) or DEFAULT_WORKLOADS
@@ -57,7 +63,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
         if pool:  # the replay closes it; this is for a failure before it (a scenario's, say)
             pool.close()
     for workload in results["workloads"]:
-        summaries = best_per_family(workload["rows"])
-        sentences = [verdict(summaries), without_patched_kernel(summaries)]
+        summaries = best_per_family(workload["rows"], budgets)
+        sentences = [verdict(summaries, over_budget(workload["rows"], budgets)), without_patched_kernel(summaries)]
         click.echo(f"{workload['name']}: {' '.join(s for s in sentences if s)}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")

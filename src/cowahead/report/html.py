@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-from ..results.summary import best_per_family, verdict, without_patched_kernel
+from ..results.summary import Budgets, best_acting, best_per_family, over_budget, verdict, without_patched_kernel
+from ..trace.events import PAGE_SIZE
 from . import plots
 
 STYLE = """
@@ -44,13 +45,14 @@ ROW_COLUMNS = ["policy", "faults", "cow_copies", "ahead_copies", "pages_copied",
 def write_report(results: dict, out_dir: Path) -> Path:
     """Write ``index.html`` and its PNGs into ``out_dir``; return the page's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = [_workload_section(w, out_dir) for w in results["workloads"]]
+    budgets = Budgets(**results.get("budgets", {}))
+    sections = [_workload_section(w, out_dir, budgets) for w in results["workloads"]]
     page = "\n".join([
         "<!doctype html><html><head><meta charset='utf-8'><title>cowahead report</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>cowahead report</h1>",
         f"<p>{html.escape(results.get('created', ''))} · <code>{html.escape(results.get('command', ''))}</code></p>",
-        _overview(results),
+        _overview(results, budgets, out_dir),
         *sections,
         "<h2 id='calibration'>Cost model used</h2>", _key_values(results.get("costs", {})),
         "<h3>User space (MADV_POPULATE_WRITE): what can be done without a patched kernel</h3>",
@@ -69,13 +71,39 @@ def write_report(results: dict, out_dir: Path) -> Path:
     return path
 
 
-def _overview(results: dict) -> str:
-    items = "".join(f"<li><a href='#{_slug(w['name'])}'>{html.escape(w['name'])}</a></li>"
-                    for w in results["workloads"])
-    return f"<h2>Workloads</h2><ul>{items}</ul>"
+OVERVIEW_COLUMNS = ["workload", "verdict", "best policy within the budgets", "Δ time (kernel)",
+                    "Δ time (user space)", "p99 stall µs (none)", "extra MiB at peak"]
 
 
-def _workload_section(workload: dict, out_dir: Path) -> str:
+def _overview(results: dict, budgets: Budgets, out_dir: Path) -> str:
+    """First: one row per workload (its verdict's policy and what it costs), then Δ time of each family's
+    best window across the workloads."""
+    rows = []
+    for w in results["workloads"]:
+        summaries = best_per_family(w["rows"], budgets)
+        best = best_acting(summaries)
+        link = f"<a href='#{_slug(w['name'])}'>{html.escape(w['name'])}</a>"
+        said = html.escape(verdict(summaries, over_budget(w["rows"], budgets)).split(":")[0])
+        if best is None:
+            rows.append(f"<tr><td>{link}</td><td>{said}</td>" + "<td>—</td>" * 5 + "</tr>")
+            continue
+        stall = f"{_cell('', best['stall_p99_us'])} ({_cell('', best['none_stall_p99_us'])})"
+        rows.append(f"<tr><td>{link}</td><td>{said}</td><td>{html.escape(best['policy'])}</td>"
+                    f"<td>{_cell('_pct', best['predicted_change_pct'])}</td>"
+                    f"<td>{_cell('_pct', best['predicted_change_pct_userspace'])}</td><td>{stall}</td>"
+                    f"<td>{best['extra_pages_peak'] * PAGE_SIZE / (1 << 20):,.1f}</td></tr>")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in OVERVIEW_COLUMNS)
+    grid = plots.change_grid(results["workloads"], budgets, out_dir / "overview-change.png")
+    return "\n".join([
+        "<h2 id='overview'>Overview</h2>",
+        f"<p>Best windows chosen under the budgets: {html.escape(budgets.describe())} (the lowest predicted time "
+        "among the windows within them). Δ time is predicted, against none.</p>",
+        f"<table class='overview'><tr>{head}</tr>{''.join(rows)}</table>",
+        f"<div class='plots'><img src='{grid.name}' alt='{grid.stem}'></div>" if grid else "",
+    ])
+
+
+def _workload_section(workload: dict, out_dir: Path, budgets: Budgets) -> str:
     slug = _slug(workload["name"])
     images = [plots.tradeoff(workload["rows"], f"{workload['name']}: faults saved vs extra memory",
                              out_dir / f"{slug}-tradeoff.png")]
@@ -86,7 +114,7 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
     if workload.get("heatmap"):
         images.append(plots.heatmap(workload["heatmap"], f"{workload['name']}: {workload['heatmap'].get('what', '')}",
                                     out_dir / f"{slug}-heatmap.png"))
-    summaries = best_per_family(workload["rows"])
+    summaries = best_per_family(workload["rows"], budgets)
     real = workload.get("real") or {}
     for s in summaries:
         s["real_change_pct"] = real.get("change_pct", {}).get(s["policy"])
@@ -97,7 +125,7 @@ def _workload_section(workload: dict, out_dir: Path) -> str:
         f"<p>{html.escape(workload.get('description', ''))} Source <code>{html.escape(workload.get('source', ''))}</code>, "
         f"{workload.get('events', 0):,} events.</p>",
         _notes(workload),
-        f"<p class='verdict'><b>{html.escape(verdict(summaries))}</b> "
+        f"<p class='verdict'><b>{html.escape(verdict(summaries, over_budget(workload['rows'], budgets)))}</b> "
         f"{html.escape(without_patched_kernel(summaries))}</p>",
         "<h3>Best window per policy</h3>", _summary_table(summaries), _real_note(real),
         "<div class='plots'>" + "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in images) + "</div>",
@@ -145,7 +173,7 @@ def _rows_table(rows: list[dict]) -> str:
 def _cell(key: str, value) -> str:
     if value is None:
         return "—"
-    if key.endswith("_pct"):
+    if key.endswith("_pct") or "_pct_" in key:  # predicted_change_pct_userspace too
         css = "better" if value < 0 else "worse" if value > 0 else ""
         return f"<span class='{css}'>{value:+.1f}%</span>"
     if isinstance(value, float):

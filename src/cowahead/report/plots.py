@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..policies import colours, realizable  # noqa: E402
-from ..results.summary import family  # noqa: E402
+from ..results.summary import best_per_family, family  # noqa: E402
 
 
 def tradeoff(rows: list[dict], title: str, path: Path) -> Path:
@@ -60,6 +60,33 @@ def memory(rows: list[dict], title: str, path: Path) -> Path | None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def change_grid(workloads: list[dict], budgets, path: Path) -> Path | None:
+    """Workloads × policy families: Δ predicted time of each family's best window within the budgets (blank:
+    no window within them); None without workloads."""
+    if not workloads:
+        return None
+    names = sorted({family(r["policy"]) for w in workloads for r in w["rows"]} - {"none"})
+    grid = np.full((len(workloads), len(names)), np.nan)
+    for i, w in enumerate(workloads):
+        for s in best_per_family(w["rows"], budgets):
+            if s["predicted_change_pct"] is not None:
+                grid[i, names.index(s["family"])] = s["predicted_change_pct"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 0.4 * len(workloads) + 1.8), dpi=110)
+    limit = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(grid, cmap="RdYlGn_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(workloads)), [w["name"] for w in workloads], fontsize=8)
+    ax.set_title("Δ predicted time vs none (%), each family's best window within the budgets", fontsize=9)
+    fig.colorbar(image, ax=ax, label="%")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..policies import realizable
+from ..trace.events import PAGE_SIZE
 
 # Below this a predicted change is no result: the calibration's constants drift ~10 % with load.
 NEGLIGIBLE_PCT = 2.0
@@ -20,18 +22,50 @@ def change(value: float, base: float) -> float | None:
     return 100.0 * (value - base) / base if base else None
 
 
-def best_per_family(rows: list[dict]) -> list[dict]:
+@dataclass(frozen=True)
+class Budgets:
+    """What a best window may cost: a p99 stall per COW fault (µs) and extra memory at peak (MiB); None: no
+    limit. A server that forks to snapshot cannot take any gain at any stall: Linux dropped its 512-page
+    COW of a THP for that (5.8). A row without stalls (an older results file) fits any stall budget."""
+    stall_p99_us: float | None = 100.0
+    extra_mib: float | None = None
+
+    def fits(self, row: dict) -> bool:
+        stall = row.get("stall_p99_us")
+        if self.stall_p99_us is not None and stall is not None and stall > self.stall_p99_us:
+            return False
+        return self.extra_mib is None or extra_mib(row) <= self.extra_mib
+
+    def describe(self) -> str:
+        parts = [f"p99 stall ≤ {self.stall_p99_us:g} µs" if self.stall_p99_us is not None else "",
+                 f"extra memory ≤ {self.extra_mib:g} MiB at peak" if self.extra_mib is not None else ""]
+        return " and ".join(p for p in parts if p) or "no budget"
+
+
+def extra_mib(row: dict) -> float:
+    return row["extra_pages_peak"] * PAGE_SIZE / (1 << 20)
+
+
+def over_budget(rows: list[dict], budgets: "Budgets") -> list[str]:
+    """The families that have windows, none of them within the budgets."""
+    families = {family(r["policy"]) for r in rows} - {"none"}
+    fitting = {family(r["policy"]) for r in rows if budgets.fits(r)}
+    return sorted(families - fitting)
+
+
+def best_per_family(rows: list[dict], budgets: Budgets = Budgets()) -> list[dict]:
     """For each policy family, the window with the lowest predicted time under the headline profile
-    (``predicted_us``; ties: fewer extra pages).
+    (``predicted_us``; ties: fewer extra pages) among those within ``budgets``; a family with none within
+    them has no summary (``over_budget`` names it).
 
     Each summary holds the numbers a kernel developer asks first: faults and
-    time against ``none``, pages copied ahead, waste, extra memory.
+    time against ``none``, pages copied ahead, waste, extra memory, stalls.
     """
     base = next(r for r in rows if r["policy"] == "none")
     best: dict[str, dict] = {}
     for row in rows:
         name = family(row["policy"])
-        if name == "none":
+        if name == "none" or not budgets.fits(row):
             continue
         key = (row["predicted_us"], row["extra_pages_peak"])
         if name not in best or key < (best[name]["predicted_us"], best[name]["extra_pages_peak"]):
@@ -60,10 +94,13 @@ def best_acting(summaries: list[dict]) -> dict | None:
     return min(acting, key=lambda s: s["predicted_change_pct"]) if acting else None
 
 
-def verdict(summaries: list[dict]) -> str:
-    """One sentence: does any realizable policy beat Linux today on predicted time?"""
+def verdict(summaries: list[dict], over: list[str] = ()) -> str:
+    """One sentence: does any realizable policy beat Linux today on predicted time? ``over``: the families
+    with no window within the budgets (over_budget), named at the end."""
     idle = sorted(s["family"] for s in summaries if realizable(s["family"]) and s["ahead_copies"] == 0)
-    idle_note = f" ({', '.join(idle)} stayed off: nothing copied ahead)" if idle else ""
+    notes = [f"{', '.join(idle)} stayed off: nothing copied ahead" if idle else "",
+             f"{', '.join(over)}: every window over the budgets" if over else ""]
+    idle_note = "".join(f" ({n})" for n in notes if n)
     best = best_acting(summaries)
     if best is None:
         return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."
