@@ -20,7 +20,7 @@ from cowahead.report.html import write_report
 from cowahead.results.document import load_results, new_results, save_results
 from cowahead.results.heatmap import heatmap
 from cowahead.results.rows import simulate_reference
-from cowahead.results.summary import best_acting, best_per_family
+from cowahead.results.summary import Budgets, best_acting, best_per_family
 from cowahead.trace import EventKind
 from cowahead.trace.generators import generate
 
@@ -174,3 +174,20 @@ def test_evaluate_rejects_an_unknown_workload_before_doing_anything(tmp_path, ca
     err = capsys.readouterr().err
     assert "'nonsense' is no generator" in err and err.count("\n") == 1
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_evaluate_repeats_each_workload_and_reports_the_median_with_its_interval(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "bgsave", "--quick", "--no-real", "--pages", "512", "-r", "3", "-o", str(out)]) == 0
+    results = load_results(out / "results.json")
+    [bgsave] = results["workloads"]
+    assert bgsave["runs"] == 3 and results["settings"]["repeats"] == 3
+    assert all((out / t).exists() for t in bgsave["run_traces"]) and len(set(bgsave["run_traces"])) == 3
+    for row in bgsave["rows"]:  # three seeds: three changes, their median, an interval around it
+        repeat = row["repeat"]
+        assert len(repeat["predicted_change_pct"]) == 3
+        assert repeat["median_pct"] == sorted(repeat["predicted_change_pct"])[1]
+        lo, hi = repeat["ci95_pct"]
+        assert min(repeat["predicted_change_pct"]) <= lo <= repeat["median_pct"] <= hi
+    best = best_acting(best_per_family(bgsave["rows"], Budgets(**results["budgets"])))
+    assert "median of 3 runs" in capsys.readouterr().out and best["runs"] == 3

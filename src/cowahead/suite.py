@@ -22,6 +22,7 @@ from .model.costs import CostModel
 from .policies import Policy, default_policies
 from .real.timing import time_policies
 from .results.document import save_results
+from .results.repeats import combine_runs
 from .results.summary import Budgets, best_per_family
 from .scenarios import SCENARIOS, scenario
 from .sweep import Pool, expand_policies, run_sweep
@@ -44,6 +45,7 @@ class Settings:
     seed: int = 0
     real_workloads: tuple[str, ...] | None = REAL_BY_DEFAULT  # the workloads timed for real; None: every one
     budgets: Budgets = Budgets()  # what a best window may cost (stall, memory)
+    repeats: int = 3  # runs of each generator (seeds seed … seed+R−1) and scenario (recordings); a trace file: 1
 
     @classmethod
     def default(cls, quick: bool, real: bool = True, every_real: bool = False) -> "Settings":
@@ -52,7 +54,7 @@ class Settings:
         chosen = None if every_real else REAL_BY_DEFAULT
         if quick:
             return cls(True, 2048, expand_policies(default_policies("evaluate-quick")), 3 if real else 0,
-                       real_workloads=chosen)
+                       real_workloads=chosen, repeats=1)
         return cls(False, 16384, expand_policies(default_policies("evaluate")), 5 if real else 0,
                    real_workloads=chosen)
 
@@ -90,14 +92,16 @@ def check_workloads(names: list[str]) -> None:
         raise CowaheadError(f"workloads {', '.join(twice)} would share one trace file; name each once")
 
 
-def prepare(name: str, settings: Settings, traces_dir: Path, progress=None) -> Workload:
-    """Make (or open) the workload's trace under ``traces_dir``."""
+def prepare(name: str, settings: Settings, traces_dir: Path, progress=None, run: int = 0) -> Workload:
+    """Make (or open) the workload's trace under ``traces_dir``: its ``run``-th (a generator's seed + run, a
+    scenario's recording)."""
     kind = resolve(name)
-    path = traces_dir / f"{_slug(name)}.parquet"
+    path = traces_dir / (f"{_slug(name)}.parquet" if run == 0 else f"{_slug(name)}-run{run}.parquet")
     if kind == "generator":
-        trace = generate(name, settings.pages, settings.seed)
+        seed = settings.seed + run
+        trace = generate(name, settings.pages, seed)
         write_trace(trace, path)
-        return Workload(name, kind, path, f"Generated pattern {name}, {settings.pages:,} pages, seed {settings.seed}.",
+        return Workload(name, kind, path, f"Generated pattern {name}, {settings.pages:,} pages, seed {seed}.",
                         trace=trace)
     if kind == "scenario":
         module = scenario(name)
@@ -125,26 +129,39 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
         timings[stage] = round(now - clock, 2)
         clock = now
 
-    advance = step("workloads", len(names))
-    workloads = []
+    runs = {name: 1 if resolve(name) == "trace" else max(1, settings.repeats) for name in names}
+    advance = step("workloads", sum(runs.values()))
+    made: list[list[Workload]] = []  # per workload, its runs
     for name in names:
-        workloads.append(prepare(name, settings, traces_dir))
+        made.append([])
+        for run in range(runs[name]):
+            made[-1].append(prepare(name, settings, traces_dir, run=run))
+            advance(1)
         lap(f"workload {name}")
-        advance(1)
-    paths = [str(w.trace_path) for w in workloads]
+    workloads = [runs_of[0] for runs_of in made]
+    every = [w for runs_of in made for w in runs_of]
+    paths = [str(w.trace_path) for w in every]
     advance = step(f"replay (engine, {'the cluster' if pool else 'both cores'})",
                    len(paths) * len(settings.policies))
     # The none replay keeps its fault log for the heatmap; generated traces are replayed from memory here, and
     # a cluster reads the files they were written to.
     results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance,
-                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in workloads if w.trace},
+                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in every if w.trace},
                         pool=pool)
     if results["sweep"]["interrupted"]:
         raise KeyboardInterrupt  # unlike a sweep, an evaluation has no partial form: Ctrl-C stops it here too
     lap("replay")
+    entries, combined = iter(results["workloads"]), []
+    for runs_of in made:  # the sweep's entries, one per run, in the order of ``every``
+        run_entries = [next(entries) for _ in runs_of]
+        for run, entry in zip(runs_of, run_entries):
+            entry["trace"] = os.path.relpath(run.trace_path, out_dir)
+        combined.append(combine_runs(run_entries))
+    results["workloads"] = combined
     for workload, entry in zip(workloads, results["workloads"]):
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
-                     notes=workload.notes, trace=os.path.relpath(workload.trace_path, out_dir))
+                     notes=workload.notes + _run_notes(runs[workload.name]),
+                     trace=os.path.relpath(workload.trace_path, out_dir))
         keep_memory_of_the_best(entry["rows"], settings.budgets)
         if workload.scenario:
             entry["scenario"] = workload.scenario
@@ -152,13 +169,21 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
         _time_for_real(workloads, results, settings, step, lap)
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
                            "policies": [p.name for p in settings.policies], "real_repeats": settings.real_repeats,
-                           "real_workloads": "all" if settings.real_workloads is None else list(settings.real_workloads)}
+                           "real_workloads": "all" if settings.real_workloads is None else list(settings.real_workloads),
+                           "repeats": settings.repeats}
     results["budgets"] = asdict(settings.budgets)
     results["timings_s"] = timings
     save_results(results, out_dir / "results.json")
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
     write_report(results, out_dir)
     return results
+
+
+def _run_notes(runs: int) -> list[str]:
+    if runs < 2:
+        return []
+    return [f"{runs} runs (seeds or recordings): each row shows run 0's counters; Δ time is the median of the "
+            "runs' changes against their own none, with a 95% bootstrap interval"]
 
 
 def keep_memory_of_the_best(rows: list[dict], budgets: Budgets) -> None:

@@ -32,18 +32,24 @@ from ..sweep import open_pool
               help="The p99 stall per COW fault (µs, under --costs) a best window may have.")
 @click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
               help="The extra memory at peak (MiB) a best window may hold (default: no limit).")
+@click.option("--repeats", "-r", type=click.IntRange(1, 20), default=None,
+              help="Runs of each generator (seeds) and scenario (recordings); Δ time is their median with a 95% "
+                   "interval (default 3; 1 with --quick).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--scheduler", envvar="COWAHEAD_SCHEDULER", metavar="ADDRESS",
               help="Replay on a Dask cluster (an address, or local:N), as `sweep --scheduler` does; its workers read "
                    "the traces in DIR/traces, sent to them where small (docs/cluster.md). Also COWAHEAD_SCHEDULER.")
 def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: bool, pages: int | None, costs: str,
-            stall_budget: float, memory_budget: float | None, output: Path, scheduler: str | None) -> None:
+            stall_budget: float, memory_budget: float | None, repeats: int | None, output: Path,
+            scheduler: str | None) -> None:
     if no_real and every_real:
         raise CowaheadError("--real and --no-real ask for opposite things: give one")
     cost_model = cost_profile(costs)
     settings = Settings.default(quick, real=not no_real, every_real=every_real)
     budgets = Budgets(stall_budget, memory_budget)
     settings = dataclasses.replace(settings, budgets=budgets)
+    if repeats:
+        settings = dataclasses.replace(settings, repeats=repeats)
     if pages:
         settings = dataclasses.replace(settings, pages=pages)
     names = list(workloads) or DEFAULT_WORKLOADS

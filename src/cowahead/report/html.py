@@ -31,6 +31,7 @@ SUMMARY_COLUMNS = [("policy", "best window"), ("faults_change_pct", "faults vs n
                    ("ahead_copies", "pages copied ahead"), ("ahead_waste", "waste (never written)"),
                    ("extra_copies", "extra copies vs none"), ("extra_pages_peak", "extra pages, peak"),
                    ("predicted_change_pct", "predicted time vs none"),
+                   ("predicted_change_ci_pct", "95% interval over runs"),
                    ("predicted_change_pct_userspace",
                     "user space, predicted: what can be done without a patched kernel"),
                    ("real_change_pct", "real time vs none (user space)"),
@@ -71,7 +72,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     return path
 
 
-OVERVIEW_COLUMNS = ["workload", "verdict", "best policy within the budgets", "Δ time (kernel)",
+OVERVIEW_COLUMNS = ["workload", "verdict", "best policy within the budgets", "Δ time (kernel; 95% interval)",
                     "Δ time (user space)", "p99 stall µs (none)", "extra MiB at peak"]
 
 
@@ -89,7 +90,9 @@ def _overview(results: dict, budgets: Budgets, out_dir: Path) -> str:
             continue
         stall = f"{_cell('', best['stall_p99_us'])} ({_cell('', best['none_stall_p99_us'])})"
         rows.append(f"<tr><td>{link}</td><td>{said}</td><td>{html.escape(best['policy'])}</td>"
-                    f"<td>{_cell('_pct', best['predicted_change_pct'])}</td>"
+                    f"<td>{_cell('_pct', best['predicted_change_pct'])}"
+                    + (f" <small>({_cell('_ci_pct', best['predicted_change_ci_pct'])})</small>"
+                       if best["predicted_change_ci_pct"] else "") + "</td>"
                     f"<td>{_cell('_pct', best['predicted_change_pct_userspace'])}</td><td>{stall}</td>"
                     f"<td>{best['extra_pages_peak'] * PAGE_SIZE / (1 << 20):,.1f}</td></tr>")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in OVERVIEW_COLUMNS)
@@ -173,6 +176,8 @@ def _rows_table(rows: list[dict]) -> str:
 def _cell(key: str, value) -> str:
     if value is None:
         return "—"
+    if key.endswith("_ci_pct"):  # [low, high]
+        return f"{value[0]:+.1f}% … {value[1]:+.1f}%"
     if key.endswith("_pct") or "_pct_" in key:  # predicted_change_pct_userspace too
         css = "better" if value < 0 else "worse" if value > 0 else ""
         return f"<span class='{css}'>{value:+.1f}%</span>"

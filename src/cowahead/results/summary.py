@@ -67,8 +67,7 @@ def best_per_family(rows: list[dict], budgets: Budgets = Budgets()) -> list[dict
         name = family(row["policy"])
         if name == "none" or not budgets.fits(row):
             continue
-        key = (row["predicted_us"], row["extra_pages_peak"])
-        if name not in best or key < (best[name]["predicted_us"], best[name]["extra_pages_peak"]):
+        if name not in best or _rank(row) < _rank(best[name]):
             best[name] = row
     return [{
         "family": name,
@@ -78,13 +77,32 @@ def best_per_family(rows: list[dict], budgets: Budgets = Budgets()) -> list[dict
         "ahead_waste": row["ahead_waste"],
         "extra_copies": row["pages_copied"] - base["pages_copied"],
         "extra_pages_peak": row["extra_pages_peak"],
-        "predicted_change_pct": change(row["predicted_us"], base["predicted_us"]),
+        "predicted_change_pct": predicted_change(row, base),
+        # over repeated runs (results/repeats.py): the 95 % interval of that median change, and the runs
+        "predicted_change_ci_pct": (row.get("repeat") or {}).get("ci95_pct"),
+        "runs": (row.get("repeat") or {}).get("runs", 1),
         # the same window under the user-space profile: what it would do without a patched kernel
         "predicted_change_pct_userspace": change(row["predicted_us_userspace"], base["predicted_us_userspace"]),
         # one COW fault's stall, this window against none's (results/stalls.py; absent in older files)
         "stall_p99_us": row.get("stall_p99_us"), "stall_max_us": row.get("stall_max_us"),
         "none_stall_p99_us": base.get("stall_p99_us"),
     } for name, row in best.items()]
+
+
+def predicted_change(row: dict, base: dict) -> float | None:
+    """Predicted change against none: the median over repeated runs where the row has them, else this run's."""
+    repeat = row.get("repeat")
+    if repeat and repeat.get("median_pct") is not None:
+        return repeat["median_pct"]
+    return change(row["predicted_us"], base["predicted_us"])
+
+
+def _rank(row: dict) -> tuple[float, int]:
+    """A window's place in its family: the median change over runs if there are runs, else the time (the same
+    order for one run), then fewer extra pages."""
+    repeat = row.get("repeat")
+    first = repeat["median_pct"] if repeat and repeat.get("median_pct") is not None else row["predicted_us"]
+    return first, row["extra_pages_peak"]
 
 
 def best_acting(summaries: list[dict]) -> dict | None:
@@ -104,16 +122,22 @@ def verdict(summaries: list[dict], over: list[str] = ()) -> str:
     best = best_acting(summaries)
     if best is None:
         return f"COW-ahead does not act here: no realizable policy copied a page ahead{idle_note}."
-    gain = best["predicted_change_pct"]
+    gain, interval = best["predicted_change_pct"], best.get("predicted_change_ci_pct")
+    if interval is not None and interval[0] <= 0 <= interval[1]:
+        return (f"COW-ahead makes no real difference here: the best policy that copies ahead, {best['policy']}, "
+                f"predicts {gain:+.1f}% time against none, median of {best['runs']} runs, whose 95% interval "
+                f"({interval[0]:+.1f}% … {interval[1]:+.1f}%) holds 0{idle_note}.")
+    spread = f" (median of {best['runs']} runs, 95% interval {interval[0]:+.1f}% … {interval[1]:+.1f}%)" \
+        if interval is not None else ""
     if gain < -NEGLIGIBLE_PCT:
-        return (f"COW-ahead helps: {best['policy']} predicts {gain:+.1f}% time, "
+        return (f"COW-ahead helps: {best['policy']} predicts {gain:+.1f}% time{spread}, "
                 f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak"
                 f"{idle_note}.")
     if gain <= NEGLIGIBLE_PCT:
         return (f"COW-ahead makes no real difference here: the best policy that copies ahead, {best['policy']}, "
                 f"predicts {gain:+.1f}% time against none (within ±{NEGLIGIBLE_PCT:g}%){idle_note}.")
     return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
-            f"predicts {gain:+.1f}% time against none{idle_note}.")
+            f"predicts {gain:+.1f}% time against none{spread}{idle_note}.")
 
 
 def without_patched_kernel(summaries: list[dict]) -> str:
