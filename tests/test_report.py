@@ -191,3 +191,10 @@ def test_evaluate_repeats_each_workload_and_reports_the_median_with_its_interval
         assert min(repeat["predicted_change_pct"]) <= lo <= repeat["median_pct"] <= hi
     best = best_acting(best_per_family(bgsave["rows"], Budgets(**results["budgets"])))
     assert "median of 3 runs" in capsys.readouterr().out and best["runs"] == 3
+
+
+def test_a_real_change_inside_its_spread_is_flagged_as_noise():
+    from cowahead.report.html import _spread
+    assert "⚠ noise" in _spread("real_change_pct", {"real_change_pct": -3.0, "real_spread_pct": 5.0})
+    assert "⚠" not in _spread("real_change_pct", {"real_change_pct": -9.7, "real_spread_pct": 2.0})
+    assert _spread("real_change_pct", {"real_change_pct": -9.7, "real_spread_pct": None}) == ""

@@ -164,7 +164,11 @@ def _summary_table(summaries: list[dict]) -> str:
 def _spread(key: str, summary: dict) -> str:
     if key != "real_change_pct" or summary.get("real_spread_pct") is None or summary.get(key) is None:
         return ""
-    return f" <small>±{summary['real_spread_pct']:.1f}%</small>"
+    spread = summary["real_spread_pct"]
+    # as pyperf warns: a spread wider than the change it would show says nothing about the change
+    warn = " <span class='worse' title='the spread is wider than the change'>⚠ noise</span>" \
+        if spread > abs(summary[key]) else ""
+    return f" <small>±{spread:.1f}%</small>{warn}"
 
 
 def _rows_table(rows: list[dict]) -> str:
