@@ -44,7 +44,7 @@ from cowahead.trace import TraceFile, write_trace
 from cowahead.trace.generators import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import machine  # noqa: E402  (the benchmarks' one machine record)
+from engine import machine, result_path  # noqa: E402  (the benchmarks' one machine record)
 
 ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = ["sequential", "strided:4", "random", "zipf:1.2", "hotcold", "forkexec", "prefork", "bgsave"]
@@ -294,11 +294,7 @@ def main() -> None:
                                        for config in ("local", "dask_1", "dask_2")}
     doc["projection"] = project(doc)
     doc["total_s"] = round(time.perf_counter() - started, 1)
-    out = ROOT / "benchmarks" / "results" / f"cluster-{time.strftime('%Y-%m-%d')}.json"
-    for n in range(2, 100):
-        if not out.exists():
-            break
-        out = out.with_name(f"cluster-{time.strftime('%Y-%m-%d')}-{n}.json")
+    out = result_path("cluster")
     out.write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc["throughput_replays_per_s"], indent=1))
     print(out)

@@ -205,6 +205,17 @@ def replay_times(make_state, decoded, runs: int) -> tuple[dict, dict]:
     return {"warmup_s": loop[0], **stats(loop[1:])}, {"warmup_s": fresh[0], **stats(fresh[1:])}
 
 
+def result_path(benchmark: str) -> Path:
+    """benchmarks/results/<benchmark>-<date>.json, or -2, -3, … where a run of the day is there already: kept."""
+    day = time.strftime("%Y-%m-%d")
+    out = ROOT / "benchmarks" / "results" / f"{benchmark}-{day}.json"
+    for n in range(2, 100):
+        if not out.exists():
+            break
+        out = out.with_name(f"{benchmark}-{day}-{n}.json")
+    return out
+
+
 def machine() -> dict:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {**machine_metadata(), "commit": commit,

@@ -27,9 +27,8 @@ from cowahead.policies import parse_policy
 from cowahead.trace.generators import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import machine  # noqa: E402  (this folder's benchmark helpers)
+from engine import machine, result_path  # noqa: E402  (this folder's benchmark helpers)
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(fn, runs: int):
@@ -85,11 +84,7 @@ def main() -> None:
             print(f"{spec:24s} {result['events']:9,d} events: engine {result['engine_s']['median']:7.3f} s, "
                   f"model {sum(p['model_s'] for p in result['policies'].values()):8.2f} s "
                   f"(×{result['model_over_engine']:.0f})", flush=True)
-    out = ROOT / "benchmarks" / "results" / f"engine-folios-{time.strftime('%Y-%m-%d')}.json"
-    for n in range(2, 100):
-        if not out.exists():
-            break
-        out = out.with_name(f"engine-folios-{time.strftime('%Y-%m-%d')}-{n}.json")
+    out = result_path("engine-folios")
     out.write_text(json.dumps(doc, indent=1))
     print(out)
 

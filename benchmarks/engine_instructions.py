@@ -141,11 +141,7 @@ def main() -> None:
                     "after_over_before": a / b}
                 print(f"{pattern:10s} {policy:9s} {b / events:7.2f} → {a / events:7.2f} instructions/event "
                       f"(×{a / b:.4f})", flush=True)
-        out = ROOT / "benchmarks" / "results" / f"engine-instructions-{time.strftime('%Y-%m-%d')}.json"
-        for n in range(2, 100):  # a day's earlier run is kept: engine-instructions-<date>-2.json, …
-            if not out.exists():
-                break
-            out = out.with_name(f"engine-instructions-{time.strftime('%Y-%m-%d')}-{n}.json")
+        out = engine.result_path("engine-instructions")  # a day's earlier run is kept: -2, -3, …
         out.write_text(json.dumps(doc, indent=1))
         print(out)
     finally:
