@@ -169,7 +169,8 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
         _time_for_real(workloads, results, settings, step, lap)
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
                            "policies": [p.name for p in settings.policies], "real_repeats": settings.real_repeats,
-                           "real_workloads": "all" if settings.real_workloads is None else list(settings.real_workloads),
+                           "real_workloads": ("all" if settings.real_workloads is None
+                                              else list(settings.real_workloads)),
                            "repeats": settings.repeats}
     results["budgets"] = asdict(settings.budgets)
     results["timings_s"] = timings

@@ -25,7 +25,8 @@ from ..sweep import open_pool
 @click.option("--quick", is_flag=True, help="Smaller workloads, fewer windows and real runs (about 2 minutes).")
 @click.option("--no-real", is_flag=True, help="Skip timing the best windows for real.")
 @click.option("--real", "every_real", is_flag=True,
-              help=f"Time the best windows for real on every workload that can run (default: {', '.join(REAL_BY_DEFAULT)}).")
+              help="Time the best windows for real on every workload that can run "
+                   f"(default: {', '.join(REAL_BY_DEFAULT)}).")
 @click.option("--pages", type=click.IntRange(1, 1 << 22), help="Pages each generator maps (default 16384; 2048 with --quick).")
 @click.option("--costs", default=HEADLINE, show_default=True, help=COSTS_HELP)
 @click.option("--stall-budget", type=click.FloatRange(min=0), default=Budgets.stall_p99_us, show_default=True,

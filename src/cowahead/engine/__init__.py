@@ -122,5 +122,5 @@ def fault_log(st: State) -> tuple[np.ndarray, np.ndarray]:
     return log[:, 0].copy(), pages.astype(np.int64)
 
 
-__all__ = ["replay_engine", "replay_states", "fault_log", "to_counters", "cow_batches", "samples", "decoded_chunks", "page_space", "folio_settings", "PageSpace",
-           "TraceSource"]
+__all__ = ["replay_engine", "replay_states", "fault_log", "to_counters", "cow_batches", "samples", "decoded_chunks",
+           "page_space", "folio_settings", "PageSpace", "TraceSource"]

@@ -25,10 +25,15 @@ from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma
 from .windows import POL_NONE, cow_ahead, cow_ahead_large
 
 
-@jit_inline
-def count_batch(st, copies, reuses):
-    """A 4 KiB COW fault into the batch histogram (model/counters.py): the pages its window broke."""
-    st.cow_batches[min(copies, BATCH_BINS), min(reuses, BATCH_BINS)] += 1
+@jit
+def count_batch(st, copies_before, reuses_before):
+    """A 4 KiB COW fault whose window broke COW on more pages, into the batch histogram (model/counters.py),
+    from the ahead counters before its window. A call of its own, made only then: the hot loop holds none of
+    it, and the faults that broke nothing more (every fault of none) are counted at the end
+    (replay.finish), from the COW faults less the other bins."""
+    c = st.counters
+    st.cow_batches[min(c[C_AHEAD_COPIES] - copies_before, BATCH_BINS),
+                   min(c[C_AHEAD_REUSES] - reuses_before, BATCH_BINS)] += 1
 
 
 @jit_inline
@@ -41,7 +46,6 @@ def do_fault(st, s, v, d, write, kind):
         map_frame(st, s, d, backing_frame(st, v, d, SHMEM), write)
     elif write:  # do_cow_fault
         counted = C_COW_COPY
-        st.cow_batches[0, 0] += 1
         st.vmas[v, V_ANON] = 1
         backing_frame(st, v, d, FILE)
         map_frame(st, s, d, alloc_frame(st, ANON), True)
@@ -76,12 +80,10 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
-    if st.policy[PP_KIND] == POL_NONE:  # a call costs more than Linux's own path here
-        st.cow_batches[0, 0] += 1
-        return
-    copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
-    cow_ahead(st, s, v, d, pid, now)
-    count_batch(st, c[C_AHEAD_COPIES] - copies, c[C_AHEAD_REUSES] - reuses)
+    if st.policy[PP_KIND] != POL_NONE:  # a call costs more than Linux's own path here
+        copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
+        if cow_ahead(st, s, v, d, pid, now):
+            count_batch(st, copies, reuses)
 
 
 # ----- where large folios may be (State.large) -----------------------------------------
@@ -161,10 +163,10 @@ def do_wp_page_large(st, s, v, d, pid, now):
     old = frame_of(fl)  # vmf.folio: the folio copied from, which the copy may free (folio's window asks)
     order = st.folios[old, F_ORDER] if old != ZERO_FRAME and st.frame_kind[old] == LARGE else 0
     wp_page_copy_large(st, s, v, d)
-    copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
     if st.policy[PP_KIND] != POL_NONE:
-        cow_ahead_large(st, s, v, d, pid, now, old, order)
-    count_batch(st, c[C_AHEAD_COPIES] - copies, c[C_AHEAD_REUSES] - reuses)
+        copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
+        if cow_ahead_large(st, s, v, d, pid, now, old, order):
+            count_batch(st, copies, reuses)
 
 
 # ----- the access ------------------------------------------------------------------------

@@ -356,10 +356,11 @@ def ranged_window(st, s, v, d, pol):
 
 @jit_inline
 def cow_ahead(st, s, v, d, pid, now):
-    """Break COW on the policy's window; each page gets the faulting page's exclusivity check."""
+    """Break COW on the policy's window; each page gets the faulting page's exclusivity check. How many
+    pages it broke."""
     pol = st.policy[PP_KIND]
     if pol == POL_NONE:
-        return
+        return 0
     if pol == POL_ORACLE:
         done = oracle_window(st, s, v, d, pid, now, False)
     else:
@@ -367,6 +368,7 @@ def cow_ahead(st, s, v, d, pid, now):
         done = break_cow_range(st, s, v, lo, hi)
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
+    return done
 
 
 @jit
@@ -376,7 +378,7 @@ def cow_ahead_large(st, s, v, d, pid, now, old, order):
     A call of its own, so that the hot loop holds no second copy of the windows."""
     pol = st.policy[PP_KIND]
     if pol == POL_NONE:
-        return
+        return 0
     if pol == POL_ORACLE:
         done = oracle_window(st, s, v, d, pid, now, True)
     elif pol == POL_FOLIO:
@@ -386,6 +388,7 @@ def cow_ahead_large(st, s, v, d, pid, now, old, order):
         done = break_cow_range_large(st, s, v, lo, hi)
     if done:
         st.counters[C_AHEAD_BATCHES] += 1
+    return done
 
 
 @jit_inline
