@@ -414,6 +414,10 @@ def test_runs_are_combined_and_the_best_window_is_chosen_on_the_median():
     assert (best["policy"], best["predicted_change_pct"], best["runs"]) == ("fixed:8", -10.0, 3)
     assert best["predicted_change_ci_pct"][0] <= 0 <= best["predicted_change_ci_pct"][1]
     assert "makes no real difference" in verdict([best]) and "median of 3 runs" in verdict([best])
+    # an interval that excludes 0 around a change under 2 % is no difference either, and says its interval
+    near = {**best, "predicted_change_pct": -1.0, "predicted_change_ci_pct": [-1.5, -0.5]}
+    assert verdict([near]).endswith("predicts -1.0% time against none (median of 3 runs, 95% interval -1.5% … "
+                                    "-0.5%) (within ±2%).")
     # steadier runs: fixed:16 −5, −6, −7; fixed:8 now −4, −4, −4: fixed:16 by its median, an interval below 0
     entry = combine_runs([run(96.0, 95.0), run(96.0, 94.0), run(96.0, 93.0)])
     [best] = best_per_family(entry["rows"], Budgets(None))

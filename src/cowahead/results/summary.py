@@ -135,7 +135,7 @@ def verdict(summaries: list[dict], over: list[str] = ()) -> str:
                 f"{idle_note}.")
     if gain <= NEGLIGIBLE_PCT:
         return (f"COW-ahead makes no real difference here: the best policy that copies ahead, {best['policy']}, "
-                f"predicts {gain:+.1f}% time against none (within ±{NEGLIGIBLE_PCT:g}%){idle_note}.")
+                f"predicts {gain:+.1f}% time against none{spread} (within ±{NEGLIGIBLE_PCT:g}%){idle_note}.")
     return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
             f"predicts {gain:+.1f}% time against none{spread}{idle_note}.")
 
