@@ -15,9 +15,15 @@ class Stream:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.value = 0
+        self.waited_ns = 0  # each event's time is its index (ns) plus every wait before it
 
     def _add(self, pid, kind, first=0, pages=0, arg=0):
-        self.events.append(Event(len(self.events), pid, kind, BASE + first * PAGE_SIZE, pages * PAGE_SIZE, arg))
+        self.events.append(Event(len(self.events) + self.waited_ns, pid, kind, BASE + first * PAGE_SIZE,
+                                 pages * PAGE_SIZE, arg))
+        return self
+
+    def wait(self, ns):
+        self.waited_ns += ns
         return self
 
     def mmap(self, pid, first, pages, kind=VmaKind.PRIVATE_ANON):

@@ -169,7 +169,8 @@ def test_best_per_family_picks_the_lowest_time_then_the_fewest_extra_pages():
 
 # rows without stalls, of one run (no interval)
 NO_STALLS = {"stall_p99_us": None, "stall_max_us": None, "none_stall_p99_us": None, "predicted_change_ci_pct": None,
-             "runs": 1}
+             "runs": 1, "stall_after_fork_us": None, "none_stall_after_fork_us": None, "child_copied_pages": None,
+             "none_child_copied_pages": None, "rdb_cow_mib": None, "none_rdb_cow_mib": None}
 
 
 def test_best_per_family_carries_the_best_windows_stalls_and_nones():

@@ -158,13 +158,16 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
             entry["trace"] = os.path.relpath(run.trace_path, out_dir)
         combined.append(combine_runs(run_entries))
     results["workloads"] = combined
-    for workload, entry in zip(workloads, results["workloads"]):
+    for runs_of, entry in zip(made, results["workloads"]):
+        workload = runs_of[0]
         entry.update(name=workload.name, kind=workload.kind, description=workload.description,
-                     notes=workload.notes + _run_notes(runs[workload.name]),
+                     notes=_agreement_notes(runs_of) + _run_notes(runs[workload.name]),
                      trace=os.path.relpath(workload.trace_path, out_dir))
-        keep_memory_of_the_best(entry["rows"], settings.budgets)
         if workload.scenario:
             entry["scenario"] = workload.scenario
+            entry["scenario_runs"] = [run.scenario for run in runs_of]
+            _per_policy(workload.name, workload.scenario, entry["rows"])
+        keep_memory_of_the_best(entry["rows"], settings.budgets)
     if settings.real_repeats:
         _time_for_real(workloads, results, settings, step, lap)
     results["settings"] = {"quick": settings.quick, "pages": settings.pages, "seed": settings.seed,
@@ -178,6 +181,21 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     from .report.html import write_report  # matplotlib: imported only when a report is drawn
     write_report(results, out_dir)
     return results
+
+
+def _agreement_notes(runs_of: list[Workload]) -> list[str]:
+    """Each recording's agreement with its program's own counters: every run is checked, not only the first."""
+    if len(runs_of) == 1:
+        return runs_of[0].notes
+    return [f"recording {k}: {note}" for k, run in enumerate(runs_of) for note in run.notes]
+
+
+def _per_policy(name: str, scenario_result: dict, rows: list[dict]) -> None:
+    """What a scenario says of each policy in its program's own terms (redis-bgsave: rdb_last_cow_size's)."""
+    own = getattr(scenario(name), "per_policy", None)
+    if own is not None:
+        for row in rows:
+            row.update(own(row, scenario_result.get("details", {})))
 
 
 def _run_notes(runs: int) -> list[str]:

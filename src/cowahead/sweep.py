@@ -32,7 +32,7 @@ from .model.kernel import Kernel
 from .policies import Policy, default_policies, parse_policies
 from .results.document import new_results
 from .results.heatmap import heatmap as fault_heatmap
-from .results.memory import memory_series, sample_points
+from .results.intervals import Sampling, sampling
 from .results.rows import result_row
 from .results.stalls import batches_from_json, batches_to_json
 from .trace import Trace, TraceFile
@@ -109,20 +109,26 @@ def _decoded(path: str, mtime_ns: int) -> list | None:
     return list(decoded_chunks(source, _page_space(path, mtime_ns))) if isinstance(source, dict) else None
 
 
+@functools.lru_cache(maxsize=4)
+def _sampling(path: str, mtime_ns: int) -> Sampling:
+    """Where the replays of a trace keep their counters (memory over time, storms, child lives)."""
+    return sampling(_source(path, mtime_ns))
+
+
 def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
     """One task of the pool: the engine's counters for a group of policies on one trace file (each with its
-    COW batch histogram under ``cow_batches``), and, with ``heatmap`` and ``none`` among them, the fault
-    heatmap of that replay."""
+    COW batch histogram under ``cow_batches`` and what its Sampling measured), and, with ``heatmap`` and
+    ``none`` among them, the fault heatmap of that replay."""
     from .engine import cow_batches, fault_log, replay_states, samples, to_counters
     log = ("none",) if heatmap else ()
-    points = sample_points(_page_space(*_key(path)).events)
+    plan = _sampling(*_key(path))
     try:
         states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
-                               decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=points)
+                               decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=plan.points)
     except EngineUnsupported:
         return replay_group_reference(path, policies, heatmap)
     counters = [{**asdict(to_counters(st)), "cow_batches": batches_to_json(cow_batches(st)),
-                 "memory": memory_series(points, samples(st))} for st in states]
+                 **plan.measure(samples(st))} for st in states]
     logged = [st for p, st in zip(policies, states) if p.name in log]
     return counters, (fault_heatmap(_heatmap_columns(path), *fault_log(logged[0])) if logged else None)
 
@@ -132,13 +138,13 @@ def replay_group_reference(path: str, policies: list[Policy], heatmap: bool = Fa
     compiled window): the reference model, one pass per policy, slower but the same counters and heatmap."""
     trace = _IN_MEMORY.get(path) or TraceFile(path).read()
     counters, heat = [], None
-    points = sample_points(len(trace))
+    plan = sampling(trace)
     for policy in policies:
         logging = heatmap and policy.name == "none"
         kernel = Kernel(policy, log_faults=logging)
-        counted = asdict(kernel.replay(trace, sample_points=points))
+        counted = asdict(kernel.replay(trace, sample_points=plan.points))
         counters.append({**counted, "cow_batches": batches_to_json(kernel.cow_batches),
-                         "memory": memory_series(points, kernel.samples)})
+                         **plan.measure(kernel.samples)})
         if logging:
             faults = [(index, page) for index, _, page, kind in kernel.fault_log if not kind.startswith("ahead")]
             events, pages = (np.array(column, np.int64) for column in zip(*faults)) if faults else \
@@ -273,7 +279,9 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
             counted, heatmap = done.result()
             for policy, counters in zip(group, counted):
                 batches, memory = batches_from_json(counters.pop("cow_batches")), counters.pop("memory")
-                rows[path, policy.name] = result_row(policy.name, Counters(**counters), costs, batches, memory)
+                intervals = counters.pop("intervals")
+                rows[path, policy.name] = result_row(policy.name, Counters(**counters), costs, batches, memory,
+                                                     intervals=intervals)
             if heatmap is not None:
                 maps[path] = heatmap
             progress(len(group))

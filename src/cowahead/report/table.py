@@ -98,6 +98,7 @@ COLUMNS: list[tuple[str, Callable[[dict, dict | None], str], int]] = [
     ("predicted µs", lambda r, base: f"{r['predicted_us']:,.1f}", 7),
     ("p99 stall µs", _us("stall_p99_us"), 11),
     ("max stall µs", _us("stall_max_us"), 5),
+    ("stalls ≤100 ms after forks µs", _us("stall_after_fork_us"), 6),
     ("Δ time", lambda r, base: _delta(r["predicted_us"], base and base["predicted_us"]), KEEP),
     # the user-space profile: what the same window does without a patched kernel
     ("Δ time user space",

@@ -15,20 +15,24 @@ from ..model.counters import Counters
 from ..model.kernel import Kernel
 from ..policies import Policy, parse_policies, parse_policy
 from ..trace.trace import Trace
-from .stalls import batches_to_json, stall_summary
+from .intervals import Sampling, sampling
+from .stalls import batches_to_json, stall_summary, storm_stall_us
 
 Progress = Callable[[int], None]  # told how many more events were replayed
 
 # The keys `simulate --json` promises, in table order.
 KEYS = ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste", "zero_fills",
-        "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "predicted_us_userspace", "stall_p99_us"]
+        "reuses", "extra_pages_peak", "predicted_us", "pages_copied", "predicted_us_userspace", "stall_p99_us",
+        "stall_after_fork_us", "child_copied_pages"]
 
 
 def result_row(policy: str, counters: Counters, costs: CostModel,
                batches: dict[tuple[int, int], int] | None = None, memory: dict | None = None,
-               userspace: CostModel = USERSPACE) -> dict:
-    """The row; with the COW batch histogram (Kernel.cow_batches, engine.cow_batches), its stalls too, and
-    with a memory series (results/memory.py), that under ``memory``."""
+               userspace: CostModel = USERSPACE, intervals: dict | None = None) -> dict:
+    """The row; with the COW batch histogram (Kernel.cow_batches, engine.cow_batches), its stalls too; with
+    a memory series (results/memory.py), that under ``memory``; with the counters' change across the storm
+    windows and the child lives (results/intervals.py, Sampling.measure), the stall after forks
+    (``stall_after_fork_us``) and the pages copied while a child lived (``child_copied_pages``)."""
     c = counters.as_dict()
     row = {"policy": policy, "faults": c["faults"], "cow_copies": c["cow_copy"],
            "ahead_copies": c["ahead_copies"], "ahead_hits": c["ahead_hits"], "ahead_waste": c["ahead_waste"],
@@ -41,6 +45,10 @@ def result_row(policy: str, counters: Counters, costs: CostModel,
         row["cow_batches"] = batches_to_json(batches)
     if memory is not None:
         row["memory"] = memory
+    if intervals is not None:
+        row["stall_after_fork_us"] = round(storm_stall_us(intervals["storm"], costs), 3)
+        row["child_copied_pages"] = sum(intervals["child_copies"].values())
+        row["intervals"] = intervals
     row.update({k: v for k, v in c.items() if k not in row})
     return row
 
@@ -50,22 +58,28 @@ def replay_reference(trace: Trace, policy: str | Policy, progress: Progress = la
     return Kernel(parse_policy(policy)).replay(trace, progress=progress)
 
 
-def reference_row(trace: Trace, policy: Policy, costs: CostModel, progress: Progress = lambda events: None) -> dict:
+def reference_row(trace: Trace, policy: Policy, costs: CostModel, progress: Progress = lambda events: None,
+                  plan: Sampling | None = None) -> dict:
+    plan = plan or sampling(trace)
     kernel = Kernel(policy)
-    return result_row(policy.name, kernel.replay(trace, progress=progress), costs, kernel.cow_batches)
+    counters = kernel.replay(trace, progress=progress, sample_points=plan.points)
+    return result_row(policy.name, counters, costs, kernel.cow_batches,
+                      intervals=plan.measure(kernel.samples)["intervals"])
 
 
 def simulate_reference(trace: Trace, policies: list[str | Policy], costs: CostModel,
                        progress: Progress = lambda events: None) -> list[dict]:
     """One row per policy; the model replays the trace once per policy (``progress`` hears every pass)."""
-    return [reference_row(trace, p, costs, progress) for p in parse_policies(policies)]
+    plan = sampling(trace)
+    return [reference_row(trace, p, costs, progress, plan) for p in parse_policies(policies)]
 
 
 def simulate_engine(source, policies: list[str | Policy], costs: CostModel,
                     progress: Progress = lambda events: None) -> list[dict]:
     """The same rows from the compiled engine; ``source`` is a Trace, a TraceFile or a path. The engine
     replays all policies in one pass (``progress`` hears it once)."""
-    from ..engine import cow_batches, replay_states, to_counters  # numba loads only when the engine is used
-    specs = parse_policies(policies)
-    return [result_row(p.name, to_counters(st), costs, cow_batches(st))
-            for p, st in zip(specs, replay_states(source, specs, progress=progress))]
+    from ..engine import cow_batches, replay_states, samples, to_counters  # numba loads only when the engine is used
+    specs, plan = parse_policies(policies), sampling(source)
+    return [result_row(p.name, to_counters(st), costs, cow_batches(st),
+                       intervals=plan.measure(samples(st))["intervals"])
+            for p, st in zip(specs, replay_states(source, specs, progress=progress, sample_points=plan.points))]

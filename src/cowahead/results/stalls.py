@@ -13,6 +13,11 @@ in 5.8 because one such fault, right after fork, is one long stall for a server.
 A fault that copies a whole 512-page folio at once (thp-cow, a write to the huge zero page) has no window
 and is priced as ``CostModel.predict_us`` prices it: cow_fault_us + 511 × ahead_copy_us. Summed over every
 COW fault, the stalls are exactly the COW part of predict_us.
+
+The storm: the total stall in the first 100 ms after each fork, where the parent's faults crowd
+(async-fork and the Redis issues measure the parent's latency there). Its windows are intervals of events
+(results/intervals.py), and the stall inside follows from the counters' change across them
+(``storm_stall_us``): the same sum as the histogram's, over fewer faults.
 """
 
 from __future__ import annotations
@@ -78,3 +83,12 @@ def batches_to_json(batches: dict[tuple[int, int], int]) -> list[list[int]]:
 
 def batches_from_json(rows: list[list[int]]) -> dict[tuple[int, int], int]:
     return {(a, r): n for a, r, n in rows}
+
+
+def storm_stall_us(delta: dict[str, int], costs: CostModel) -> float:
+    """The stall of the COW faults a change of the counters counts (intervals.interval_change): each fault's
+    trap and copy, its batch's pages and call, and the 511 further pages of each whole-folio copy (as
+    stall_distribution prices them)."""
+    return (delta["cow_copy"] * costs.cow_fault_us + delta["ahead_copies"] * costs.ahead_copy_us
+            + delta["ahead_reuses"] * costs.ahead_reuse_us + delta["ahead_batches"] * costs.ahead_call_us
+            + (delta["cow_copy_pages"] - delta["cow_copy"]) * costs.ahead_copy_us)

@@ -86,6 +86,12 @@ def best_per_family(rows: list[dict], budgets: Budgets = Budgets()) -> list[dict
         # one COW fault's stall, this window against none's (results/stalls.py; absent in older files)
         "stall_p99_us": row.get("stall_p99_us"), "stall_max_us": row.get("stall_max_us"),
         "none_stall_p99_us": base.get("stall_p99_us"),
+        # the storm: all COW stalls in the first 100 ms after each fork, and the pages copied while a forked
+        # child lived (a snapshot child's COW memory, rdb_last_cow_size's terms; results/intervals.py)
+        "stall_after_fork_us": row.get("stall_after_fork_us"), "none_stall_after_fork_us": base.get("stall_after_fork_us"),
+        "child_copied_pages": row.get("child_copied_pages"), "none_child_copied_pages": base.get("child_copied_pages"),
+        # a Redis scenario's snapshot child, in rdb_last_cow_size's terms (scenarios/redis_bgsave.per_policy)
+        "rdb_cow_mib": row.get("rdb_cow_mib"), "none_rdb_cow_mib": base.get("rdb_cow_mib"),
     } for name, row in best.items()]
 
 

@@ -157,6 +157,17 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
     return result
 
 
+def per_policy(row: dict, details: dict) -> dict:
+    """In rdb_last_cow_size's terms, the pages the BGSAVE child would own at the end of its save under the
+    row's policy: those copied, on demand or ahead, by either process while the child lived (the replay's
+    ``child_copied_pages``), and the child's own new pages, which no policy changes (the recording's model
+    count)."""
+    if row.get("child_copied_pages") is None or "model_child_zero_fills" not in details:
+        return {}
+    pages = row["child_copied_pages"] + details["model_child_zero_fills"]
+    return {"rdb_cow_pages": pages, "rdb_cow_mib": round(pages * PAGE_SIZE / (1 << 20), 3)}
+
+
 def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> None:
     trace = recording.trace
     c = trace.columns
