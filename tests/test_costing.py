@@ -238,14 +238,22 @@ def test_verdict_helps_names_the_best_realizable_policy():
     summaries = [summary("around", "around:16", 12, -5.0), summary("fixed", "fixed:8", 45, -25.0, -80.0, 1600),
                  summary("ccow", "ccow", 5, 5.0), summary("oracle", "oracle:4", 20, -40.0)]
     assert verdict(summaries) == "COW-ahead helps: fixed:8 predicts -25.0% time, -80.0% faults, " \
-                                 "1,600 extra pages at peak."
+                                 "1,600 extra pages (6.2 MiB) at peak."
+
+
+def test_verdict_helps_says_what_the_window_does_to_the_stalls():
+    best = {**summary("fixed", "fixed:8", 45, -25.0, -80.0, 256), "stall_p99_us": 520.0, "none_stall_p99_us": 3.0,
+            "stall_after_fork_us": 12_345.0, "none_stall_after_fork_us": 10_000.0}
+    # 256 pages are 1 MiB; 10,000 µs after the forks are 10.0 ms
+    assert verdict([best]) == "COW-ahead helps: fixed:8 predicts -25.0% time, -80.0% faults, p99 stall 3.0 → " \
+                              "520.0 µs, stalls in the 100 ms after forks 10.0 → 12.3 ms, 256 extra pages (1.0 MiB) at peak."
 
 
 def test_verdict_idle_families_are_noted_in_order_and_the_oracle_never():
     summaries = [summary("fixed", "fixed:8", 45, -25.0, -80.0, 16), summary("ccow", "ccow", 0, 0.0),
                  summary("adaptive", "adaptive", 0, 0.0), summary("oracle", "oracle:4", 0, 0.0)]
     assert verdict(summaries) == "COW-ahead helps: fixed:8 predicts -25.0% time, -80.0% faults, " \
-                                 "16 extra pages at peak (adaptive, ccow stayed off: nothing copied ahead)."
+                                 "16 extra pages (0.1 MiB) at peak (adaptive, ccow stayed off: nothing copied ahead)."
 
 
 @pytest.mark.parametrize("gain", [-1.5, -2.0, 0.0, 2.0])
@@ -257,7 +265,7 @@ def test_verdict_within_two_percent_is_no_real_difference(gain):
 
 def test_verdict_just_past_two_percent_helps():
     assert verdict([summary("fixed", "fixed:8", 45, -2.1, -30.0, 5)]).startswith(
-        "COW-ahead helps: fixed:8 predicts -2.1% time, -30.0% faults, 5 extra pages at peak")
+        "COW-ahead helps: fixed:8 predicts -2.1% time, -30.0% faults, 5 extra pages (0.0 MiB) at peak")
 
 
 def test_verdict_does_not_help_when_every_acting_policy_costs_time():

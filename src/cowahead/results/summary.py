@@ -137,13 +137,26 @@ def verdict(summaries: list[dict], over: list[str] = ()) -> str:
         if interval is not None else ""
     if gain < -NEGLIGIBLE_PCT:
         return (f"COW-ahead helps: {best['policy']} predicts {gain:+.1f}% time{spread}, "
-                f"{best['faults_change_pct']:+.1f}% faults, {best['extra_pages_peak']:,} extra pages at peak"
-                f"{idle_note}.")
+                f"{best['faults_change_pct']:+.1f}% faults{_stall_words(best)}, "
+                f"{best['extra_pages_peak']:,} extra pages ({best['extra_pages_peak'] * 4096 / (1 << 20):,.1f} MiB) "
+                f"at peak{idle_note}.")
     if gain <= NEGLIGIBLE_PCT:
         return (f"COW-ahead makes no real difference here: the best policy that copies ahead, {best['policy']}, "
                 f"predicts {gain:+.1f}% time against none{spread} (within ±{NEGLIGIBLE_PCT:g}%){idle_note}.")
     return (f"COW-ahead does not help here: the best policy that copies ahead, {best['policy']}, "
             f"predicts {gain:+.1f}% time against none{spread}{idle_note}.")
+
+
+def _stall_words(best: dict) -> str:
+    """What the window does to the stalls, none's → its own: one COW fault's p99, and all of them in the
+    first 100 ms after the forks (empty where the rows have no stalls)."""
+    words = ""
+    if best.get("stall_p99_us") is not None and best.get("none_stall_p99_us") is not None:
+        words += f", p99 stall {best['none_stall_p99_us']:,.1f} → {best['stall_p99_us']:,.1f} µs"
+    if best.get("stall_after_fork_us") is not None and best.get("none_stall_after_fork_us") is not None:
+        words += (f", stalls in the 100 ms after forks {best['none_stall_after_fork_us'] / 1000:,.1f} → "
+                  f"{best['stall_after_fork_us'] / 1000:,.1f} ms")
+    return words
 
 
 def without_patched_kernel(summaries: list[dict]) -> str:
