@@ -444,7 +444,9 @@ def test_attach_snapshot_carries_the_processes_thp_state():
     process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         hg, nh = (int(x) for x in process.stdout.readline().split())
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         events = snapshot(process.pid)
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     finally:
         process.stdin.close()
         process.wait(timeout=10)
@@ -453,6 +455,7 @@ def test_attach_snapshot_carries_the_processes_thp_state():
     assert [e.arg for e in events if e.kind == EventKind.THP_DISABLE] == [1]
     assert events.index(next(e for e in events if e.kind == EventKind.MADVISE and e.address == hg)) > \
         events.index(next(e for e in events if e.kind == EventKind.MMAP and e.address == hg))  # after its MMAP
+    assert all(before <= e.time_ns <= after for e in events)  # stamped when taken, not at time 0
 
 
 @needs_perf

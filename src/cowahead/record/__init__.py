@@ -56,8 +56,11 @@ def snapshot(pid: int) -> list[Placed]:
 
     Present pages become WRITE events (anonymous) or READ events (page
     cache), with arg -1 to mark them as not being faults, so the model
-    starts from the pages the process already had.
+    starts from the pages the process already had. All carry the time the
+    snapshot was taken (CLOCK_MONOTONIC, perf's clock): at time 0 they put
+    hours of uptime between them and the first fault, on every time axis.
     """
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     try:
         entries = _procfs.read_maps(pid)
     except (FileNotFoundError, ProcessLookupError):
@@ -67,21 +70,21 @@ def snapshot(pid: int) -> list[Placed]:
     events: list[Placed] = []
     flags = _procfs.thp_flags(pid)
     if _procfs.thp_disabled(pid):
-        events.append(Placed(0, pid, EventKind.THP_DISABLE, arg=1))
+        events.append(Placed(now, pid, EventKind.THP_DISABLE, arg=1))
     for entry in entries:
         start = entry.start
         if entry.name == "[stack]":
             start = max(entry.end - stack_reserve(), 0)
-        events.append(Placed(0, pid, EventKind.MMAP, start, entry.end - start, int(entry.vma_kind)))
+        events.append(Placed(now, pid, EventKind.MMAP, start, entry.end - start, int(entry.vma_kind)))
         for flag, advice in (("hg", Advice.HUGEPAGE), ("nh", Advice.NOHUGEPAGE)):
             if flag in flags.get(entry.start, ()):
-                events.append(Placed(0, pid, EventKind.MADVISE, start, entry.end - start, int(advice)))
+                events.append(Placed(now, pid, EventKind.MADVISE, start, entry.end - start, int(advice)))
     for entry in entries:
         pages, is_file = _procfs.present_pages(pid, entry)
         anon_write = entry.vma_kind == VmaKind.PRIVATE_ANON or entry.vma_kind == VmaKind.PRIVATE_FILE
         for page, file_page in zip(pages.tolist(), is_file.tolist()):
             kind = EventKind.READ if file_page or not anon_write else EventKind.WRITE
-            events.append(Placed(0, pid, kind, page << PAGE_SHIFT, 1, -1))
+            events.append(Placed(now, pid, kind, page << PAGE_SHIFT, 1, -1))
     return events
 
 

@@ -27,23 +27,31 @@ th { background: #f2f2f2; }
 code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
-SUMMARY_COLUMNS = [("policy", "best window"), ("faults_change_pct", "faults vs none"),
-                   ("ahead_copies", "pages copied ahead"), ("ahead_waste", "waste (never written)"),
-                   ("extra_copies", "extra copies vs none"), ("extra_pages_peak", "extra pages, peak"),
-                   ("predicted_change_pct", "predicted time vs none"),
-                   ("predicted_change_ci_pct", "95% interval over runs"),
+# (key, header, the key shown beside it in small type: none's value, or the interval over runs)
+SUMMARY_COLUMNS = [("policy", "best window", None), ("faults_change_pct", "faults vs none", None),
+                   ("ahead_copies", "pages copied ahead", None), ("ahead_waste", "waste (never written)", None),
+                   ("extra_copies", "extra copies vs none", None), ("extra_pages_peak", "extra pages, peak", None),
+                   ("predicted_change_pct", "Δ time, kernel (95% interval)",
+                    "predicted_change_ci_pct"),
                    ("predicted_change_pct_userspace",
-                    "user space, predicted: what can be done without a patched kernel"),
-                   ("real_change_pct", "real time vs none (user space)"),
-                   ("stall_p99_us", "p99 stall per COW fault, µs"), ("none_stall_p99_us", "none's p99 stall, µs"),
-                   ("stall_max_us", "max stall, µs"),
-                   ("stall_after_fork_us", "stalls in the first 100 ms after forks, µs"),
-                   ("none_stall_after_fork_us", "none's, µs"),
-                   ("child_copied_pages", "pages copied while a child lived (its COW memory)"),
-                   ("none_child_copied_pages", "none's"),
-                   ("rdb_cow_mib", "snapshot child's COW MiB (rdb_last_cow_size terms)"), ("none_rdb_cow_mib", "none's")]
+                    "Δ time, user space", None),
+                   ("real_change_pct", "real Δ time, user space", None),
+                   ("stall_p99_us", "p99 stall µs (none)", "none_stall_p99_us"),
+                   ("stall_max_us", "max stall µs", None),
+                   ("stall_after_fork_us", "stalls ≤100 ms after forks µs (none)",
+                    "none_stall_after_fork_us"),
+                   ("child_copied_pages", "child's COW pages (none)",
+                    "none_child_copied_pages"),
+                   ("rdb_cow_mib", "rdb_last_cow_size MiB (none)", "none_rdb_cow_mib")]
 
-OPTIONAL_COLUMNS = {"rdb_cow_mib", "none_rdb_cow_mib"}
+OPTIONAL_COLUMNS = {"rdb_cow_mib"}
+SUMMARY_LEGEND = (
+    "<p class='note'>Δ time: predicted against none under the kernel profile, the median over runs with its 95% "
+    "interval; user space: the same window through MADV_POPULATE_WRITE, what can be done without a patched kernel. "
+    "A stall is one COW fault's time with its window; ≤100 ms after forks sums every stall in the first 100 ms "
+    "after each fork, where a server's latency suffers. Child's COW pages: pages copied, on demand or ahead, "
+    "while a forked child lived, which it then owns alone; rdb_last_cow_size adds a Redis child's own new pages "
+    "to them, in Redis's INFO terms. In small type: none's value.</p>")
 
 ROW_COLUMNS = ["policy", "faults", "cow_copies", "ahead_copies", "pages_copied", "ahead_hits", "ahead_waste",
                "zero_fills", "reuses", "extra_pages_peak", "predicted_us", "predicted_us_userspace", "cow_faults",
@@ -162,14 +170,21 @@ def _real_note(real: dict) -> str:
 
 def _summary_table(summaries: list[dict]) -> str:
     # a column only some workloads have (a Redis scenario's rdb_last_cow_size terms) is left out where empty
-    columns = [(key, label) for key, label in SUMMARY_COLUMNS
+    columns = [(key, label, beside) for key, label, beside in SUMMARY_COLUMNS
                if key not in OPTIONAL_COLUMNS or any(s.get(key) is not None for s in summaries)]
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in columns)
     body = "".join("<tr><td>" + html.escape(s["family"]) + "</td>" +
-                   "".join(f"<td>{_cell(key, s.get(key))}{_spread(key, s)}</td>" for key, _ in columns)
+                   "".join(f"<td>{_cell(key, s.get(key))}{_beside(beside, s)}{_spread(key, s)}</td>"
+                           for key, _, beside in columns)
                    + "</tr>"
                    for s in summaries)
-    return f"<table class='summary'><tr><th>policy</th>{head}</tr>{body}</table>"
+    return f"<table class='summary'><tr><th>policy</th>{head}</tr>{body}</table>" + SUMMARY_LEGEND
+
+
+def _beside(key: str | None, summary: dict) -> str:
+    if key is None or summary.get(key) is None:
+        return ""
+    return f" <small>({_cell(key, summary[key])})</small>"
 
 
 def _spread(key: str, summary: dict) -> str:
