@@ -272,3 +272,18 @@ def test_groups_follow_a_traces_share_of_the_sweep():
         assert [p for g in groups for p in g] == policies
     many_pages = plan_groups(20_000_000, policies, 2, 1 / 120)  # 800 MB a policy: one at a time fits in 1 GiB
     assert [len(g) for g in many_pages] == [1] * 51
+
+
+def test_a_sweep_maps_only_the_traces_it_is_asked_to(tmp_path):
+    """evaluate asks for the heatmap of each workload's first run only: the other runs' none replays keep no
+    fault log."""
+    from cowahead.model.costs import CostModel
+    from cowahead.sweep import run_sweep
+
+    first, second = tmp_path / "run0.parquet", tmp_path / "run1.parquet"
+    write_trace(generate("bgsave", pages=256, seed=1), first)
+    write_trace(generate("bgsave", pages=256, seed=2), second)
+    results = run_sweep([str(first), str(second)], expand_policies(["none", "fixed:4"]), 2, CostModel(),
+                        heatmaps={str(first)})
+    mapped = {w["name"]: "heatmap" in w for w in results["workloads"]}
+    assert mapped == {"run0": True, "run1": False}

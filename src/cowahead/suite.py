@@ -143,10 +143,10 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
     paths = [str(w.trace_path) for w in every]
     advance = step(f"replay (engine, {'the cluster' if pool else 'both cores'})",
                    len(paths) * len(settings.policies))
-    # The none replay keeps its fault log for the heatmap; generated traces are replayed from memory here, and
-    # a cluster reads the files they were written to.
+    # The none replay of each workload's first run keeps its fault log for the heatmap (the report shows run
+    # 0's); generated traces are replayed from memory here, and a cluster reads the files they were written to.
     results = run_sweep(paths, settings.policies, jobs=min(2, os.cpu_count() or 1), costs=costs, progress=advance,
-                        heatmaps=True, in_memory={str(w.trace_path): w.trace for w in every if w.trace},
+                        heatmaps={str(w.trace_path) for w in workloads}, in_memory={str(w.trace_path): w.trace for w in every if w.trace},
                         pool=pool)
     if results["sweep"]["interrupted"]:
         raise KeyboardInterrupt  # unlike a sweep, an evaluation has no partial form: Ctrl-C stops it here too

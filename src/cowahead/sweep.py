@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Collection, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -245,14 +245,14 @@ def open_pool(scheduler: str | None, jobs: int) -> Pool:
 
 
 def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostModel,
-              progress: Callable[[int], None] = lambda n: None, heatmaps: bool = False,
+              progress: Callable[[int], None] = lambda n: None, heatmaps: bool | Collection[str] = False,
               in_memory: dict[str, Trace] | None = None, pool: Pool | None = None) -> dict:
     """Replay every trace under every policy; returns a results document (results/document.py).
 
     On Ctrl-C the workers stop and the document holds what was replayed: ``sweep.interrupted`` is
     true, each workload lists its ``missing`` policies (the report notes them), and a trace whose baseline (none) was not
     replayed yet is left out (nothing there can be compared). With ``heatmaps`` each workload gets the fault
-    heatmap of its ``none`` replay. ``in_memory`` holds traces the caller has already (by path): not read back
+    heatmap of its ``none`` replay (True: every trace; a collection of paths: those only). ``in_memory`` holds traces the caller has already (by path): not read back
     by the local pool (a cluster's workers read the file, which must hold the same trace). ``pool``: where the
     tasks run (open_pool), closed when the sweep ends; by default ``jobs`` processes on this machine."""
     paths = list(dict.fromkeys(str(path) for path in traces))
@@ -272,7 +272,8 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
         tasks = [(path, group) for path, summary in summaries.items()
                  for group in plan_groups(summary.pages, policies, pool.jobs, summary.events / events if events else 1)]
         tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
-        pending = {pool.submit(path, group, heatmaps, any(p.name == "none" for p in group)): (path, group)
+        mapped = set(paths) if heatmaps is True else {str(path) for path in heatmaps or ()}
+        pending = {pool.submit(path, group, path in mapped, any(p.name == "none" for p in group)): (path, group)
                    for path, group in tasks}
         for done in pool.as_completed(pending):
             path, group = pending[done]
