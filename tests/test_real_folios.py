@@ -475,7 +475,8 @@ def test_dontneed_of_one_page_splits_the_pmd_and_keeps_the_folio(dontneed):
     assert dontneed["one_page_rest_folio_pages"] == [PMD]  # still one 2 MiB folio, PTE-mapped
     counters = dontneed["one_page_counters"]
     assert counters.get("thp_split_pmd", 0) >= 1
-    assert counters.get("2048kB/nr_anon", 0) == 0  # not freed: the 2 MiB is still held
+    # not freed: the 2 MiB is still held, by 511 PTEs (above). The system-wide 2048kB/nr_anon is not asked:
+    # any other process's THP (a QEMU guest's memory, a build under THP always) moves it during the step.
     assert counters.get("2048kB/nr_anon_partially_mapped", 0) >= 1  # queued for a deferred split
     smaps = dontneed["one_page_smaps"]  # the VMA's four THPs less one page; three still PMD-mapped
     assert smaps["Rss"] == 4 * 2048 - 4
@@ -492,7 +493,10 @@ def test_a_fault_in_a_split_thp_gets_a_4k_page(dontneed):
 
 def test_dontneed_of_the_whole_2m_frees_it_and_the_next_write_gets_a_thp(dontneed):
     assert dontneed["whole_dropped"] == PMD
-    assert dontneed["whole_counters"].get("2048kB/nr_anon", 0) <= -1
+    # freed, in the process's own smaps (the system-wide nr_anon moves with other processes' THPs): T0 is
+    # whole again but PTE-mapped (pages 7 and 9 were refilled), T1 is gone, T2 and T3 are still PMD-mapped
+    assert dontneed["whole_smaps"]["Rss"] == 3 * 2048
+    assert dontneed["whole_smaps"]["AnonHugePages"] == 2 * 2048
     assert dontneed["whole_write_faults"] == 1
     assert dontneed["whole_write_appeared"] == PMD
     assert dontneed["whole_write_folio_pages"] == [PMD]

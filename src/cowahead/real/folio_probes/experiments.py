@@ -440,6 +440,7 @@ def dontneed_in_thp(run: Run) -> dict:
         "other_folio_pages": _folio_pages(other.parent.after, T[0] + 9, 1),
         "whole_dropped": int(whole.parent.dropped.sum()),
         "whole_counters": whole.counters,
+        "whole_smaps": whole.smaps["parent"],
         "whole_write_faults": whole_w.faults,
         "whole_write_appeared": int(whole_w.parent.appeared.sum()),
         "whole_write_folio_pages": _folio_pages(whole_w.parent.after, T[1], PMD_PAGES),
