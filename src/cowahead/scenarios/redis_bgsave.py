@@ -47,16 +47,18 @@ def _free_port() -> int:
 class Redis:
     """A redis-server of our own, on loopback, in a temporary directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keys: int = KEYS, config: tuple[str, ...] = ()) -> None:
+        """``config``: more redis-server arguments (``--save``, ``--disable-thp`` ...), after the defaults."""
         for tool in ("redis-server", "redis-cli", "redis-benchmark"):
             if shutil.which(tool) is None:
                 raise CowaheadError(f"{tool} not found; install the Debian package {PACKAGE} (scripts/setup does)")
         self.port = _free_port()
         self.directory = directory
+        self.keys = keys
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
              "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(directory / "redis.log")],
+             "--logfile", str(directory / "redis.log"), *config],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while self.cli("PING") != "PONG":
@@ -78,9 +80,9 @@ class Redis:
         return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
     def benchmark(self, requests: int, wait: bool) -> subprocess.Popen:
-        """redis-benchmark SETs of random keys in 0..KEYS-1, pipelined."""
+        """redis-benchmark SETs of random keys in 0..keys-1, pipelined."""
         process = subprocess.Popen(
-            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.port), "-t", "set", "-r", str(KEYS),
+            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.port), "-t", "set", "-r", str(self.keys),
              "-d", str(VALUE_BYTES), "-n", str(requests), "-P", "16", "-c", "4", "-q"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if wait:
@@ -170,24 +172,43 @@ def per_policy(row: dict, details: dict) -> dict:
 
 def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> None:
     trace = recording.trace
+    saves = saves_in_trace(trace, server)
+    if len(saves) != 1:
+        raise CowaheadError(f"expected one fork of redis-server in the trace, found {len(saves)}")
+    save = save_pages(trace, model_faults(trace), server, saves[0])
+    result.comparisons.append(Comparison(
+        "pages the BGSAVE child ends up owning", save["pages"], cow_bytes / PAGE_SIZE, "pages", COUNTER_NOTE))
+    result.details.update({"child": save["child"], "model_cow_copies": save["model_cow_copies"],
+                           "model_child_zero_fills": save["model_child_zero_fills"],
+                           "trace_cow_0x7_faults_during_save": save["trace_cow_0x7_faults"],
+                           "bgsave_child_life_ms": save["child_life_ms"]})
+
+
+COUNTER_NOTE = ("trace: model (policy none) COW copies by server and child + child zero-fills, fork to child exit; "
+                "program: INFO rdb_last_cow_size / 4096 (the child's Private_Dirty at the end of the save)")
+
+
+def saves_in_trace(trace, server: int) -> list[tuple[int, int, int]]:
+    """Each fork of the server as (fork event index, child pid, index of the child's exit or the trace's end)."""
     c = trace.columns
-    forks = np.flatnonzero((c["kind"] == EventKind.FORK) & (c["pid"] == server))
-    if len(forks) != 1:
-        raise CowaheadError(f"expected one fork of redis-server in the trace, found {len(forks)}")
-    fork = int(forks[0])
-    child = int(c["arg"][fork])
-    exits = np.flatnonzero((c["kind"] == EventKind.EXIT) & (c["pid"] == child))
-    end = int(exits[0]) if len(exits) else len(trace)
-    log = model_faults(trace)
+    saves = []
+    for fork in np.flatnonzero((c["kind"] == EventKind.FORK) & (c["pid"] == server)).tolist():
+        child = int(c["arg"][fork])
+        exits = np.flatnonzero((c["kind"] == EventKind.EXIT) & (c["pid"] == child))
+        saves.append((fork, child, int(exits[0]) if len(exits) else len(trace)))
+    return saves
+
+
+def save_pages(trace, log, server: int, save: tuple[int, int, int]) -> dict:
+    """What the trace says of one save: the model's (``log``: model_faults) COW copies by server and child
+    and the child's zero-fills between the fork and the child's exit; ``pages`` is their sum, the trace's
+    side of rdb_last_cow_size."""
+    fork, child, end = save
     during = [(pid, kind) for index, pid, _, kind in log if fork < index < end]
     copies = sum(kind == "cow_copy" and pid in (server, child) for pid, kind in during)
     child_new = sum(kind == "zero_fill" and pid == child for pid, kind in during)
+    c = trace.columns
     t0, t1 = int(c["time_ns"][fork]), int(c["time_ns"][end - 1])
     raw = int(fault_mask(trace, [server, child], t0, t1, (COW,)).sum())
-    result.comparisons.append(Comparison(
-        "pages the BGSAVE child ends up owning", copies + child_new, cow_bytes / PAGE_SIZE, "pages",
-        "trace: model (policy none) COW copies by server and child + child zero-fills, fork to child exit; "
-        "program: INFO rdb_last_cow_size / 4096 (the child's Private_Dirty at the end of the save)"))
-    result.details.update({"child": child, "model_cow_copies": copies, "model_child_zero_fills": child_new,
-                           "trace_cow_0x7_faults_during_save": raw,
-                           "bgsave_child_life_ms": (t1 - t0) / 1e6})
+    return {"child": child, "pages": copies + child_new, "model_cow_copies": copies,
+            "model_child_zero_fills": child_new, "trace_cow_0x7_faults": raw, "child_life_ms": (t1 - t0) / 1e6}

@@ -1,0 +1,115 @@
+"""The corpus of real fork-heavy programs (issue 21): each scenario run for real, recorded, and held against
+its program's own counter.
+
+The recorded tests need perf and root, like tests/test_record.py (they skip, saying why, where tracepoints
+are not permitted). Besides each scenario's own comparisons (which must agree within 5 %), each test checks
+the trace read back from its file against what the program said, by counts that do not go through the
+scenario's code: forks seen by perf, raw COW-type (0x7) faults as a lower bound of COW copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import requires
+from cowahead.errors import CowaheadError
+from cowahead.scenarios import DEFAULT_SCENARIOS, SCENARIOS, redis_periodic
+from cowahead.trace import PAGE_SIZE, EventKind, read_trace
+from test_record import needs_perf
+
+COW = 0x7
+
+
+def forks_of(trace, pid: int) -> list[tuple[int, int]]:
+    """(event index, child pid) of each FORK by ``pid``."""
+    c = trace.columns
+    return [(int(i), int(c["arg"][i])) for i in np.flatnonzero((c["kind"] == EventKind.FORK) & (c["pid"] == pid))]
+
+
+def cow_faults_between(trace, pids, start: int, end: int) -> int:
+    """Raw 0x7 faults (present|write|user: a COW copy or a reuse) of ``pids`` between two event indices."""
+    c = trace.columns
+    index = np.arange(len(trace))
+    mask = (c["kind"] == EventKind.WRITE) & (c["arg"] == COW) & np.isin(c["pid"], list(pids))
+    return int((mask & (index > start) & (index < end)).sum())
+
+
+def test_corpus_scenarios_are_listed_but_not_in_the_default_evaluate():
+    assert "redis-periodic" in SCENARIOS
+    assert set(DEFAULT_SCENARIOS) == {"redis-bgsave", "python-forkpool", "shell-forkexec"}
+
+
+# ----- redis-periodic ---------------------------------------------------------------------------
+
+
+class ScriptedRedis:
+    """INFO persistence answers from a script, one per read; CONFIG SET noted."""
+
+    def __init__(self, script: list[dict[str, str]]) -> None:
+        self.script = script
+        self.reads = 0
+        self.rule = None
+        self.directory = "/nonexistent"
+
+    def info(self, section: str) -> dict[str, str]:
+        answer = self.script[min(self.reads, len(self.script) - 1)]
+        self.reads += 1
+        return dict(answer)
+
+    def cli(self, *args: str) -> str:
+        self.rule = args[-1]
+        return "OK"
+
+
+def persistence(saves: int, running: bool, cow: int = 0) -> dict[str, str]:
+    return {"rdb_saves": str(saves), "rdb_bgsave_in_progress": "1" if running else "0",
+            "rdb_last_cow_size": str(cow), "rdb_last_bgsave_status": "ok", "rdb_last_bgsave_time_sec": "1"}
+
+
+def test_periodic_notes_each_save_as_it_ends_and_waits_out_a_running_one(monkeypatch):
+    monkeypatch.setattr(redis_periodic, "POLL", 0)
+    script = [persistence(0, False),                       # before the rule goes on
+              persistence(0, True), persistence(1, False, 4096),
+              persistence(1, True), persistence(2, False, 8192),
+              persistence(2, True),                        # the rule goes off while save 3 runs ...
+              persistence(2, True), persistence(3, False, 12288),  # ... which is waited for and counted
+              persistence(3, False)]
+    redis = ScriptedRedis(script)
+    done = redis_periodic._snapshots(redis, 2)
+    assert [d["rdb_last_cow_size"] for d in done] == [4096, 8192, 12288]
+    assert redis.rule == ""  # the rule is off again
+
+
+def test_periodic_refuses_to_lose_a_save_between_two_reads(monkeypatch):
+    monkeypatch.setattr(redis_periodic, "POLL", 0)
+    redis = ScriptedRedis([persistence(0, False), persistence(0, True), persistence(2, False, 4096)])
+    with pytest.raises(CowaheadError, match="2 saves ended between two INFO reads"):
+        redis_periodic._snapshots(redis, 3)
+
+
+@needs_perf
+@requires("redis-server", "redis-server")
+@requires("redis-benchmark", "redis-tools")
+def test_redis_periodic_snapshots_three_times_and_agrees_with_rdb_last_cow_size(tmp_path):
+    out = tmp_path / "periodic.parquet"
+    result = redis_periodic.run(out)
+    program = result.details["program_saves"]
+    assert len(program) >= 3
+    assert len(result.comparisons) == len(program)
+    for c in result.comparisons:
+        assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    trace = read_trace(out)
+    server = trace.metadata["recorded_pid"]
+    forks = forks_of(trace, server)
+    assert len(forks) == len(program)  # perf saw every fork redis-server said it made
+    c = trace.columns
+    for (fork, child), said in zip(forks, program):
+        exits = np.flatnonzero((c["kind"] == EventKind.EXIT) & (c["pid"] == child))
+        assert len(exits) == 1
+        pages = said["rdb_last_cow_size"] / PAGE_SIZE
+        assert pages > 1000  # the writes really hit the snapshot
+        # Every page the child ends up owning was a write fault of server or child (a COW copy) or a
+        # child zero-fill: the raw 0x7 faults alone make at least 95 % of it.
+        assert cow_faults_between(trace, (server, child), fork, int(exits[0])) >= 0.95 * pages
+    assert trace.metadata["scenario"]["name"] == "redis-periodic"
