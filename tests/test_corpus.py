@@ -9,12 +9,14 @@ scenario's code: forks seen by perf, raw COW-type (0x7) faults as a lower bound 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import requires
 from cowahead.errors import CowaheadError
-from cowahead.scenarios import DEFAULT_SCENARIOS, SCENARIOS, redis_periodic
+from cowahead.scenarios import DEFAULT_SCENARIOS, SCENARIOS, redis_periodic, redis_thp
 from cowahead.trace import PAGE_SIZE, EventKind, read_trace
 from test_record import needs_perf
 
@@ -36,7 +38,7 @@ def cow_faults_between(trace, pids, start: int, end: int) -> int:
 
 
 def test_corpus_scenarios_are_listed_but_not_in_the_default_evaluate():
-    assert "redis-periodic" in SCENARIOS
+    assert {"redis-periodic", "redis-thp"} <= set(SCENARIOS)
     assert set(DEFAULT_SCENARIOS) == {"redis-bgsave", "python-forkpool", "shell-forkexec"}
 
 
@@ -113,3 +115,31 @@ def test_redis_periodic_snapshots_three_times_and_agrees_with_rdb_last_cow_size(
         # child zero-fill: the raw 0x7 faults alone make at least 95 % of it.
         assert cow_faults_between(trace, (server, child), fork, int(exits[0])) >= 0.95 * pages
     assert trace.metadata["scenario"]["name"] == "redis-periodic"
+
+
+# ----- redis-thp --------------------------------------------------------------------------------
+
+
+@needs_perf
+@requires("redis-server", "redis-server")
+@requires("redis-benchmark", "redis-tools")
+def test_redis_thp_saves_from_thps_agrees_and_puts_the_knob_back(tmp_path):
+    knob = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    before = knob.read_text()
+    out = tmp_path / "thp.parquet"
+    result = redis_thp.run(out)
+    assert knob.read_text() == before
+    assert len(result.comparisons) == 2
+    for c in result.comparisons:
+        assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    trace = read_trace(out)
+    assert trace.metadata["thp"]["enabled"] == "always"
+    # The heap really was in THPs when the child forked (at least a quarter of Redis's used memory) ...
+    assert result.details["server_anon_huge_pages_before_save"] * PAGE_SIZE > result.details["used_memory"] / 4
+    # ... and the parent's writes split some (vmstat, machine-wide: other processes can only add to it).
+    assert result.details["vmstat_thp_deltas_machine_wide"].get("thp_split_pmd", 0) >= 1
+    server = trace.metadata["recorded_pid"]
+    [(fork, child)] = forks_of(trace, server)
+    c = trace.columns
+    [end] = np.flatnonzero((c["kind"] == EventKind.EXIT) & (c["pid"] == child))
+    assert cow_faults_between(trace, (server, child), fork, int(end)) >= 0.95 * result.details["rdb_last_cow_size"] / PAGE_SIZE

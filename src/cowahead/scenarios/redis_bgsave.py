@@ -114,39 +114,9 @@ class Redis:
 
 
 def run(output: Path | None, progress=None) -> ScenarioResult:
-    clock = Clock()
     with tempfile.TemporaryDirectory(prefix="cowahead-redis-") as tmp:
         redis = Redis(Path(tmp))
-        writer = None
-        recorder = None
-        try:
-            with clock.time("fill"):
-                redis.benchmark(FILL_REQUESTS, wait=True)
-            memory = redis.info("memory")
-            if output is not None:
-                recorder = Recorder(output)
-                recorder.start(pid=redis.pid)
-                time.sleep(1.0)  # perf attaches to every thread before the load starts
-            if progress:
-                progress("record", None, None)
-            with clock.time("workload"):
-                writer = redis.benchmark(100_000_000, wait=False)
-                time.sleep(WRITES_BEFORE_SAVE)
-                with clock.time("bgsave"):
-                    info = redis.bgsave()
-            writer.terminate()
-            writer.wait()
-            if recorder is not None:
-                recorder.stop()
-                recording = recorder.finish(progress)
-            else:
-                recording = None
-        finally:
-            if writer is not None and writer.poll() is None:
-                writer.kill()
-            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                recorder.stop()
-            redis.stop()
+        recording, info, memory, clock = attached_bgsave(redis, output, progress)
     result = ScenarioResult(NAME, output, recording, seconds={"workload": clock.seconds["bgsave"], **clock.seconds})
     cow_bytes = int(info.get("rdb_last_cow_size", "0"))
     result.details.update({"rdb_last_cow_size": cow_bytes, "rdb_last_cow_pages": cow_bytes / PAGE_SIZE,
@@ -168,6 +138,45 @@ def per_policy(row: dict, details: dict) -> dict:
         return {}
     pages = row["child_copied_pages"] + details["model_child_zero_fills"]
     return {"rdb_cow_pages": pages, "rdb_cow_mib": round(pages * PAGE_SIZE / (1 << 20), 3)}
+
+
+def attached_bgsave(redis: Redis, output: Path | None, progress=None, before_save=None):
+    """Fill ``redis``, attach perf to it (if ``output``), BGSAVE under benchmark writes, stop the recording and
+    the server: (recording or None, INFO persistence after the save, INFO memory before it, the phases' Clock).
+    ``before_save()``, if given, runs just before BGSAVE, under the writes."""
+    clock = Clock()
+    writer = None
+    recorder = None
+    try:
+        with clock.time("fill"):
+            redis.benchmark(FILL_REQUESTS, wait=True)
+        memory = redis.info("memory")
+        if output is not None:
+            recorder = Recorder(output)
+            recorder.start(pid=redis.pid)
+            time.sleep(1.0)  # perf attaches to every thread before the load starts
+        if progress:
+            progress("record", None, None)
+        with clock.time("workload"):
+            writer = redis.benchmark(100_000_000, wait=False)
+            time.sleep(WRITES_BEFORE_SAVE)
+            if before_save is not None:
+                before_save()
+            with clock.time("bgsave"):
+                info = redis.bgsave()
+        writer.terminate()
+        writer.wait()
+        recording = None
+        if recorder is not None:
+            recorder.stop()
+            recording = recorder.finish(progress)
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+        if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
+            recorder.stop()
+        redis.stop()
+    return recording, info, memory, clock
 
 
 def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> None:
