@@ -17,8 +17,8 @@ import pytest
 from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
-                                redis_thp)
-from cowahead.trace import PAGE_SIZE, EventKind, read_trace
+                                postgres_pgbench, redis_thp)
+from cowahead.trace import PAGE_SIZE, EventKind, VmaKind, read_trace
 from test_record import needs_perf
 
 COW = 0x7
@@ -180,3 +180,48 @@ def test_gunicorn_preload_agrees_and_gc_freeze_halves_the_workers_cow_faults(tmp
     # Without the freeze a worker's full collection writes the GC header of every catalog object: Instagram's
     # finding. Frozen, each worker breaks COW on well under two thirds of what it did.
     assert sum(frozen_cow) < 0.67 * sum(plain_cow)
+
+
+# ----- postgres-pgbench -------------------------------------------------------------------------
+
+POSTGRES_LOG = """\
+14285 1796148718.195 LOG:  QUERY STATISTICS
+14285 1796148718.195 DETAIL:  ! system usage stats:
+\t!\t0.000366 s user, 0.000000 s system, 0.000366 s elapsed
+\t!\t0/4 [0/504] page faults/reclaims, 0 [0] swaps
+14285 1796148718.195 STATEMENT:  UPDATE pgbench_tellers SET tbalance = tbalance + 2471 WHERE tid = 7;
+14290 1796148718.201 LOG:  QUERY STATISTICS
+14290 1796148718.201 DETAIL:  ! system usage stats:
+\t!\t0/0 [2/480] page faults/reclaims, 0 [0] swaps
+14290 1796148718.201 STATEMENT:  END;
+14285 1796148718.199 LOG:  QUERY STATISTICS
+14285 1796148718.199 DETAIL:  ! system usage stats:
+\t!\t0/3 [0/511] page faults/reclaims, 0 [0] swaps
+14285 1796148718.199 STATEMENT:  SELECT pg_sleep(0.003);
+14184 1796148718.507 LOG:  received smart shutdown request
+"""
+
+
+def test_postgres_log_gives_each_backends_last_totals_and_statement():
+    stats = postgres_pgbench.last_stats(POSTGRES_LOG, offset_ns=1_000_000_000)
+    assert set(stats) == {14285, 14290}
+    assert stats[14285] == {"faults": 511, "time_ns": 1796148717_199_000_000, "statement": "SELECT pg_sleep(0.003);"}
+    assert stats[14290] == {"faults": 482, "time_ns": 1796148717_201_000_000, "statement": "END;"}
+
+
+@needs_perf
+@requires("/usr/lib/postgresql/15/bin/postgres", "postgresql-15")
+def test_postgres_pgbench_agrees_with_each_backends_rusage(tmp_path):
+    out = tmp_path / "pg.parquet"
+    result = postgres_pgbench.run(out)
+    [c] = result.comparisons
+    assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    backends = postgres_pgbench.CLIENTS * postgres_pgbench.TRANSACTIONS
+    assert result.details["backends"] == backends
+    trace = read_trace(out)
+    postmaster = trace.metadata["recorded_pid"]
+    assert len(forks_of(trace, postmaster)) >= backends  # a fork per connection, seen by perf
+    # The negative control's premise: the buffer pool (shared_buffers, 32 MB) is one MAP_SHARED mapping.
+    col = trace.columns
+    shared = (col["kind"] == EventKind.MMAP) & (col["pid"] == postmaster) & (col["arg"] == int(VmaKind.SHARED_ANON))
+    assert col["length"][shared].max() >= 32 << 20
