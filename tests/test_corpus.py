@@ -9,6 +9,9 @@ scenario's code: forks seen by perf, raw COW-type (0x7) faults as a lower bound 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,32 @@ import pytest
 from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
-                                postgres_pgbench, redis_thp)
+                                make_build, postgres_pgbench, redis_thp)
 from cowahead.trace import PAGE_SIZE, EventKind, VmaKind, read_trace
-from test_record import needs_perf
 
 COW = 0x7
+
+
+def perf_unavailable() -> str | None:
+    """Why perf cannot record page-fault tracepoints here (None: it can, or perf is missing, which requires()
+    below fails on). Asked once for the module, not once per test (test_record.py asks per test)."""
+    if shutil.which("perf") is None:
+        return None
+    if os.geteuid() != 0 and Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip() != "-1":
+        return "kernel tracepoints need root or sysctl kernel.perf_event_paranoid=-1"
+    probe = subprocess.run(["perf", "record", "-q", "-o", "/dev/null", "-e", "exceptions:page_fault_user", "--", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"perf cannot record exceptions:page_fault_user here: {probe.stderr.strip()[:120]}"
+    return None
+
+
+PERF_UNAVAILABLE = perf_unavailable()
+
+
+def needs_perf(test):
+    test = pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=str(PERF_UNAVAILABLE))(test)
+    return requires("perf", "linux-perf")(test)
 
 
 def forks_of(trace, pid: int) -> list[tuple[int, int]]:
@@ -225,3 +249,21 @@ def test_postgres_pgbench_agrees_with_each_backends_rusage(tmp_path):
     col = trace.columns
     shared = (col["kind"] == EventKind.MMAP) & (col["pid"] == postmaster) & (col["arg"] == int(VmaKind.SHARED_ANON))
     assert col["length"][shared].max() >= 32 << 20
+
+
+# ----- make-build -------------------------------------------------------------------------------
+
+
+@needs_perf
+@requires("make", "build-essential")
+def test_make_build_agrees_with_wait4_rusage(tmp_path):
+    out = tmp_path / "make.parquet"
+    result = make_build.run(out)
+    [c] = result.comparisons
+    assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    trace = read_trace(out)
+    col = trace.columns
+    wrapper = result.details["rusage"]["wrapper"]
+    execs = int(((col["kind"] == EventKind.EXEC) & (col["pid"] != wrapper)).sum())
+    # make, then per source gcc, cc1 and as; then gcc, collect2 and ld for the link
+    assert execs >= 1 + 3 * (make_build.SOURCES + 1) + 3
