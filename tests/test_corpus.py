@@ -20,7 +20,7 @@ import pytest
 from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
-                                make_build, postgres_pgbench, redis_thp)
+                                make_build, postgres_pgbench, r_mclapply, redis_thp)
 from cowahead.trace import PAGE_SIZE, EventKind, VmaKind, read_trace
 
 COW = 0x7
@@ -267,3 +267,25 @@ def test_make_build_agrees_with_wait4_rusage(tmp_path):
     execs = int(((col["kind"] == EventKind.EXEC) & (col["pid"] != wrapper)).sum())
     # make, then per source gcc, cc1 and as; then gcc, collect2 and ld for the link
     assert execs >= 1 + 3 * (make_build.SOURCES + 1) + 3
+
+
+# ----- r-mclapply -------------------------------------------------------------------------------
+
+
+@needs_perf
+@requires("Rscript", "r-base-core")
+def test_r_mclapply_agrees_with_wait4_rusage_and_children_break_cow(tmp_path):
+    out = tmp_path / "r.parquet"
+    result = r_mclapply.run(out)
+    [c] = result.comparisons
+    assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    trace = read_trace(out)
+    children = [t["pid"] for t in result.details["tasks"]]
+    assert len(set(children)) == r_mclapply.TASKS  # a fork per task (mc.preschedule = FALSE)
+    forked = {child for pid in set(trace.columns["pid"].tolist()) for _, child in forks_of(trace, pid)}
+    assert set(children) <= forked
+    for task in result.details["tasks"]:
+        # the child's own /proc/self/stat count at its task's end: its trace faults are at least that many
+        # (the trace runs on to its exit), and most of them break COW on the parent's list
+        traced = cow_faults_between(trace, [task["pid"]], -1, len(trace))
+        assert traced > 0.5 * task["faults"]
