@@ -20,7 +20,7 @@ import pytest
 from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
-                                make_build, postgres_pgbench, r_mclapply, redis_thp)
+                                make_build, php_fpm, postgres_pgbench, r_mclapply, redis_thp)
 from cowahead.trace import PAGE_SIZE, EventKind, VmaKind, read_trace
 
 COW = 0x7
@@ -289,3 +289,25 @@ def test_r_mclapply_agrees_with_wait4_rusage_and_children_break_cow(tmp_path):
         # (the trace runs on to its exit), and most of them break COW on the parent's list
         traced = cow_faults_between(trace, [task["pid"]], -1, len(trace))
         assert traced > 0.5 * task["faults"]
+
+
+# ----- php-fpm ----------------------------------------------------------------------------------
+
+
+@needs_perf
+@requires("php-fpm8.2", "php8.2-fpm")
+def test_php_fpm_agrees_with_each_workers_getrusage(tmp_path):
+    out = tmp_path / "php.parquet"
+    result = php_fpm.run(out)
+    [c] = result.comparisons
+    assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    assert result.details["requests"] == php_fpm.REQUESTS
+    trace = read_trace(out)
+    master = result.details["master"]
+    workers = {child for _, child in forks_of(trace, master)}
+    assert len(workers) == php_fpm.WORKERS
+    assert {a["pid"] for a in result.details["last_answers"]} <= workers  # every answer came from a forked worker
+    # OPcache's segment (opcache.memory_consumption = 32 MB) is MAP_SHARED: no COW there
+    col = trace.columns
+    shared = (col["kind"] == EventKind.MMAP) & (col["pid"] == master) & (col["arg"] == int(VmaKind.SHARED_ANON))
+    assert col["length"][shared].max() >= 32 << 20
