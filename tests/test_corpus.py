@@ -20,7 +20,8 @@ import pytest
 from conftest import requires
 from cowahead.errors import CowaheadError
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
-                                make_build, php_fpm, postgres_pgbench, r_mclapply, redis_thp)
+                                make_build, php_fpm, postgres_pgbench, r_mclapply, redis_thp, ruby_prefork,
+                                ruby_prefork_nakayoshi)
 from cowahead.trace import PAGE_SIZE, EventKind, VmaKind, read_trace
 
 COW = 0x7
@@ -311,3 +312,26 @@ def test_php_fpm_agrees_with_each_workers_getrusage(tmp_path):
     col = trace.columns
     shared = (col["kind"] == EventKind.MMAP) & (col["pid"] == master) & (col["arg"] == int(VmaKind.SHARED_ANON))
     assert col["length"][shared].max() >= 32 << 20
+
+
+# ----- ruby-prefork, with and without nakayoshi_fork ---------------------------------------------
+
+
+@needs_perf
+@requires("unicorn", "unicorn")
+@requires("ab", "apache2-utils")
+def test_ruby_prefork_agrees_with_and_without_nakayoshi_fork(tmp_path):
+    cow = {}
+    for module in (ruby_prefork, ruby_prefork_nakayoshi):
+        out = tmp_path / f"{module.NAME}.parquet"
+        result = module.run(out)
+        assert len(result.comparisons) == ruby_prefork.WORKERS
+        for c in result.comparisons:
+            assert c.agrees, f"{module.NAME} {c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+        assert result.details["failed_requests"] == 0
+        trace = read_trace(out)
+        workers = sorted(child for _, child in forks_of(trace, result.details["master"]))
+        assert workers == sorted(r["pid"] for r in result.details["reports"])
+        cow[module.NAME] = sum(cow_faults_between(trace, [w], -1, len(trace)) for w in workers)
+    # nakayoshi_fork's promotion before fork leaves the workers fewer objects to age: fewer COW faults
+    assert cow["ruby-prefork-nakayoshi"] < cow["ruby-prefork"]
