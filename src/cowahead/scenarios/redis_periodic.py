@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import CowaheadError
 from ..trace import PAGE_SIZE
 from ._common import Clock, Comparison, Recorder, ScenarioResult, add_to_trace, model_faults
-from .redis_bgsave import COUNTER_NOTE, Redis, save_pages, saves_in_trace
+from .redis_bgsave import COUNTER_NOTE, Redis, per_policy, save_pages, saves_in_trace
 
 NAME = "redis-periodic"
 SUMMARY = "redis-server `save 1 1` snapshotting 3+ times under redis-benchmark writes; each vs rdb_last_cow_size"
@@ -37,6 +37,8 @@ SAVES = 3            # snapshots wanted (CCoW's history needs a second fork at l
 SAVE_RULE = "1 1"    # seconds, changes
 POLL = 0.05          # seconds between INFO persistence reads
 DEADLINE = 120       # seconds for the SAVES snapshots
+# per_policy (redis-bgsave's) gives each row's pages the save children end up owning, summed over the saves.
+__all__ = ["NAME", "SUMMARY", "run", "per_policy"]
 
 
 def run(output: Path | None, progress=None, saves: int = SAVES) -> ScenarioResult:
@@ -128,5 +130,6 @@ def _compare(result: ScenarioResult, recording, server: int, done: list[dict]) -
             "pages", COUNTER_NOTE))
         per_save.append(save)
     result.details["trace_saves"] = per_save
+    result.details["model_child_zero_fills"] = sum(s["model_child_zero_fills"] for s in per_save)
     result.details["fork_interval_ms"] = [round((int(trace.columns["time_ns"][b[0]]) - int(trace.columns["time_ns"][a[0]])) / 1e6)
                                           for a, b in zip(forks, forks[1:])]

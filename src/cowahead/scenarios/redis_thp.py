@@ -32,12 +32,13 @@ from ..policies import parse_policy
 from ..real.thp import counter_deltas, thp_config, thp_counters
 from ..trace import PAGE_SIZE
 from ._common import Comparison, ScenarioResult, add_to_trace
-from .redis_bgsave import COUNTER_NOTE, KEYS, Redis, attached_bgsave, save_pages, saves_in_trace
+from .redis_bgsave import COUNTER_NOTE, KEYS, Redis, attached_bgsave, per_policy, save_pages, saves_in_trace
 
 NAME = "redis-thp"
 SUMMARY = "redis-server BGSAVE on THP always with disable-thp no (parent writes hit PMD THPs); vs rdb_last_cow_size"
 THP_ENABLED = "always"
 PMD_PAGES = 512
+__all__ = ["NAME", "SUMMARY", "run", "per_policy"]  # per_policy: redis-bgsave's, rdb_last_cow_size's terms per row
 
 
 def anon_huge_pages(pid: int) -> int:
