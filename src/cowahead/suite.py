@@ -31,6 +31,7 @@ from .trace.generators import PATTERNS, generate
 
 GENERATORS = ["sequential", "strided:4", "random", "zipf:1.2", "hotcold", "forkexec", "prefork", "bgsave"]
 DEFAULT_WORKLOADS = GENERATORS + DEFAULT_SCENARIOS  # the corpus scenarios (scenarios.CORPUS) only when named
+CORPUS_WORKLOADS = GENERATORS + list(SCENARIOS)  # `evaluate --corpus`: every scenario (issue 21)
 # Timed for real unless --real asks for every runnable workload: where real runs say most (a child that
 # writes runs of shared pages) for a few minutes less; bgsave's alone took 388 s (docs/results.md).
 REAL_BY_DEFAULT = ("sequential",)

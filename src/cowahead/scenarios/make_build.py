@@ -36,7 +36,7 @@ from ._common import COW, Comparison, ScenarioResult, add_to_trace, fault_mask, 
 from .forkexec import WRAPPER
 
 NAME = "make-build"
-SUMMARY = "make -j2 of a small C project (make, sh, gcc, cc1, as, ld fork and exec); checked against wait4() rusage"
+SUMMARY = "make -j2 of a small C project (make posix_spawns, gcc vforks: no COW after fork); checked against wait4() rusage"
 SOURCES = 12
 FUNCTIONS = 6  # per source file
 JOBS = 2
