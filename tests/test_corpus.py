@@ -335,3 +335,41 @@ def test_ruby_prefork_agrees_with_and_without_nakayoshi_fork(tmp_path):
         cow[module.NAME] = sum(cow_faults_between(trace, [w], -1, len(trace)) for w in workers)
     # nakayoshi_fork's promotion before fork leaves the workers fewer objects to age: fewer COW faults
     assert cow["ruby-prefork-nakayoshi"] < cow["ruby-prefork"]
+
+
+# ----- evaluate --corpus and the corpus page ----------------------------------------------------
+
+
+def _row(policy: str, predicted_us: float, ahead: int, extra: int, stall: float) -> dict:
+    return {"policy": policy, "faults": 100, "ahead_copies": ahead, "ahead_waste": 0, "pages_copied": 100 + ahead,
+            "extra_pages_peak": extra, "predicted_us": predicted_us, "predicted_us_userspace": predicted_us,
+            "stall_p99_us": stall}
+
+
+def _comparison(difference: float) -> dict:
+    return {"what": "x", "trace": 1.0, "program": 1.0, "difference": difference, "agrees": abs(difference) <= 0.05}
+
+
+def test_corpus_page_has_a_row_per_scenario_with_its_agreement(tmp_path):
+    from cowahead.report.corpus import agreement, write_corpus_page
+    rows = [_row("none", 1000.0, 0, 0, 2.0), _row("fixed:16", 800.0, 50, 256, 20.0)]
+    results = {"workloads": [
+        {"name": "sequential", "kind": "generator", "rows": rows},
+        {"name": "redis-periodic", "kind": "scenario", "rows": rows,
+         "scenario_runs": [{"comparisons": [_comparison(0.001), _comparison(-0.03)]},
+                           {"comparisons": [_comparison(0.002)]}, {"comparisons": [_comparison(0.07)]}]}]}
+    assert agreement(results["workloads"][1]) == "2/3 recordings agree, worst +7.00%"
+    page = write_corpus_page(results, tmp_path).read_text()
+    assert page.count("<tr>") == 2  # the header and the one scenario; the generator has no row
+    assert "redis-periodic" in page and "sequential" not in page
+    assert "fixed:16" in page and "-20.0%" in page and "20.0 (2.0)" in page and ">1.0<" in page  # 256 pages = 1 MiB
+
+
+def test_evaluate_corpus_takes_every_scenario_and_no_list(tmp_path, capsys):
+    from cowahead.cli.main import main
+    from cowahead.suite import CORPUS_WORKLOADS, check_workloads
+    assert set(SCENARIOS) <= set(CORPUS_WORKLOADS)
+    check_workloads(CORPUS_WORKLOADS)
+    assert main(["evaluate", "--corpus", "redis-bgsave", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--corpus" in err and "Traceback" not in err

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CowaheadError
 from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
+from ..report.corpus import write_corpus_page
 from ..results.summary import Budgets, best_per_family, over_budget, verdict, without_patched_kernel
 from ..suite import CORPUS_WORKLOADS, DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
 from ..sweep import open_pool
@@ -78,4 +79,6 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
         summaries = best_per_family(workload["rows"], budgets)
         sentences = [verdict(summaries, over_budget(workload["rows"], budgets)), without_patched_kernel(summaries)]
         click.echo(f"{workload['name']}: {' '.join(s for s in sentences if s)}")
+    if corpus:
+        click.echo(f"{write_corpus_page(results, output)}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")
