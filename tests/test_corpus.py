@@ -155,9 +155,10 @@ def test_redis_thp_saves_from_thps_agrees_and_puts_the_knob_back(tmp_path):
     out = tmp_path / "thp.parquet"
     result = redis_thp.run(out)
     assert knob.read_text() == before
-    assert len(result.comparisons) == 2
-    for c in result.comparisons:
-        assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    [c] = result.comparisons
+    assert c.agrees, f"{c.what}: trace {c.trace} vs program {c.program} ({c.difference:+.2%})"
+    # the model's THPs at the fork, placed from an attach snapshot without folio state: near the kernel's
+    assert abs(result.details["thp_pages_model_vs_anon_huge_pages"]) <= 0.10
     trace = read_trace(out)
     assert trace.metadata["thp"]["enabled"] == "always"
     # The heap really was in THPs when the child forked (at least a quarter of Redis's used memory) ...
@@ -373,3 +374,26 @@ def test_evaluate_corpus_takes_every_scenario_and_no_list(tmp_path, capsys):
     assert main(["evaluate", "--corpus", "redis-bgsave", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--corpus" in err and "Traceback" not in err
+
+
+# ----- the model's private pages of a snapshot child (the Redis scenarios' trace side) ------------
+
+
+def test_private_pages_count_copies_both_ways_drops_and_new_pages(stream):
+    from cowahead.scenarios._common import model_with_probes, private_anon_pages
+    parent, child = 1, 2
+    stream.mmap(parent, 0, 16).write(parent, *range(10))
+    stream.fork(parent, child)
+    stream.write(parent, 0, 1, 2)        # the server copies: the child's originals become its own
+    stream.write(child, 5)               # the child copies: its copy is its own
+    stream.dontneed(parent, 7, 2)        # jemalloc purges: the child's frames become its own, no fault
+    stream.write(child, 12)              # a new page of the child's
+    stream.exit(child)
+    trace = stream.trace()
+    seen = {}
+    exit_index = len(trace) - 1
+    model_with_probes(trace, {exit_index: lambda k: seen.update(child=private_anon_pages(k, child),
+                                                                 parent=private_anon_pages(k, parent))})
+    assert seen["child"] == 3 + 1 + 2 + 1
+    # the server: its 3 copies and the original of page 5, which only it maps now
+    assert seen["parent"] == 3 + 1

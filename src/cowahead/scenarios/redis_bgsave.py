@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import CowaheadError
 from ..trace import PAGE_SIZE, EventKind
-from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask, model_faults
+from ._common import (COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask, model_with_probes,
+                      private_anon_pages)
 
 NAME = "redis-bgsave"
 SUMMARY = "Debian redis-server BGSAVE under redis-benchmark writes; checked against INFO rdb_last_cow_size"
@@ -184,17 +185,36 @@ def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> 
     saves = saves_in_trace(trace, server)
     if len(saves) != 1:
         raise CowaheadError(f"expected one fork of redis-server in the trace, found {len(saves)}")
-    save = save_pages(trace, model_faults(trace), server, saves[0])
+    [save] = model_saves(trace, server)[0]
     result.comparisons.append(Comparison(
-        "pages the BGSAVE child ends up owning", save["pages"], cow_bytes / PAGE_SIZE, "pages", COUNTER_NOTE))
+        "pages the BGSAVE child ends up owning", save["model_private_pages"], cow_bytes / PAGE_SIZE, "pages",
+        COUNTER_NOTE))
     result.details.update({"child": save["child"], "model_cow_copies": save["model_cow_copies"],
+                           "model_copies_and_child_zero_fills": save["pages"],
                            "model_child_zero_fills": save["model_child_zero_fills"],
                            "trace_cow_0x7_faults_during_save": save["trace_cow_0x7_faults"],
                            "bgsave_child_life_ms": save["child_life_ms"]})
 
 
-COUNTER_NOTE = ("trace: model (policy none) COW copies by server and child + child zero-fills, fork to child exit; "
-                "program: INFO rdb_last_cow_size / 4096 (the child's Private_Dirty at the end of the save)")
+COUNTER_NOTE = ("trace: the child's anonymous pages no other mapping shares, in the reference model (policy none) "
+                "just before the child's exit; program: INFO rdb_last_cow_size / 4096 (the child's Private_Dirty at "
+                "the end of the save)")
+
+
+def model_saves(trace, server: int, probes: dict | None = None):
+    """One replay of the reference model (policy none) for every save of the server: (save_pages' dict plus
+    ``model_private_pages``, the child's private anonymous pages just before its exit, per save; the Kernel).
+    Private pages are what the child's smaps counts: its COW copies and zero-fills, the pages the server
+    copied away from it, and the pages the server unmapped or MADV_DONTNEED'd (jemalloc's purging) while the
+    child still mapped them, which no fault shows. ``probes``: more model_with_probes probes."""
+    saves = saves_in_trace(trace, server)
+    private: dict[int, int] = {}
+    probes = dict(probes or {})
+    for _, child, end in saves:
+        probes[end] = lambda kernel, child=child: private.__setitem__(child, private_anon_pages(kernel, child))
+    kernel = model_with_probes(trace, probes)
+    return [{**save_pages(trace, kernel.fault_log, server, save), "model_private_pages": private[save[1]]}
+            for save in saves], kernel
 
 
 def saves_in_trace(trace, server: int) -> list[tuple[int, int, int]]:

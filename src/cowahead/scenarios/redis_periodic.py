@@ -14,8 +14,8 @@ The program's own counter is INFO's ``rdb_last_cow_size`` of each save,
 read when that save ends (INFO is polled every POLL seconds; a save
 missed between two polls is an error, not a silent gap). Each is held
 against its fork in the trace, in order, exactly as in ``redis-bgsave``:
-the reference model's (policy none) COW copies by server and child plus
-the child's zero-fills, fork to child exit.
+the child's private anonymous pages in the reference model (policy
+none) just before the child's exit.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..errors import CowaheadError
 from ..trace import PAGE_SIZE
-from ._common import Clock, Comparison, Recorder, ScenarioResult, add_to_trace, model_faults
-from .redis_bgsave import COUNTER_NOTE, Redis, per_policy, save_pages, saves_in_trace
+from ._common import Clock, Comparison, Recorder, ScenarioResult, add_to_trace
+from .redis_bgsave import COUNTER_NOTE, Redis, model_saves, per_policy, saves_in_trace
 
 NAME = "redis-periodic"
 SUMMARY = "redis-server `save 1 1` snapshotting 3+ times under redis-benchmark writes; each vs rdb_last_cow_size"
@@ -121,14 +121,11 @@ def _compare(result: ScenarioResult, recording, server: int, done: list[dict]) -
     forks = saves_in_trace(trace, server)
     if len(forks) != len(done):
         raise CowaheadError(f"redis-server reported {len(done)} saves, the trace has {len(forks)} forks of it")
-    log = model_faults(trace)
-    per_save = []
-    for number, (fork, program) in enumerate(zip(forks, done), start=1):
-        save = save_pages(trace, log, server, fork)
+    per_save, _ = model_saves(trace, server)
+    for number, (save, program) in enumerate(zip(per_save, done), start=1):
         result.comparisons.append(Comparison(
-            f"pages save {number}'s child ends up owning", save["pages"], program["rdb_last_cow_size"] / PAGE_SIZE,
-            "pages", COUNTER_NOTE))
-        per_save.append(save)
+            f"pages save {number}'s child ends up owning", save["model_private_pages"],
+            program["rdb_last_cow_size"] / PAGE_SIZE, "pages", COUNTER_NOTE))
     result.details["trace_saves"] = per_save
     result.details["model_child_zero_fills"] = sum(s["model_child_zero_fills"] for s in per_save)
     result.details["fork_interval_ms"] = [round((int(trace.columns["time_ns"][b[0]]) - int(trace.columns["time_ns"][a[0]])) / 1e6)
