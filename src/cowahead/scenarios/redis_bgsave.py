@@ -48,28 +48,28 @@ def _free_port() -> int:
 class Redis:
     """A redis-server of our own, on loopback, in a temporary directory."""
 
-    def __init__(self, directory: Path, keys: int = KEYS, config: tuple[str, ...] = ()) -> None:
-        """``config``: more redis-server arguments (``--save``, ``--disable-thp`` ...), after the defaults."""
+    def __init__(self, directory: Path, keys: int = KEYS, config: tuple[str, ...] = (), launch=None) -> None:
+        """``config``: more redis-server arguments (``--save``, ``--disable-thp`` ...), after the defaults.
+        ``launch(command)``, if given, starts the server and returns its process (or its recorder's)."""
         for tool in ("redis-server", "redis-cli", "redis-benchmark"):
             if shutil.which(tool) is None:
                 raise CowaheadError(f"{tool} not found; install the Debian package {PACKAGE} (scripts/setup does)")
         self.port = _free_port()
         self.directory = directory
         self.keys = keys
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
-             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--logfile", str(directory / "redis.log"), *config],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
+                   "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no",
+                   "--logfile", str(directory / "redis.log"), *config]
+        if launch is None:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            self.process = launch(command)
         deadline = time.monotonic() + 20
         while self.cli("PING") != "PONG":
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise CowaheadError(f"redis-server did not start on port {self.port}; see {directory / 'redis.log'}")
             time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        self.pid = int(self.info("server")["process_id"])  # the server's own, whoever started it
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
@@ -106,7 +106,7 @@ class Redis:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.cli("SHUTDOWN", "NOSAVE")
+            self.cli("SHUTDOWN", "NOSAVE")  # a recorder's perf exits with the server
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
