@@ -63,8 +63,9 @@ def write_corpus_page(results: dict, out_dir: Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>cowahead corpus</title>",
         "<style>body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }"
         " table { border-collapse: collapse; font-size: 0.9em; } th, td { border: 1px solid #ccc;"
-        " padding: 0.25em 0.6em; text-align: right; } th:first-child, td:first-child, td:nth-child(2)"
-        " { text-align: left; } th { background: #f2f2f2; }</style></head><body>",
+        " padding: 0.25em 0.6em; text-align: right; white-space: nowrap; } th:first-child, td:first-child,"
+        " th:nth-child(2), td:nth-child(2) { text-align: left; white-space: normal; } th { background: #f2f2f2;"
+        " white-space: normal; }</style></head><body>",
         "<h1>The corpus of real fork-heavy programs</h1>",
         f"<p>{html.escape(results.get('created', ''))} · <code>{html.escape(results.get('command', ''))}</code> · "
         "<a href='index.html'>the full report</a></p>",
