@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CowaheadError
 from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
+from ..report.corpus import write_corpus_page
 from ..results.summary import Budgets, best_per_family, over_budget, verdict, without_patched_kernel
-from ..suite import DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
+from ..suite import CORPUS_WORKLOADS, DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
 from ..sweep import open_pool
 
 
@@ -22,6 +23,9 @@ from ..sweep import open_pool
                                 "every policy and window; write DIR/results.json and DIR/index.html. "
                                 f"Default workloads: {', '.join(DEFAULT_WORKLOADS)}.")
 @click.argument("workloads", nargs=-1, metavar="[WORKLOAD|TRACE ...]")
+@click.option("--corpus", is_flag=True,
+              help="Every scenario, the corpus of real programs too (`cowahead scenario list`), after the generators; "
+                   "the default runs only the first three scenarios.")
 @click.option("--quick", is_flag=True, help="Smaller workloads, fewer windows and real runs (about 2 minutes).")
 @click.option("--no-real", is_flag=True, help="Skip timing the best windows for real.")
 @click.option("--real", "every_real", is_flag=True,
@@ -42,7 +46,7 @@ from ..sweep import open_pool
                    "the traces in DIR/traces, sent to them where small (docs/cluster.md). Also COWAHEAD_SCHEDULER.")
 def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: bool, pages: int | None, costs: str,
             stall_budget: float, memory_budget: float | None, repeats: int | None, output: Path,
-            scheduler: str | None) -> None:
+            scheduler: str | None, corpus: bool) -> None:
     if no_real and every_real:
         raise CowaheadError("--real and --no-real ask for opposite things: give one")
     cost_model = cost_profile(costs)
@@ -53,7 +57,9 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
         settings = dataclasses.replace(settings, repeats=repeats)
     if pages:
         settings = dataclasses.replace(settings, pages=pages)
-    names = list(workloads) or DEFAULT_WORKLOADS
+    if corpus and workloads:
+        raise CowaheadError("--corpus names its own workloads: give it or a list of workloads, not both")
+    names = CORPUS_WORKLOADS if corpus else list(workloads) or DEFAULT_WORKLOADS
     check_workloads(names)  # before the progress display takes the terminal
     output_folder(output)
     pool = open_pool(scheduler, 2) if scheduler else None  # an unreachable scheduler is one line, before any work
@@ -73,4 +79,6 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
         summaries = best_per_family(workload["rows"], budgets)
         sentences = [verdict(summaries, over_budget(workload["rows"], budgets)), without_patched_kernel(summaries)]
         click.echo(f"{workload['name']}: {' '.join(s for s in sentences if s)}")
+    if corpus:
+        click.echo(f"{write_corpus_page(results, output)}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")

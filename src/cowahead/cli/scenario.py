@@ -28,7 +28,7 @@ def command() -> None:
 def list_scenarios() -> None:
     """The scenarios, one a line."""
     for name, module in SCENARIOS.items():
-        click.echo(f"{name:16} {module.SUMMARY}")
+        click.echo(f"{name:24} {module.SUMMARY}")
 
 
 @command.command("run")

@@ -12,10 +12,18 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import CowaheadError
-from . import forkexec, python_forkpool, redis_bgsave
+from . import (forkexec, gunicorn_preload, gunicorn_preload_freeze, make_build, php_fpm, postgres_pgbench,
+               python_forkpool, r_mclapply, redis_bgsave, redis_periodic, redis_thp, ruby_prefork,
+               ruby_prefork_nakayoshi)
 from ._common import TOLERANCE, Comparison, ScenarioResult
 
-SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (redis_bgsave, python_forkpool, forkexec)}
+# The default ``evaluate`` records these (its time budget); the corpus (issue 21) adds the rest.
+DEFAULT: tuple[ModuleType, ...] = (redis_bgsave, python_forkpool, forkexec)
+CORPUS: tuple[ModuleType, ...] = (redis_periodic, redis_thp, gunicorn_preload, gunicorn_preload_freeze,
+                                   postgres_pgbench, make_build, r_mclapply, php_fpm,
+                                   ruby_prefork, ruby_prefork_nakayoshi)
+SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in DEFAULT + CORPUS}
+DEFAULT_SCENARIOS: list[str] = [m.NAME for m in DEFAULT]
 
 
 def scenario(name: str) -> ModuleType:
@@ -25,4 +33,4 @@ def scenario(name: str) -> ModuleType:
         raise CowaheadError(f"no scenario {name!r}; the scenarios are: {', '.join(SCENARIOS)}") from None
 
 
-__all__ = ["SCENARIOS", "scenario", "Comparison", "ScenarioResult", "TOLERANCE"]
+__all__ = ["SCENARIOS", "DEFAULT_SCENARIOS", "scenario", "Comparison", "ScenarioResult", "TOLERANCE"]

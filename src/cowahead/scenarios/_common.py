@@ -6,11 +6,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import CowaheadError
 from ..model import Kernel
+from ..model.folio import FolioSettings
+from ..model.memory import FrameKind
 from ..policies import parse_policy
 from ..record import Recorder, Recording
 from ..trace import EventKind, Trace, write_trace
@@ -81,6 +84,36 @@ def model_faults(trace: Trace) -> list[tuple[int, int, int, str]]:
     return kernel.fault_log
 
 
+def model_with_probes(trace: Trace, probes: dict[int, Callable[[Kernel], None]], log_faults: bool = True) -> Kernel:
+    """Replay ``trace`` through the reference model (policy none), calling ``probes[i](kernel)`` just before
+    event ``i`` is applied (``i == len(trace)``: after the last one), to read the model's state there."""
+    kernel = Kernel(parse_policy("none"), log_faults=log_faults, folios=FolioSettings.from_metadata(trace.metadata))
+    kernel.policy.prepare(trace)
+    for index, event in enumerate(trace.events()):
+        if index in probes:
+            probes[index](kernel)
+        kernel.apply(event, index)
+    if len(trace) in probes:
+        probes[len(trace)](kernel)
+    kernel.finish()
+    return kernel
+
+
+def private_anon_pages(kernel: Kernel, pid: int) -> int:
+    """The process's anonymous pages that no other mapping shares, in the model: what smaps counts as
+    Private (a page's precise mapcount, its PTE mappings plus its folio's PMD mappings, is 1)."""
+    mm = kernel.processes[pid]
+    private = 0
+    for pte in mm.ptes.values():
+        frame = pte.frame
+        pmd_maps = frame.folio.entire_mapcount if frame.folio is not None else 0
+        private += frame.kind == FrameKind.ANON and frame.mapcount + pmd_maps == 1
+    for pmd in mm.pmds.values():
+        if pmd.folio is not None:  # None: the huge zero page
+            private += sum(frame.mapcount + pmd.folio.entire_mapcount == 1 for frame in pmd.folio.frames)
+    return private
+
+
 def add_to_trace(output: Path, recording: Recording, result: ScenarioResult) -> None:
     """Keep the scenario's comparisons with its trace."""
     recording.trace.metadata["source"] = f"scenario:{result.name}"
@@ -107,7 +140,8 @@ class Clock:
         return _Phase()
 
 
-__all__ = ["TOLERANCE", "COW", "Comparison", "ScenarioResult", "fault_mask", "model_faults", "add_to_trace",
+__all__ = ["TOLERANCE", "COW", "Comparison", "ScenarioResult", "fault_mask", "model_faults", "model_with_probes",
+           "private_anon_pages", "add_to_trace",
            "Clock", "Recorder", "Recording"]
 
 
