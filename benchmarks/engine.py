@@ -265,7 +265,7 @@ def bench_engine(path: Path, runs: int) -> dict:
     # The file as a replay reads it (replay columns, no write's value; prepass.in_memory_if_small): the
     # first stage of end to end. The file is in the page cache after the first read: Parquet's decoding,
     # not the disk.
-    read_t, _ = timed(lambda: in_memory_if_small(TraceFile(path)), runs)
+    file_t, _ = timed(lambda: in_memory_if_small(TraceFile(path)), runs)
     trace = TraceFile(path).read()  # in memory: the loop's speed, not the disk's
     events = len(trace)
     space_t, space = timed(lambda: page_space(trace), runs)
@@ -274,7 +274,7 @@ def bench_engine(path: Path, runs: int) -> dict:
     read_t, _ = timed(lambda: [read_only_loop(*c) for c in columns], runs)
     read_rate = events / read_t["median"]
     floor = bench_floor(trace, runs)
-    out = {"events": events, "pages": len(space.pages), "read": read_t, "page_space": space_t, "decode": decode_t,
+    out = {"events": events, "pages": len(space.pages), "read": file_t, "page_space": space_t, "decode": decode_t,
            "read_only_loop": {**read_t, "events_per_s": read_rate},
            "memory_floor": floor or {"note": "not a one-child trace: no memory floor"}, "policies": {}}
     for policy in POLICIES:
@@ -300,7 +300,7 @@ def bench_engine(path: Path, runs: int) -> dict:
               f"{events / end_t['median'] / 1e6:6.1f} M/s end to end ({loop_t['median'] / end_t['median']:.2f} "
               f"of the loop), {rate / read_rate:.3f} of read-only"
               + (f", {rate / floor['events_per_s']:.2f} of the memory floor" if floor else ""), flush=True)
-        print(f"  {'':10s} stages (s): read {read_t['median']:.3f}, page space {space_t['median']:.3f}, decode "
+        print(f"  {'':10s} stages (s): read {file_t['median']:.3f}, page space {space_t['median']:.3f}, decode "
               f"{decode_t['median']:.3f}, " + (f"future {future_t['median']:.3f}, " if future_t else "")
               + f"state {state_t['median']:.3f}, loop {loop_t['median']:.3f}, fresh state and loop "
               f"{fresh_t['median']:.3f}; end to end {end_t['median']:.3f}", flush=True)
