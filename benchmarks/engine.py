@@ -7,10 +7,13 @@ events — the generators' patterns, whose events are nearly all faults, and
 ``rewrite``, whose events nearly all need none — and measures, as medians of ``--runs`` runs after one warm-up kept apart:
 
 * per policy, events/s of the engine's replay loop over decoded chunks, on
-  a state whose memory is already touched; beside it, making a fresh state
-  plus the loop (the kernel then zeroes the state's pages as the loop first
-  touches them, as in one replay in a new process); and end to end
-  (Parquet read, page-space pass, decode, oracle future, state, replay);
+  a state whose memory is already touched; beside it, in the same repetition,
+  making a fresh state plus the loop (the kernel then zeroes the state's pages
+  as the loop first touches them, as in one replay in a new process), and end
+  to end (``replay_engine`` on the file: Parquet read, page-space pass, decode,
+  oracle future, state, replay), with its ratio to the loop;
+* the stages of end to end apart: the Parquet read as a replay reads the file,
+  the page-space pass, decode, the oracle's future, making a state;
 * a numba loop that only reads the trace columns and counts events by kind,
   and the engine's ratio to it;
 * for the generators' one-child traces (sequential, random, hotcold, …), a
@@ -21,20 +24,22 @@ events — the generators' patterns, whose events are nearly all faults, and
 * libCacheSim 0.3.5 (PyPI) replaying the same page stream with LRU. Its
   Python API has no prefetcher (no OBL), so this compares replay speed on
   the same stream, not the same model;
-* a full sweep (six families × windows 1..512) through ``cowahead sweep``;
+* a full sweep (six families × windows 1..512) through ``cowahead sweep`` on two
+  workers, with a digest of its rows (equal digests: equal rows, across commits);
 * peak memory (VmHWM) of one replay in a new process against trace length, pages to 16 × pages
   events over the same pages/25 pages (5M to 80M events over 200K pages by default), the trace
   streamed row group by row group and read whole: streamed, it should not grow with the trace;
 * ``cowahead simulate`` on a small trace once numba's cache is warm.
 
-Results go to benchmarks/results/engine-<date>.json with the machine, the
-versions and every run's value; a spread (max−min)/median above 10 % is
-flagged, as the machine may be shared.
+Results go to benchmarks/results/engine-<date>[-N].json with the machine, the
+versions, the load average at start and end, and every run's value; a
+spread (max−min)/median above 10 % is flagged, as the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -51,7 +56,7 @@ from cowahead.engine import page_space, replay_chunk, replay_engine
 from cowahead.engine.layout import (DIRTY, FRAME_AHEAD, FRAME_SHIFT, MAPPED, PRESENT, PTE_AHEAD, WRITABLE,
                                     ZAP_AHEAD, page_range)
 from cowahead.engine.prefetch import prefetch, prefetch_item
-from cowahead.engine.prepass import decode, future, iter_chunks
+from cowahead.engine.prepass import decode, future, in_memory_if_small, iter_chunks
 from cowahead.engine.replay import finish
 from cowahead.engine.state import new_state
 from cowahead.machine import machine_metadata, package_versions
@@ -63,7 +68,12 @@ from cowahead.trace.generators import BASE, generate
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ["none", "fixed:16", "around:16", "adaptive", "ccow", "oracle:16"]
 TARGETS = {"none_fixed_events_per_s": 50e6, "ratio_to_read_only": 0.3, "adaptive_ccow_events_per_s": 20e6,
-           "ratio_to_libcachesim": 2.0, "sweep_seconds": 120.0, "simulate_warm_seconds": 2.0}
+           "ratio_to_libcachesim": 2.0, "sweep_seconds": 8.0, "simulate_warm_seconds": 2.0,
+           # issue 24: end to end against the loop, and the loop against the memory floor
+           "end_to_end_ratio_to_loop": 0.5, "end_to_end_ratio_to_loop_oracle": 0.3, "ratio_to_memory_floor": 0.6}
+END_TO_END_PATTERNS = ("random", "sequential", "hotcold")  # where the end-to-end and floor targets apply
+END_TO_END_POLICIES = ("none", "fixed:16", "adaptive", "ccow", "oracle:16")
+FLOOR_PATTERNS = ("random", "hotcold")
 WIDE_SPREAD = 0.10
 
 
@@ -188,11 +198,12 @@ def replay_chunks(st, decoded):
     finish(st)
 
 
-def replay_times(make_state, decoded, runs: int) -> tuple[dict, dict]:
-    """Per run, side by side: the replay loop alone, on a state made and touched before the timer; and
-    making a fresh state plus the loop, where the kernel zeroes the state's memory as the loop first
-    touches it (what one replay in a new process pays)."""
-    loop, fresh = [], []
+def replay_times(make_state, decoded, runs: int, end_to_end) -> tuple[dict, dict, dict, object]:
+    """Per run, side by side: the replay loop alone, on a state made and touched before the timer; making a
+    fresh state plus the loop, where the kernel zeroes the state's memory as the loop first touches it
+    (what one replay in a new process pays); and ``end_to_end()``, whose last result is returned. In
+    turn within each run, so that the shared machine's mood weighs on all three alike."""
+    loop, fresh, whole, out = [], [], [], None
     for run in range(runs + 1):  # the first is a warm-up
         st = touched(make_state())
         t = time.perf_counter()
@@ -202,7 +213,11 @@ def replay_times(make_state, decoded, runs: int) -> tuple[dict, dict]:
         t = time.perf_counter()
         replay_chunks(make_state(), decoded)
         fresh.append(time.perf_counter() - t)
-    return {"warmup_s": loop[0], **stats(loop[1:])}, {"warmup_s": fresh[0], **stats(fresh[1:])}
+        t = time.perf_counter()
+        out = end_to_end()
+        whole.append(time.perf_counter() - t)
+    return ({"warmup_s": loop[0], **stats(loop[1:])}, {"warmup_s": fresh[0], **stats(fresh[1:])},
+            {"warmup_s": whole[0], **stats(whole[1:])}, out)
 
 
 def result_path(benchmark: str) -> Path:
@@ -247,6 +262,10 @@ def trace_file(pattern: str, pages: int, cache: Path) -> Path:
 
 
 def bench_engine(path: Path, runs: int) -> dict:
+    # The file as a replay reads it (replay columns, no write's value; prepass.in_memory_if_small): the
+    # first stage of end to end. The file is in the page cache after the first read: Parquet's decoding,
+    # not the disk.
+    file_t, _ = timed(lambda: in_memory_if_small(TraceFile(path)), runs)
     trace = TraceFile(path).read()  # in memory: the loop's speed, not the disk's
     events = len(trace)
     space_t, space = timed(lambda: page_space(trace), runs)
@@ -255,15 +274,16 @@ def bench_engine(path: Path, runs: int) -> dict:
     read_t, _ = timed(lambda: [read_only_loop(*c) for c in columns], runs)
     read_rate = events / read_t["median"]
     floor = bench_floor(trace, runs)
-    out = {"events": events, "pages": len(space.pages), "page_space": space_t, "decode": decode_t,
+    out = {"events": events, "pages": len(space.pages), "read": file_t, "page_space": space_t, "decode": decode_t,
            "read_only_loop": {**read_t, "events_per_s": read_rate},
            "memory_floor": floor or {"note": "not a one-child trace: no memory floor"}, "policies": {}}
     for policy in POLICIES:
         parsed = parse_policy(policy)
-        oracle_future = future(trace, space) if isinstance(parsed, OraclePolicy) else None
-
-        loop_t, fresh_t = replay_times(lambda: new_state(space, parsed, oracle_future), decoded, runs)
-        end_t, (counters,) = timed(lambda: replay_engine(path, [policy]), max(1, runs // 2 + 1))
+        future_t, oracle_future = (timed(lambda: future(trace, space, decoded=decoded), runs)
+                                   if isinstance(parsed, OraclePolicy) else (None, None))
+        state_t, _ = timed(lambda: new_state(space, parsed, oracle_future), runs)
+        loop_t, fresh_t, end_t, (counters,) = replay_times(lambda: new_state(space, parsed, oracle_future), decoded,
+                                                           runs, lambda: replay_engine(path, [policy]))
         if floor and policy == "none" and counters.cow_copy != floor["copies"]:
             raise SystemExit(f"the memory floor made {floor['copies']} copies, the engine {counters.cow_copy}: "
                              "the floor no longer does the trace's work")
@@ -272,11 +292,18 @@ def bench_engine(path: Path, runs: int) -> dict:
                                    "fresh_state_and_loop": {**fresh_t, "events_per_s": events / fresh_t["median"]},
                                    "ratio_to_read_only": rate / read_rate,
                                    "ratio_to_memory_floor": rate / floor["events_per_s"] if floor else None,
-                                   "end_to_end_from_file": {**end_t, "events_per_s": events / end_t["median"]}}
+                                   "end_to_end_from_file": {**end_t, "events_per_s": events / end_t["median"]},
+                                   "end_to_end_ratio_to_loop": loop_t["median"] / end_t["median"],
+                                   "new_state": state_t, **({"future": future_t} if future_t else {})}
         print(f"  {policy:10s} {rate / 1e6:7.1f} M events/s loop (spread {loop_t['spread']:.0%}), "
               f"{events / fresh_t['median'] / 1e6:6.1f} M/s with a fresh state, "
-              f"{events / end_t['median'] / 1e6:6.1f} M/s end to end, {rate / read_rate:.3f} of read-only"
+              f"{events / end_t['median'] / 1e6:6.1f} M/s end to end ({loop_t['median'] / end_t['median']:.2f} "
+              f"of the loop), {rate / read_rate:.3f} of read-only"
               + (f", {rate / floor['events_per_s']:.2f} of the memory floor" if floor else ""), flush=True)
+        print(f"  {'':10s} stages (s): read {file_t['median']:.3f}, page space {space_t['median']:.3f}, decode "
+              f"{decode_t['median']:.3f}, " + (f"future {future_t['median']:.3f}, " if future_t else "")
+              + f"state {state_t['median']:.3f}, loop {loop_t['median']:.3f}, fresh state and loop "
+              f"{fresh_t['median']:.3f}; end to end {end_t['median']:.3f}", flush=True)
     print(f"  read-only loop {read_rate / 1e6:.0f} M events/s"
           + (f"; memory floor {floor['events_per_s'] / 1e6:.0f} M events/s" if floor else ""), flush=True)
     return out
@@ -320,17 +347,32 @@ def bench_libcachesim(path: Path, runs: int) -> dict:
 
 
 def cowahead(*args: str) -> float:
+    """Wall seconds of one ``cowahead`` command: the venv's script beside this Python (so that PYTHONPATH, a
+    worktree's sources, applies as to the benchmark itself)."""
     t = time.perf_counter()
-    subprocess.run([str(ROOT / ".venv/bin/cowahead"), *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(Path(sys.executable).parent / "cowahead"), *args], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def rows_digest(doc: dict) -> str:
+    """SHA-256 of a sweep's rows (every workload's, in order; timings are not in them): equal digests from two
+    commits say their rows are equal."""
+    rows = [[w["name"], w["rows"]] for w in doc["workloads"]]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def bench_sweep(path: Path, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        values = [cowahead("sweep", str(path), "-o", f"{tmp}/sweep.json", "-j", "2") for _ in range(runs)]
-        policies = len(json.loads(Path(f"{tmp}/sweep.json").read_text())["sweep"]["policies"])
-    print(f"  sweep of {policies} policies: {statistics.median(values):.1f} s", flush=True)
-    return {"policies": policies, "jobs": 2, **stats(values)}
+        values, digests = [], set()
+        for _ in range(runs):
+            values.append(cowahead("sweep", str(path), "-o", f"{tmp}/sweep.json", "-j", "2"))
+            doc = json.loads(Path(f"{tmp}/sweep.json").read_text())
+            digests.add(rows_digest(doc))
+        policies = len(doc["sweep"]["policies"])
+    if len(digests) != 1:
+        raise SystemExit(f"the sweep's rows differ between runs: {sorted(digests)}")
+    print(f"  sweep of {policies} policies: {statistics.median(values):.1f} s (rows {min(digests)[:12]})", flush=True)
+    return {"policies": policies, "jobs": 2, "rows_sha256": digests.pop(), **stats(values)}
 
 
 # Peak memory of one replay in a new process, the trace read whole or streamed row group by row group.
@@ -391,7 +433,18 @@ def verdict(doc: dict) -> dict:
             goal = (TARGETS["none_fixed_events_per_s"] if family in ("none", "fixed")
                     else TARGETS["adaptive_ccow_events_per_s"] if family in ("adaptive", "ccow") else None)
             fresh = r["fresh_state_and_loop"]["events_per_s"]
+            ratio = r.get("end_to_end_ratio_to_loop")
+            ratio_goal = (None if pattern not in END_TO_END_PATTERNS or policy not in END_TO_END_POLICIES
+                          else TARGETS["end_to_end_ratio_to_loop_oracle"] if family == "oracle"
+                          else TARGETS["end_to_end_ratio_to_loop"])
+            floor = r["ratio_to_memory_floor"]
+            floor_goal = TARGETS["ratio_to_memory_floor"] if pattern in FLOOR_PATTERNS and family != "oracle" \
+                and floor is not None else None
             rows[policy] = {"events_per_s": rate, "events_per_s_met": None if goal is None else rate >= goal,
+                            "end_to_end_ratio_to_loop": ratio,
+                            "end_to_end_ratio_to_loop_met": None if ratio_goal is None or ratio is None
+                            else ratio >= ratio_goal,
+                            "ratio_to_memory_floor_met": None if floor_goal is None else floor >= floor_goal,
                             "events_per_s_fresh_state": fresh,
                             "events_per_s_fresh_state_met": None if goal is None else fresh >= goal,
                             "ratio_to_read_only": r["ratio_to_read_only"],
@@ -422,7 +475,8 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     doc = {"format": "cowahead-benchmark", "version": 1, "benchmark": "engine",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-           "machine": machine(), "runs": args.runs, "targets": TARGETS, "patterns": {}}
+           "machine": {**machine(), "load_average_start": os.getloadavg()}, "runs": args.runs, "targets": TARGETS,
+           "patterns": {}}
     doc["simulate_warm"] = bench_simulate(args.runs)
     for pattern in args.patterns.split(","):
         path = trace_file(pattern, args.pages, args.cache)
@@ -434,7 +488,7 @@ def main() -> None:
     doc["streaming_memory"] = bench_streaming(args.cache, args.pages)
     doc["machine"]["load_average_end"] = os.getloadavg()
     doc["verdict"] = verdict(doc)
-    out = args.out or ROOT / "benchmarks" / "results" / f"engine-{time.strftime('%Y-%m-%d')}.json"
+    out = args.out or result_path("engine")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(out)

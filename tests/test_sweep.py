@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from streams import event_streams, snapshot_streams
 
 from cowahead.cli.main import main
 from cowahead.engine import replay_engine
@@ -287,3 +291,55 @@ def test_a_sweep_maps_only_the_traces_it_is_asked_to(tmp_path):
                         heatmaps={str(first)})
     mapped = {w["name"]: "heatmap" in w for w in results["workloads"]}
     assert mapped == {"run0": True, "run1": False}
+
+
+SWEEP_POLICIES = ["none", "fixed:4", "around:16", "adaptive:8", "ccow:8,0.5", "oracle:1", "oracle:4", "oracle:16",
+                  "oracle:512"]
+
+
+def _clear_sweep_caches():
+    from cowahead import sweep
+    for cache in (sweep._source, sweep._page_space, sweep._decoded, sweep._folios, sweep._future):
+        cache.cache_clear()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(event_streams(), snapshot_streams()), st.integers(1, 3))
+def test_a_workers_groups_make_the_rows_of_each_policy_replayed_alone_by_the_model(stream, groups):
+    """A sweep's worker reads the trace once (its replay columns), decodes it once and makes the oracle's
+    future once for all its groups; each row (counters, COW batches, memory over time, and the heatmap of
+    none) must be what the reference model makes replaying that policy alone from the file."""
+    from cowahead.sweep import replay_group, replay_group_reference
+
+    policies = expand_policies(SWEEP_POLICIES)
+    size = -(-len(policies) // groups)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/t.parquet"
+        write_trace(stream.trace(), path)
+        _clear_sweep_caches()
+        try:
+            for lo in range(0, len(policies), size):
+                group = policies[lo:lo + size]
+                assert replay_group(path, group, heatmap=True) == replay_group_reference(path, group, heatmap=True)
+        finally:
+            _clear_sweep_caches()
+
+
+def test_a_sweep_on_two_workers_makes_the_rows_of_each_policy_replayed_alone(tmp_path):
+    """The whole sweep, groups on two processes: its rows equal the reference model's, one policy at a time."""
+    from cowahead.model.costs import HEADLINE, cost_profile
+    from cowahead.model.counters import Counters
+    from cowahead.results.rows import result_row
+    from cowahead.results.stalls import batches_from_json
+    from cowahead.sweep import replay_group_reference, run_sweep
+
+    path = tmp_path / "random.parquet"
+    write_trace(generate("random", pages=700), path)
+    policies = expand_policies(["none", "fixed:1..64", "ccow:4..64", "oracle:1..512"])
+    costs = cost_profile(HEADLINE)
+    doc = run_sweep([str(path)], policies, 2, costs)
+    (workload,) = doc["workloads"]
+    for policy, row in zip(policies, workload["rows"]):
+        (counted,), _ = replay_group_reference(str(path), [policy])
+        batches, memory = batches_from_json(counted.pop("cow_batches")), counted.pop("memory")
+        assert row == result_row(policy.name, Counters(**counted), costs, batches, memory), policy.name

@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cowahead.errors import CowaheadError
 from cowahead.trace import COLUMNS, EventKind, TraceFile, read_trace, write_trace
@@ -148,3 +150,83 @@ def test_folio_variants_carry_their_settings_and_madvise_events():
     assert set(FOLIO_VARIANTS) == {"madvise", "always", "mthp-64k", "mthp-mixed"}
     with pytest.raises(CowaheadError, match="unknown folio variant"):
         generate("sequential+huge")
+
+
+def test_a_replays_read_leaves_out_only_the_args_of_row_groups_of_reads_and_writes(tmp_path, monkeypatch):
+    """``access_args=False`` reads the arg of every row group holding an event other than a read or a write, and
+    gives zeros for the rest (a write's value, which no replay reads); every other column is read whole."""
+    monkeypatch.setattr("cowahead.trace.parquet.ROW_GROUP_ROWS", 50)
+    trace = generate("forkexec", pages=256)
+    write_trace(trace, tmp_path / "t.parquet")
+    # the same file without column statistics: the kinds are then looked at, not the row groups' bounds
+    pq.write_table(pq.read_table(tmp_path / "t.parquet"), tmp_path / "bare.parquet", row_group_size=50,
+                   write_statistics=False)
+    names = ("pid", "kind", "address", "length", "arg")
+    kind, arg = trace.columns["kind"], trace.columns["arg"]
+    groups = np.arange(len(kind)) // 50
+    mixed = np.isin(groups, groups[(kind != EventKind.READ) & (kind != EventKind.WRITE)])
+    expected = np.where(mixed, arg, 0)
+    assert (~mixed).any() and (expected != arg).any()  # some row groups are left out, and it shows
+    for path in (tmp_path / "t.parquet", tmp_path / "bare.parquet"):
+        file = TraceFile(path)
+        whole = file.read_columns(names, access_args=False)
+        chunks = list(file.iter_chunks(names, access_args=False))
+        assert np.array_equal(whole["arg"], expected) and whole["arg"].dtype == COLUMNS["arg"]
+        assert np.array_equal(np.concatenate([c["arg"] for c in chunks]), expected)
+        for name in names[:-1]:
+            assert np.array_equal(whole[name], trace.columns[name])
+            assert np.array_equal(np.concatenate([c[name] for c in chunks]), trace.columns[name])
+        assert np.array_equal(file.read_columns(("kind", "arg"))["arg"], arg)  # by default every arg
+    assert pq.ParquetFile(tmp_path / "bare.parquet").metadata.row_group(0).column(2).statistics is None
+
+
+def _check_events_exactly(path, c):
+    """The event checks as they were before the columns' bounds were asked first: the reference."""
+    from cowahead.trace.events import VmaKind
+    from cowahead.trace.parquet import MAX_ACCESS_BYTES, RANGED, USER_TOP
+    kind, address, length, arg = c["kind"], c["address"], c["length"], c["arg"]
+    ranged = np.isin(kind, RANGED)
+    beyond = ranged & ((address >= USER_TOP) | (length > np.uint64(USER_TOP) - np.minimum(address, USER_TOP)))
+    if beyond.any():
+        i = int(np.flatnonzero(beyond)[0])
+        raise CowaheadError(f"{path}: a {EventKind(int(kind[i])).name} event covers {int(address[i]):#x} + "
+                            f"{int(length[i]):#x} bytes, beyond the user address space (2^47)")
+    accesses = (kind == EventKind.READ) | (kind == EventKind.WRITE)
+    huge = accesses & (length > MAX_ACCESS_BYTES)
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise CowaheadError(f"{path}: a {EventKind(int(kind[i])).name} event covers {int(length[i]):,} bytes in one "
+                            f"access; an access event is a fault or a short span (at most {MAX_ACCESS_BYTES >> 30} GiB)")
+    mmaps = kind == EventKind.MMAP
+    bad_vma = mmaps & ~np.isin(arg, [int(v) for v in VmaKind])
+    if bad_vma.any():
+        raise CowaheadError(f"{path}: an MMAP event has VMA kind {int(arg[bad_vma][0])}; kinds are "
+                            f"{', '.join(f'{int(v)} {v.name.lower()}' for v in VmaKind)}")
+    forks = kind == EventKind.FORK
+    bad_child = forks & ((arg < 0) | (arg > np.iinfo(np.int32).max))
+    if bad_child.any():
+        raise CowaheadError(f"{path}: a FORK event names child pid {int(arg[bad_child][0])}, which is no pid")
+
+
+EDGES = [0, 1, 4095, 1 << 32, (1 << 32) + 1, (1 << 47) - 4096, (1 << 47) - 1, 1 << 47, (1 << 64) - 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(EventKind)), st.sampled_from(EDGES), st.sampled_from(EDGES),
+                          st.sampled_from([-1, 0, 1, 2, 3, 1000, 1 << 31, 1 << 40])), max_size=12))
+def test_the_event_checks_by_the_columns_bounds_say_what_the_exact_checks_say(events):
+    """A trace is refused with the same one line, or not at all, whether each check asks the columns' bounds
+    first (parquet._check_events) or tests every event (the reference above)."""
+    from cowahead.trace.parquet import _check_events
+    columns = {"kind": np.array([int(e[0]) for e in events], np.int8),
+               "address": np.array([e[1] for e in events], np.uint64),
+               "length": np.array([e[2] for e in events], np.uint64),
+               "arg": np.array([e[3] for e in events], np.int64)}
+    outcomes = []
+    for check in (_check_events, _check_events_exactly):
+        try:
+            check("t.parquet", columns)
+            outcomes.append(None)
+        except CowaheadError as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1]

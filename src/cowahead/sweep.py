@@ -3,7 +3,9 @@
 ``fixed:1..512`` stands for fixed:1, fixed:2, fixed:4, … fixed:512: every
 power of two in the range. Each worker replays a group of one trace's
 policies with the engine, so the trace is streamed once per group; the
-page-space pre-pass is cached per worker and trace. The pool is this
+page-space pre-pass, a small trace's decoded chunks and the oracle's future
+are cached per worker and trace, shared by every group (and every
+``oracle:N``) it replays. The pool is this
 machine's processes (LocalPool) or a Dask cluster (cluster.py, imported only
 when a scheduler is named): both take the same tasks, and one loop here
 assembles the same document from either.
@@ -29,14 +31,13 @@ from .errors import CowaheadError, EngineUnsupported
 from .model.costs import CostModel
 from .model.counters import Counters
 from .model.kernel import Kernel
-from .policies import Policy, default_policies, parse_policies
+from .policies import OraclePolicy, Policy, default_policies, parse_policies
 from .results.document import new_results
 from .results.heatmap import heatmap as fault_heatmap
 from .results.intervals import Sampling, sampling
 from .results.rows import result_row
 from .results.stalls import batches_from_json, batches_to_json
 from .trace import Trace, TraceFile
-from .trace.events import COLUMNS
 
 RANGE = re.compile(r"(\d*)\.\.(\d*)")
 DEFAULT_POLICIES = default_policies("sweep")
@@ -74,13 +75,13 @@ _IN_MEMORY: dict[str, Trace] = {}
 
 @functools.lru_cache(maxsize=4)
 def _source(path: str, mtime_ns: int):
-    """A trace's columns, read once and kept where small (forked workers inherit them: the file is read
-    once in a whole sweep); a big one stays a file, streamed row group by row group."""
-    from .engine.prepass import fits_in_memory  # numba loads only when a sweep runs
+    """A trace's replay columns, read once and kept where small (forked workers inherit them: the file is read
+    once in a whole sweep); a big one stays a file, streamed row group by row group. As a replay reads it:
+    without time_ns (the heatmap reads it apart) and without the writes' values (prepass.in_memory_if_small)."""
+    from .engine.prepass import in_memory_if_small  # numba loads only when a sweep runs
     if path in _IN_MEMORY:
         return _IN_MEMORY[path].columns
-    trace = TraceFile(path)
-    return trace.read_columns() if fits_in_memory(trace, tuple(COLUMNS)) else trace
+    return in_memory_if_small(TraceFile(path))
 
 
 @functools.lru_cache(maxsize=4)
@@ -111,8 +112,16 @@ def _decoded(path: str, mtime_ns: int) -> list | None:
 
 @functools.lru_cache(maxsize=4)
 def _sampling(path: str, mtime_ns: int) -> Sampling:
-    """Where the replays of a trace keep their counters (memory over time, storms, child lives)."""
-    return sampling(_source(path, mtime_ns))
+    """Where the replays of a trace keep their counters (memory over time, storms, child lives): read apart
+    from the replay's columns, which leave time_ns out, a row group at a time."""
+    return sampling(_IN_MEMORY.get(path) or TraceFile(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _future(path: str, mtime_ns: int):
+    """The oracle's future of a trace, made once per worker for every oracle:N of every group it replays."""
+    from .engine import future
+    return future(_source(path, mtime_ns), _page_space(path, mtime_ns), decoded=_decoded(path, mtime_ns))
 
 
 def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
@@ -122,9 +131,11 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
     from .engine import cow_batches, fault_log, replay_states, samples, to_counters
     log = ("none",) if heatmap else ()
     plan = _sampling(*_key(path))
+    oracles = any(isinstance(p, OraclePolicy) for p in policies)
     try:
         states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
-                               decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=plan.points)
+                               decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=plan.points,
+                               oracle_future=_future(*_key(path)) if oracles else None)
     except EngineUnsupported:
         return replay_group_reference(path, policies, heatmap)
     counters = [{**asdict(to_counters(st)), "cow_batches": batches_to_json(cow_batches(st)),
@@ -154,8 +165,9 @@ def replay_group_reference(path: str, policies: list[Policy], heatmap: bool = Fa
 
 
 def _heatmap_columns(path: str) -> dict:
-    source = _source(*_key(path))
-    return source if isinstance(source, dict) else source.read_columns(("time_ns", "kind", "address", "length"))
+    if path in _IN_MEMORY:
+        return _IN_MEMORY[path].columns
+    return TraceFile(path).read_columns(("time_ns", "kind", "address", "length"))
 
 
 @dataclass(frozen=True)
@@ -256,7 +268,7 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     by the local pool (a cluster's workers read the file, which must hold the same trace). ``pool``: where the
     tasks run (open_pool), closed when the sweep ends; by default ``jobs`` processes on this machine."""
     paths = list(dict.fromkeys(str(path) for path in traces))
-    for cache in (_source, _page_space, _decoded, _folios):  # a sweep starts from what it is given, not the last one's
+    for cache in (_source, _page_space, _decoded, _folios, _future, _sampling):  # a sweep starts from what it is given
         cache.cache_clear()
     _IN_MEMORY.clear()
     _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})

@@ -12,18 +12,19 @@ without takes the 4 KiB path alone.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from ..model.counters import FIELD_NAMES, Counters
 from ..model.folio import FolioSettings
 from ..policies import OraclePolicy, Policy, parse_policies
-from ..trace.parquet import ROW_GROUP_ROWS
+from ..trace.parquet import ROW_GROUP_ROWS, TraceFile
 from . import layout, replay
-from .prepass import (Decoded, PageSpace, TraceSource, decoded_chunks, folio_settings, future, in_memory_if_small,
-                      page_space)
+from .prepass import (Decoded, Future, PageSpace, TraceSource, decoded_chunks, folio_settings, future,
+                      in_memory_if_small, page_space)
 from .state import State, grow, log_room, new_state
 
 
@@ -56,7 +57,8 @@ def cow_batches(st: State) -> dict[tuple[int, int], int]:
 def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,
                   chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
                   log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None,
-                  folios: FolioSettings | None = None, sample_points: Sequence[int] = ()) -> list[State]:
+                  folios: FolioSettings | None = None, sample_points: Sequence[int] = (),
+                  oracle_future: Future | None = None) -> list[State]:
     """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
@@ -67,26 +69,34 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     the same trace again; ``folios``: the trace's folio settings, for a caller handing over bare columns
     (by default read from the trace's metadata); ``sample_points``: ascending event counts after which each
     state's counters are kept (``State.samples``, one row per point: memory over time, as the model's
-    ``Kernel.samples``). A ``space`` made for settings under which large folios
+    ``Kernel.samples``); ``oracle_future``: the trace's future (``prepass.future`` for this ``space``), kept
+    by a caller that replays oracles of the same trace again. A ``space`` made for settings under which large folios
     were possible and are not, or the reverse (a page space of bare columns knows no settings), is made
-    anew for these, and the chunks decoded anew with it.
+    anew for these, and the chunks decoded anew with it (and the future with them).
+
+    Without ``decoded``, each chunk is decoded (and, for a streamed file, read) on a thread while the
+    policies replay the chunk before: one chunk ahead, so memory stays bounded as streaming is. With an
+    oracle and a trace held in memory, the chunks are decoded once for the future's passes and the replay.
     """
     parsed = parse_policies(policies)
     folios = folios or folio_settings(source)
     source = in_memory_if_small(source)
     if space is not None and space.folios != folios:
         if space.large or space.large_under(folios):
-            space, decoded = None, None
+            space, decoded, oracle_future = None, None, None
         else:  # 4 KiB pages under both: the same space, with the settings it now replays under
             space = replace(space, folios=folios)
     space = space or page_space(source, chunk_rows, folios)
-    oracle_future = (future(source, space, chunk_rows, decoded) if any(isinstance(p, OraclePolicy) for p in parsed)
-                     else None)
+    if any(isinstance(p, OraclePolicy) for p in parsed) and oracle_future is None:
+        if decoded is None and not isinstance(source, TraceFile):  # held in memory: decode once, not three times
+            decoded = list(decoded_chunks(source, space, chunk_rows))
+        oracle_future = future(source, space, chunk_rows, decoded)
     points = [p for p in sample_points if p > 0]
     states = [new_state(space, p, oracle_future, p.name in log_faults, len(points)) for p in parsed]
     logging = any(len(st.fault_log) for st in states)
     first_index, taken = 0, 0
-    for d in decoded_chunks(source, space, chunk_rows, decoded):
+    chunks = decoded_chunks(source, space, chunk_rows, decoded)
+    for d in (chunks if decoded is not None else one_ahead(chunks)):
         if logging:  # room for one fault per page the chunk accesses; a replay without a log skips the sum
             accessed = int((d.dhi - d.dlo).sum())
             states = [log_room(st, accessed) for st in states]
@@ -106,6 +116,21 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     for st in states:
         replay.finish(st)
     return states
+
+
+T = TypeVar("T")
+
+
+def one_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each made on a thread while the caller works on the one before: reading and decoding the
+    next chunk (pyarrow and the compiled decode release the GIL, as the compiled replay does) overlaps the
+    replay of this one, on the second core. One item ahead: at most two chunks are held at a time."""
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="cowahead-decode") as pool:
+        pending = pool.submit(next, items, done)
+        while (item := pending.result()) is not done:
+            pending = pool.submit(next, items, done)
+            yield item
 
 
 def replay_engine(source: TraceSource, policies: Sequence[str | Policy], space: PageSpace | None = None,

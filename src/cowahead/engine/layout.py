@@ -176,8 +176,9 @@ PREFETCH_MIN_STATE_BYTES = 16 << 20
 
 # Compiled without numba's reference counting: every function takes the whole State tuple, and
 # counting references to its arrays on each call cost ~1 µs per call. Nothing here allocates an
-# array, so nothing needs counting.
-jit = njit(cache=True, _nrt=False)
+# array, so nothing needs counting. Without the GIL (nogil): a replay runs while a thread reads and
+# decodes the next chunk (engine/__init__.py: one_ahead).
+jit = njit(cache=True, _nrt=False, nogil=True)
 jit_inline = njit(cache=True, _nrt=False, inline="always")
 
 # ----- pools -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def iter_chunks(source: TraceSource, rows: int = ROW_GROUP_ROWS) -> Iterator[Col
     if isinstance(source, (str, Path)):
         source = TraceFile(source)
     if isinstance(source, TraceFile):
-        yield from source.iter_chunks(REPLAY_COLUMNS)
+        yield from source.iter_chunks(REPLAY_COLUMNS, access_args=False)  # replay reads no write's value
         return
     columns = source.columns if isinstance(source, Trace) else source
     for lo in range(0, len(columns["pid"]), rows):
@@ -78,7 +78,7 @@ def in_memory_if_small(source: TraceSource) -> TraceSource:
     if isinstance(source, (str, Path)):
         source = TraceFile(source)
     if isinstance(source, TraceFile) and fits_in_memory(source):
-        return source.read_columns(REPLAY_COLUMNS)
+        return source.read_columns(REPLAY_COLUMNS, access_args=False)  # replay reads no write's value
     return source
 
 
@@ -218,7 +218,7 @@ def page_space(source: TraceSource, rows: int = ROW_GROUP_ROWS, folios: FolioSet
     return PageSpace(unique, -1, pids_sorted, events, large, folios, advice)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # runs on a thread beside the replay (one_ahead)
 def _decode(kind, pid, address, length, pids, pages, direct_base):
     n = kind.shape[0]
     out_pid = np.empty(n, np.int32)
@@ -295,18 +295,44 @@ def _write_keys(kind, pid, dlo, dhi, npages):
 
 
 @njit(cache=True)
-def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, direct_base, keys, pair, m, fill,
-                 last_barrier, last_drop_of_pair, time, last_drop):
-    """Place each write of the chunk under its pair; ``pair[m]`` is the pair of the trace's m-th written page."""
+def _written_bounds(kind, pid, dlo, dhi, npages):
+    """How many pages the chunk writes, and the largest (pid, page) key among them (-1: none)."""
+    total, largest = np.int64(0), np.int64(-1)
+    for i in range(kind.shape[0]):
+        if kind[i] == WRITE and dhi[i] > dlo[i]:
+            total += dhi[i] - dlo[i]
+            largest = max(largest, np.int64(pid[i]) * npages + dhi[i] - 1)
+    return total, largest
+
+
+@njit(cache=True)
+def _count_writes(kind, pid, dlo, dhi, npages, counts):
+    """counts[key] += 1 for the (pid, page) key of every page the chunk writes."""
+    for i in range(kind.shape[0]):
+        if kind[i] == WRITE:
+            base = np.int64(pid[i]) * npages
+            for d in range(dlo[i], dhi[i]):
+                counts[base + d] += 1
+
+
+@njit(cache=True)
+def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, direct_base, keys, rank, pair, m,
+                 fill, last_barrier, last_drop_of_pair, time, last_drop):
+    """Place each write of the chunk under its pair: ``rank[key]`` where the keys have a rank table, else
+    ``pair[m]``, the pair of the trace's m-th written page."""
     npages = pages.shape[0]
+    ranked = rank.shape[0] > 0
     for i in range(kind.shape[0]):
         k = kind[i]
         p = pid[i]
         t = first_index + i
         if k == WRITE:
             for d in range(dlo[i], dhi[i]):
-                j = pair[m]
-                m += 1
+                if ranked:
+                    j = np.int64(rank[np.int64(p) * npages + d])
+                else:
+                    j = pair[m]
+                    m += 1
                 time[fill[j]] = t
                 last_drop[fill[j]] = max(last_barrier[p], last_drop_of_pair[j])
                 fill[j] += 1
@@ -357,9 +383,9 @@ def decoded_chunks(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_
 
 def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS,
            decoded: list[Decoded] | None = None) -> Future:
+    """The oracle's future (Future), in two passes over the decoded chunks (``decoded``, or decoded as read)."""
     npages = len(space.pages)
-    parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages) for d in decoded_chunks(source, space, rows, decoded)]
-    keys, pair, counts = _pairs(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    keys, rank, pair, counts = _future_keys(source, space, rows, decoded)
     start = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(counts, out=start[1:])
     time = np.empty(start[-1], np.int64)
@@ -370,9 +396,40 @@ def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS,
     first_index, m = 0, 0
     for d in decoded_chunks(source, space, rows, decoded):
         m = _fill_future(d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, space.pages,
-                         space.direct_base, keys, pair, m, fill, last_barrier, last_drop_of_pair, time, last_drop)
+                         space.direct_base, keys, rank, pair, m, fill, last_barrier, last_drop_of_pair, time,
+                         last_drop)
         first_index += len(d.kind)
-    return Future(keys, start, time, last_drop, _rank(keys))
+    return Future(keys, start, time, last_drop, rank)
+
+
+def _future_keys(source: TraceSource, space: PageSpace, rows: int,
+                 decoded: list[Decoded] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct written (pid, page) keys, their rank table (_rank; empty where they are sparse), the pair
+    of each written page in trace order where there is no table (else empty), and the writes per key.
+
+    Where the keys are dense (_table_fits) they are counted in a table by key, in one pass, and the fill
+    pass finds each write's pair in the rank table the oracle needs anyway: no key and pair arrays of 16
+    bytes per written page, and no gather through a lookup table (on the loaded benchmark VM, random over
+    5M pages: 1.4 s for _pairs' count and lookups). Sparse keys, and those of a streamed trace, go through
+    _pairs."""
+    npages = len(space.pages)
+    total, largest = 0, -1
+    streamed = decoded is None and isinstance(source, (TraceFile, str, Path))
+    # Streamed, a pass is a read and a decode of the file: the sort's one pass, not counting's two
+    for d in () if streamed else decoded_chunks(source, space, rows, decoded):
+        c_total, c_largest = _written_bounds(d.kind, d.pid, d.dlo, d.dhi, npages)
+        total, largest = total + int(c_total), max(largest, int(c_largest))
+    if total and _table_fits(largest, total) and total <= MAX_RANK:
+        counts = np.zeros(largest + 1, np.int64)
+        for d in decoded_chunks(source, space, rows, decoded):
+            _count_writes(d.kind, d.pid, d.dlo, d.dhi, npages, counts)
+        keys = np.flatnonzero(counts)
+        # the table by the writes' count, which may hold more than _rank's test by the keys' count allows
+        return keys, _rank_table(keys), np.zeros(0, np.int64), counts[keys]
+    parts = [_write_keys(d.kind, d.pid, d.dlo, d.dhi, npages) for d in decoded_chunks(source, space, rows, decoded)]
+    keys, pair, counts = _pairs(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+    rank = _rank(keys)
+    return keys, rank, pair if len(rank) == 0 else np.zeros(0, np.int64), counts
 
 
 def _rank(keys: np.ndarray) -> np.ndarray:
@@ -381,6 +438,10 @@ def _rank(keys: np.ndarray) -> np.ndarray:
     misses the cache at nearly every step (3M searches over 3.2M keys: 686 ms, against 28 ms for the table)."""
     if not len(keys) or not _table_fits(keys[-1], len(keys)) or len(keys) > MAX_RANK:
         return np.zeros(0, np.int32)
+    return _rank_table(keys)
+
+
+def _rank_table(keys: np.ndarray) -> np.ndarray:
     # int32: half the table, and the same type in every State
     return _fill_rank(keys, np.empty(int(keys[-1]) + 2, np.int32))
 

@@ -318,7 +318,10 @@ def written_next(st, pid, q, now, j):
 def oracle_window(st, s, v, d, pid, now, large):
     """fixed:N's pages that this process writes next, one by one (``large``: where large folios may be)."""
     keys = st.oracle_keys
-    stop = min(page_of(st, d) + st.policy[PP_WINDOW], st.vmas[v, V_END])
+    page = page_of(st, d)
+    stop = min(page + st.policy[PP_WINDOW], st.vmas[v, V_END])
+    if stop <= page + 1:  # no page after the fault's (oracle:1, the VMA's end): no search
+        return 0
     j = oracle_index(st, pid * st.pages.shape[0] + d + 1)
     done = 0
     for q in range(d + 1, dense_after(st, d, stop)):
