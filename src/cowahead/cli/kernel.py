@@ -68,14 +68,16 @@ def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_a
 @build_dir_option
 @source_option
 @click.option("--skip-build", is_flag=True, help="Use the kernel already built in --build-dir.")
+@click.option("--skip-measure", is_flag=True, help="No icount measurement (a debug kernel's counts say little).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-<date>.json; default benchmarks/results.")
-def check_command(build_dir: Path | None, version: str, skip_build: bool, out_dir: Path | None) -> None:
+def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_measure: bool,
+                  out_dir: Path | None) -> None:
     """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
     source = source_of(version)
     try:
         path = check(build_dir or source.build_dir, skip_build, out_dir or RESULTS_DIR,
-                     log=lambda m: click.echo(m, err=True), source=source)
+                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure)
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
     click.echo(str(path))
@@ -110,6 +112,52 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
         click.echo(f"{run['case']:18} {setting:14} {'pass' if run['passed'] else 'FAIL'}  {json.dumps(run['report'])}"
                    + (f"  dmesg: {run['dmesg'][:2]}" if run["dmesg"] else ""))
     click.echo(f"{doc['summary']['passed']}/{doc['summary']['runs']} passed; {path}")
+
+
+@command.command("selftests")
+@build_dir_option
+@source_option
+@click.option("--test", "tests", multiple=True, help="Only these selftests (repeatable); default: issue 19's list.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
+              help="Policies for the patched kernel (repeatable); default: all three.")
+@click.option("--window", "windows", multiple=True, type=int, help="Windows (repeatable); default 0, 16, 512.")
+@click.option("--stock-results", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A previous stock run's results file, instead of booting the stock kernel again.")
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per selftest run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for kernel-6.12-selftests-<date>.json; default benchmarks/results.")
+def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ...], policies: tuple[str, ...],
+                      windows: tuple[int, ...], stock_results: Path | None, timeout: float,
+                      out_dir: Path | None) -> None:
+    """Upstream mm selftests on the stock and the patched kernel of one tree; the table against stock."""
+    from ..kernel.kbuild import stock_built, tree_of
+    from ..kernel.selftests import TESTS, build_selftests, run_selftests, table, write_results
+    source = source_of(version)
+    build_dir = Path(build_dir or source.build_dir)
+    tests = tests or TESTS
+    unknown = sorted(set(tests) - set(TESTS))
+    if unknown:
+        raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(TESTS)}")
+    binaries = build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
+    patched, stock_image = built_kernel(build_dir, source), stock_built(build_dir, source)
+    if patched is None or (stock_image is None and stock_results is None):
+        raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
+    settings = {"policies": policies or POLICIES, "windows": windows or (0, 16, 512)}
+    if stock_results:
+        stock = json.loads(stock_results.read_text())["stock"]
+    else:
+        click.echo("stock kernel …", err=True)
+        stock = run_selftests(stock_image, binaries, False, tests, timeout)
+    click.echo("patched kernel …", err=True)
+    result = run_selftests(patched, binaries, True, tests, timeout, **settings)
+    rows = table(stock, result)
+    path = write_results({"stock": stock, "patched": result, "table": rows,
+                          "summary": {"rows": len(rows), "equal_to_stock": sum(r["equal_to_stock"] for r in rows)}},
+                         out_dir or RESULTS_DIR, f"kernel-{source.version}-selftests")
+    for r in rows:
+        click.echo(f"{r['test']:22} {r['policy']}:{r['window']:<4} pass {r['pass']:3} fail {r['fail']:3} "
+                   f"skip {r['skip']:3}  {'= stock' if r['equal_to_stock'] else 'DIFFERS ' + str(r['differs_from_stock'][:3])}")
+    click.echo(str(path))
 
 
 existing_file = click.Path(dir_okay=False, exists=True, path_type=Path)

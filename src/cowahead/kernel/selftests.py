@@ -31,7 +31,12 @@ TAP = re.compile(r"^(not ok|ok) (\d+)\s*(.*)$")
 
 
 def build_selftests(tree: Path, out_dir: Path, tests=TESTS) -> dict[str, Path]:
-    """``make headers`` in ``tree`` then each test; name → binary. Not while a kernel build runs in the tree."""
+    """``make headers`` in ``tree`` then each test; name → binary. Not while a kernel build runs in the tree.
+
+    Binaries already in ``out_dir`` are kept (delete the directory to rebuild).
+    """
+    if all((out_dir / test).exists() for test in tests):
+        return {test: out_dir / test for test in tests}
     done = subprocess.run(["nice", "-n", "19", "make", "headers"], cwd=tree, capture_output=True, text=True)
     if done.returncode != 0:
         raise CowaheadError(f"make headers failed in {tree}: {done.stderr.strip().splitlines()[-1:]}")
