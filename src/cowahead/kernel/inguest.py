@@ -45,7 +45,8 @@ def run_one(run: dict) -> dict:
         out.update(error=f"cannot set COW-ahead sysctls: {e}")
         return out
     try:
-        done = subprocess.run(run["argv"], capture_output=True, text=True, timeout=run.get("timeout", 600))
+        done = subprocess.run(run["argv"], capture_output=True, text=True, timeout=run.get("timeout", 600),
+                              cwd=run.get("cwd"))
     except subprocess.TimeoutExpired as e:
         out.update(error="timed out")
         if run.get("raw_stdout"):

@@ -89,7 +89,8 @@ def make_runs(binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: fl
     for test in tests:
         for policy, window in settings_for(patched, **settings):
             runs.append({"kind": "selftest", "test": test, "policy": policy, "window": window, "timeout": timeout,
-                         "argv": [str(binaries[test]), *ARGS.get(test, [])], "raw_stdout": True})
+                         "argv": [str(binaries[test]), *ARGS.get(test, [])], "raw_stdout": True,
+                         "cwd": "/tmp"})  # some tests make files in their directory; /tmp is writable
     return runs
 
 
