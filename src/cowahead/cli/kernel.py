@@ -61,6 +61,9 @@ def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_a
     result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
+    if result.dmesg_problems and result.returncode == 0:
+        click.echo(f"cowahead: the kernel log has {len(result.dmesg_problems)} BUG/WARNING/Bad page lines", err=True)
+        sys.exit(1)
     sys.exit(result.returncode)
 
 
