@@ -147,3 +147,16 @@ def test_patched_612_has_controls_counters_and_a_clean_log():
     assert words[:2] == ["16", "adaptive"]
     assert {"cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse", "cow_ahead_alloc_fail"} <= set(words)
     assert result.dmesg_problems == []
+
+
+def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
+    source = kbuild.SOURCES["6.12"]
+    assert kbuild.built_kernel(tmp_path, source) is None and kbuild.stock_built(tmp_path, source) is None
+    tree_image = tmp_path / source.tree_name / "arch/x86/boot/bzImage"
+    tree_image.parent.mkdir(parents=True)
+    tree_image.write_bytes(b"tree")
+    assert kbuild.built_kernel(tmp_path, source) == tree_image
+    (tmp_path / "bzImage-cow-ahead").write_bytes(b"patched")
+    (tmp_path / "bzImage-stock").write_bytes(b"stock")
+    assert kbuild.built_kernel(tmp_path, source).read_bytes() == b"patched"
+    assert kbuild.stock_built(tmp_path, source).read_bytes() == b"stock"
