@@ -430,7 +430,7 @@ static int adaptive_split(int move)
 	const unsigned long pages = 1024;
 	char *base = isolated_region(pages), *now;
 	unsigned long next = 0, i;
-	long long copies = -1, before;
+	long long copies = -1, before, faults[2] = { -1, -1 };
 	int fds[2], status, ok;
 	pid_t pid;
 
@@ -442,10 +442,12 @@ static int adaptive_split(int move)
 	if (pid == 0) {
 		int bad = 0;
 
+		faults[0] = 0;	/* writes that faulted to get past page 256: 256 without a ramp */
 		while (next < 256) {
 			before = counter("cow_ahead_copy");
 			base[next * PAGE] = 102;
 			next += 1 + (counter("cow_ahead_copy") - before);
+			faults[0]++;
 		}
 		now = base;
 		if (move) {
@@ -460,20 +462,23 @@ static int adaptive_split(int move)
 		before = counter("cow_ahead_copy");
 		now[next * PAGE] = 103;
 		copies = counter("cow_ahead_copy") - before;
-		if (write(fds[1], &copies, sizeof(copies)) != sizeof(copies))
+		faults[1] = copies;
+		if (write(fds[1], faults, sizeof(faults)) != sizeof(faults))
 			die("write");
 		for (i = next; i < pages; i++)	/* below next: written or copied ahead, either is right */
 			bad += now[i * PAGE] != (i == next ? 103 : (char)(i % 100 + 1));
 		_exit(bad ? 1 : 0);
 	}
-	if (read(fds[0], &copies, sizeof(copies)) != sizeof(copies))
+	if (read(fds[0], faults, sizeof(faults)) != sizeof(faults))
 		die("read");
+	copies = faults[1];
 	status = wait_child(pid);
 	ok = status == 0 && copies == 0;
 	for (i = 0; i < pages; i++)
 		ok &= base[i * PAGE] == (char)(i % 100 + 1);
-	printf("{\"case\": \"adaptive_%s\", \"ok\": %s, \"ahead_copies_after_change\": %lld, \"child_status\": %d}\n",
-	       move ? "mremap" : "munmap", ok ? "true" : "false", copies, status);
+	printf("{\"case\": \"adaptive_%s\", \"ok\": %s, \"ramp_faults_to_page_256\": %lld, "
+	       "\"ahead_copies_after_change\": %lld, \"child_status\": %d}\n",
+	       move ? "mremap" : "munmap", ok ? "true" : "false", faults[0], copies, status);
 	return !ok;
 }
 
