@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SYSCTL_PAGES = Path("/proc/sys/vm/cow_ahead_pages")
@@ -44,6 +45,7 @@ def run_one(run: dict) -> dict:
     except OSError as e:
         out.update(error=f"cannot set COW-ahead sysctls: {e}")
         return out
+    start = time.monotonic()
     try:
         done = subprocess.run(run["argv"], capture_output=True, text=True, timeout=run.get("timeout", 600),
                               cwd=run.get("cwd"))
@@ -56,6 +58,7 @@ def run_one(run: dict) -> dict:
     finally:
         if SYSCTL_PAGES.exists():
             SYSCTL_PAGES.write_text("0")
+        out["seconds"] = round(time.monotonic() - start, 1)
         out["dmesg"] = dmesg_new_problems()
     out["returncode"] = done.returncode
     out["stderr"] = done.stderr[-2000:]

@@ -104,7 +104,7 @@ def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=
         if r.get("kind") != "selftest":
             continue
         out.append({"test": r["test"], "policy": r["policy"], "window": r["window"],
-                    "returncode": r.get("returncode"), "error": r.get("error"),
+                    "returncode": r.get("returncode"), "error": r.get("error"), "seconds": r.get("seconds"),
                     "cases": parse_tap(r.get("stdout", "")), "dmesg": r.get("dmesg", []),
                     "stdout_tail": r.get("stdout", "")[-1500:]})
     return {"kernel_image": str(kernel), "patched": patched, "runs": out, "planned": len(runs),
