@@ -48,11 +48,12 @@ def test_parse_vmstat_and_delta():
     assert vmstat_delta(before, after) == {"pgfault": 15, "pgreuse": 0}
 
 
-def test_guest_script_sets_sysctls_then_execs():
-    assert guest_script(["echo", "a b"], None, None) == "exec echo 'a b'"
+def test_guest_script_sets_sysctls_runs_then_checks_dmesg():
+    plain = guest_script(["echo", "a b"], None, None)
+    assert plain.startswith("echo 'a b'; rc=$?; dmesg") and plain.endswith("exit $rc")
     script = guest_script(["true"], 16, "around")
-    assert "echo around > /proc/sys/vm/cow_ahead_policy && echo 16 > /proc/sys/vm/cow_ahead_pages" in script
-    assert "exit 125" in script and script.endswith("exec true")
+    assert "echo around > /proc/sys/vm/cow_ahead_policy && echo 16 > /proc/sys/vm/cow_ahead_pages && true;" in script
+    assert "exit 125" in script and script.endswith("exit $rc")
     with pytest.raises(CowaheadError):
         guest_script(["true"], 513, None)
     with pytest.raises(CowaheadError):

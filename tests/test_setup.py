@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "scripts" / "apt-packages"
 # Debian's Essential packages (coreutils, dash, tar, …) are on every Debian system; the code may run
 # these without naming a package.
-ESSENTIAL = {"sh", "dash", "true", "echo", "ls", "cat", "nice", "tar", "env", "sleep", "kill"}
+ESSENTIAL = {"sh", "dash", "true", "echo", "ls", "cat", "nice", "tar", "env", "sleep", "kill",
+             "dmesg"}  # dmesg: util-linux, Essential: yes
 # Programs that come with the Python environment, not from Debian.
 FROM_PIP = {"vng", "python", "python3"}
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "_run", "which"}

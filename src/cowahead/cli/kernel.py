@@ -11,28 +11,33 @@ import click
 from ..errors import CowaheadError
 from ..kernel.check import RESULTS_DIR, check
 from ..kernel.costs import kernel_profile
-from ..kernel.kbuild import DEFAULT_BUILD_DIR, PATCH, build, built_kernel
+from ..kernel.kbuild import SOURCES, build, built_kernel, source_of
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 from ..output import output_file, write_atomically
 
 build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path),
-                                default=DEFAULT_BUILD_DIR, show_default=True,
-                                help="Where the kernel tree, its config and build.log live (never the repo).")
+                                default=None,
+                                help="Where the kernel tree, its config and build.log live (never the repo); "
+                                     "default ~/.cache/cowahead/kernel-6.12 (6.12), ~/.cache/cowahead/kernel (6.1).")
+source_option = click.option("--source", "version", type=click.Choice(sorted(SOURCES)), default="6.12",
+                             show_default=True, help="Which Debian linux-source package (and patch).")
 
 
 @click.group("kernel")
 def command() -> None:
-    """Build, boot and check the COW-ahead kernel (Debian linux-source-6.1) under QEMU TCG."""
+    """Build, boot and check the COW-ahead kernel (Debian linux-source-6.12 or 6.1) under QEMU TCG."""
 
 
 @command.command("build")
 @build_dir_option
-@click.option("--patch", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=PATCH,
-              show_default=True)
+@source_option
+@click.option("--patch", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Default: the source's own (kernel/cow-ahead-6.12.patch, kernel/cow-ahead.patch for 6.1).")
+@click.option("--stock", is_flag=True, help="Build the same tree and config without the patch (bzImage-stock).")
 @click.option("--jobs", "-j", type=int, default=None, help="make -j; default: every CPU (run under nice -n 19).")
-def build_command(build_dir: Path, patch: Path, jobs: int | None) -> None:
+def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None) -> None:
     """Extract, patch, configure (vng --kconfig) and build bzImage; incremental."""
-    result = build(build_dir, patch, jobs)
+    result = build(build_dir, patch, jobs, source=source_of(version), stock=stock)
     click.echo(f"{result.bzimage}  ({result.seconds:.0f} s, {len(result.warnings)} warnings, log {result.log})")
 
 
@@ -40,35 +45,121 @@ def build_command(build_dir: Path, patch: Path, jobs: int | None) -> None:
 @click.option("--kernel", "kernel", type=click.Path(exists=True, path_type=Path), default=None,
               help="bzImage or vmlinuz; default: the built one in --build-dir, else /boot's stock kernel.")
 @build_dir_option
+@source_option
 @click.option("--cow-ahead", type=int, default=None, help="vm.cow_ahead_pages to set first (0 … 512).")
 @click.option("--policy", type=click.Choice(POLICIES), default=None, help="vm.cow_ahead_policy to set first.")
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
-def run_command(kernel: Path | None, build_dir: Path, cow_ahead: int | None, policy: str | None, icount: bool,
+def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None, icount: bool,
                 memory: str, timeout: float, cmd: tuple[str, ...]) -> None:
     """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
-    kernel = kernel or built_kernel(build_dir) or stock_kernel()
+    kernel = kernel or built_kernel(build_dir, source_of(version)) or stock_kernel()
     if kernel is None:
         raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
     result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
+    if result.dmesg_problems and result.returncode == 0:
+        click.echo(f"cowahead: the kernel log has {len(result.dmesg_problems)} BUG/WARNING/Bad page lines", err=True)
+        sys.exit(1)
     sys.exit(result.returncode)
 
 
 @command.command("check")
 @build_dir_option
+@source_option
 @click.option("--skip-build", is_flag=True, help="Use the kernel already built in --build-dir.")
+@click.option("--skip-measure", is_flag=True, help="No icount measurement (a debug kernel's counts say little).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-<date>.json; default benchmarks/results.")
-def check_command(build_dir: Path, skip_build: bool, out_dir: Path | None) -> None:
+def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_measure: bool,
+                  out_dir: Path | None) -> None:
     """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
+    source = source_of(version)
     try:
-        path = check(build_dir, skip_build, out_dir or RESULTS_DIR, log=lambda m: click.echo(m, err=True))
+        path = check(build_dir or source.build_dir, skip_build, out_dir or RESULTS_DIR,
+                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure)
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
+    click.echo(str(path))
+
+
+@command.command("reproduce")
+@click.option("--kernel", "kernel", type=click.Path(exists=True, path_type=Path), default=None,
+              help="bzImage; default: the patched one built in --build-dir.")
+@build_dir_option
+@source_option
+@click.option("--stock", is_flag=True, help="The kernel has no COW-ahead: run each case once, nothing set.")
+@click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
+def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
+                      cases: tuple[str, ...], out_dir: Path | None) -> None:
+    """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
+    from ..kernel.kbuild import stock_built
+    from ..kernel.repro import CASES, reproduce, write_results
+    source = source_of(version)
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise CowaheadError(f"unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
+    kernel = kernel or (stock_built(build_dir, source) if stock else built_kernel(build_dir, source))
+    if kernel is None:
+        raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
+    doc = reproduce(kernel, patched=not stock, cases=list(cases) or None)
+    name = f"kernel-{source.version}-issue19" + ("-stock" if stock else "")
+    path = write_results(doc, out_dir or RESULTS_DIR, name)
+    for run in doc["runs"]:
+        setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"
+        click.echo(f"{run['case']:18} {setting:14} {'pass' if run['passed'] else 'FAIL'}  {json.dumps(run['report'])}"
+                   + (f"  dmesg: {run['dmesg'][:2]}" if run["dmesg"] else ""))
+    click.echo(f"{doc['summary']['passed']}/{doc['summary']['runs']} passed; {path}")
+
+
+@command.command("selftests")
+@build_dir_option
+@source_option
+@click.option("--test", "tests", multiple=True, help="Only these selftests (repeatable); default: issue 19's list.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
+              help="Policies for the patched kernel (repeatable); default: all three.")
+@click.option("--window", "windows", multiple=True, type=int, help="Windows (repeatable); default 0, 16, 512.")
+@click.option("--stock-results", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A previous stock run's results file, instead of booting the stock kernel again.")
+@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per selftest run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for kernel-6.12-selftests-<date>.json; default benchmarks/results.")
+def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ...], policies: tuple[str, ...],
+                      windows: tuple[int, ...], stock_results: Path | None, timeout: float,
+                      out_dir: Path | None) -> None:
+    """Upstream mm selftests on the stock and the patched kernel of one tree; the table against stock."""
+    from ..kernel.kbuild import stock_built, tree_of
+    from ..kernel.selftests import TESTS, build_selftests, run_selftests, table, write_results
+    source = source_of(version)
+    build_dir = Path(build_dir or source.build_dir)
+    tests = tests or TESTS
+    unknown = sorted(set(tests) - set(TESTS))
+    if unknown:
+        raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(TESTS)}")
+    binaries = build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
+    patched, stock_image = built_kernel(build_dir, source), stock_built(build_dir, source)
+    if patched is None or (stock_image is None and stock_results is None):
+        raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
+    settings = {"policies": policies or POLICIES, "windows": windows or (0, 16, 512)}
+    if stock_results:
+        stock = json.loads(stock_results.read_text())["stock"]
+    else:
+        click.echo("stock kernel …", err=True)
+        stock = run_selftests(stock_image, binaries, False, tests, timeout)
+    click.echo("patched kernel …", err=True)
+    result = run_selftests(patched, binaries, True, tests, timeout, **settings)
+    rows = table(stock, result)
+    path = write_results({"stock": stock, "patched": result, "table": rows,
+                          "summary": {"rows": len(rows), "equal_to_stock": sum(r["equal_to_stock"] for r in rows)}},
+                         out_dir or RESULTS_DIR, f"kernel-{source.version}-selftests")
+    for r in rows:
+        click.echo(f"{r['test']:22} {r['policy']}:{r['window']:<4} pass {r['pass']:3} fail {r['fail']:3} "
+                   f"skip {r['skip']:3}  {'= stock' if r['equal_to_stock'] else 'DIFFERS ' + str(r['differs_from_stock'][:3])}")
     click.echo(str(path))
 
 

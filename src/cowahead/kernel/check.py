@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..output import write_atomically
 from ..results.header import header
-from .kbuild import PATCH, REPO_ROOT, build, built_kernel
+from .kbuild import REPO_ROOT, SOURCES, Source, build, built_kernel
 from .validate import integrity, measure, validate
 from .vm import run_in_guest, vng_path
 
@@ -25,37 +25,44 @@ def _version(args: list[str]) -> str:
         return "unknown"
 
 
-def metadata(kernel: Path) -> dict:
-    return {**header("kernel-check"), "kernel_image": str(kernel), "patch": str(PATCH),
-            "patch_sha256": hashlib.sha256(PATCH.read_bytes()).hexdigest(),
+def metadata(kernel: Path, patch: Path = SOURCES["6.1"].patch) -> dict:
+    return {**header("kernel-check"), "kernel_image": str(kernel), "patch": str(patch),
+            "patch_sha256": hashlib.sha256(patch.read_bytes()).hexdigest(),
             "vng": _version([vng_path(), "--version"]),
             "qemu": _version(["qemu-system-x86_64", "--version"])}
 
 
-def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR, log=print) -> Path:
+def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR, log=print,
+          source: Source = SOURCES["6.1"], skip_measure: bool = False) -> Path:
     """Every step records its outcome in the document even when a later one fails."""
-    doc: dict = {}
+    doc: dict = {"source": source.version}
     if skip_build:
-        kernel = built_kernel(build_dir)
+        kernel = built_kernel(build_dir, source)
         doc["build"] = {"skipped": True}
     else:
         log("building the patched kernel (nice -n 19) …")
-        result = build(build_dir)
+        result = build(build_dir, source=source)
         kernel = result.bzimage
         doc["build"] = {"seconds": round(result.seconds, 1), "log": str(result.log), "warnings": result.warnings}
     if kernel is None:
         raise FileNotFoundError(f"no built kernel in {build_dir}")
-    doc.update(metadata(kernel))
+    doc.update(metadata(kernel, source.patch))
     log("booting it under TCG …")
     boot = run_in_guest(kernel, ["sh", "-c", "uname -r; cat /proc/sys/vm/cow_ahead_pages /proc/sys/vm/cow_ahead_policy;"
-                                             " grep -E '^cow_' /proc/vmstat"])
-    doc["boot"] = {"returncode": boot.returncode, "seconds": round(boot.seconds, 1), "stdout": boot.stdout}
+                                             " grep -E '^cow_' /proc/vmstat; cat /proc/cow_ahead_stat 2>/dev/null; true"])
+    doc["boot"] = {"returncode": boot.returncode, "seconds": round(boot.seconds, 1), "stdout": boot.stdout,
+                   "dmesg": boot.dmesg_problems}
     log("validating against the model and running the vmsplice check …")
-    doc.update(validate(kernel))
+    validated = validate(kernel)
+    validated["validation_guest"] = validated.pop("guest")
+    doc.update(validated)
     log("COW integrity on two vCPUs under every policy …")
     doc["integrity"] = integrity(kernel)
-    log("measuring under -icount shift=0 …")
-    doc["measure"] = measure(kernel)
+    if skip_measure:
+        doc["measure"] = {"skipped": True, "guest": {"dmesg_clean": True}}
+    else:
+        log("measuring under -icount shift=0 …")
+        doc["measure"] = measure(kernel)
     doc["summary"] = {
         "validation_runs": len(doc["validation"]),
         "validation_matches": sum(1 for r in doc["validation"] if r.get("match")),
@@ -65,8 +72,11 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
         "security_runs": len(doc["security"]), "security_safe": sum(1 for r in doc["security"] if r["safe"]),
         "integrity_runs": len(doc["integrity"]["integrity"]),
         "integrity_ok": sum(1 for r in doc["integrity"]["integrity"] if r["ok"]),
+        "dmesg_clean": (not doc["boot"]["dmesg"] and doc["validation_guest"]["dmesg_clean"]
+                        and doc["integrity"]["guest"]["dmesg_clean"] and doc["measure"]["guest"]["dmesg_clean"]),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"kernel-{dt.date.today().isoformat()}.json"
+    prefix = "kernel" if source.version == "6.1" else f"kernel-{source.version}"
+    path = out_dir / f"{prefix}-{dt.date.today().isoformat()}.json"
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path

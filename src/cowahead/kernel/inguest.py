@@ -8,13 +8,27 @@ library only, so that it runs with whatever the guest's Python can import.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SYSCTL_PAGES = Path("/proc/sys/vm/cow_ahead_pages")
 SYSCTL_POLICY = Path("/proc/sys/vm/cow_ahead_policy")
 MARK = "RESULT "
+STDOUT_KEPT = 200_000
+# As vm.DMESG_PROBLEM (this file imports nothing from the package): kernel log lines that fail a run.
+DMESG_PROBLEM = re.compile(r"BUG|WARNING|Bad page|Oops|general protection|Call Trace")
+
+
+def dmesg_new_problems() -> list[str]:
+    """Problem lines logged since the last call (dmesg -c reads and clears); [] if dmesg cannot run."""
+    try:
+        done = subprocess.run(["dmesg", "-c"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ["cowahead: dmesg could not be read"]
+    return [line for line in done.stdout.splitlines() if DMESG_PROBLEM.search(line)]
 
 
 def set_cow_ahead(policy: str | None, pages: int | None) -> None:
@@ -31,16 +45,25 @@ def run_one(run: dict) -> dict:
     except OSError as e:
         out.update(error=f"cannot set COW-ahead sysctls: {e}")
         return out
+    start = time.monotonic()
     try:
-        done = subprocess.run(run["argv"], capture_output=True, text=True, timeout=run.get("timeout", 600))
-    except subprocess.TimeoutExpired:
+        done = subprocess.run(run["argv"], capture_output=True, text=True, timeout=run.get("timeout", 600),
+                              cwd=run.get("cwd"))
+    except subprocess.TimeoutExpired as e:
         out.update(error="timed out")
+        if run.get("raw_stdout"):
+            partial = e.stdout or ""
+            out["stdout"] = (partial.decode(errors="replace") if isinstance(partial, bytes) else partial)[-STDOUT_KEPT:]
         return out
     finally:
         if SYSCTL_PAGES.exists():
             SYSCTL_PAGES.write_text("0")
+        out["seconds"] = round(time.monotonic() - start, 1)
+        out["dmesg"] = dmesg_new_problems()
     out["returncode"] = done.returncode
     out["stderr"] = done.stderr[-2000:]
+    if run.get("raw_stdout"):  # e.g. a selftest's TAP lines
+        out["stdout"] = done.stdout[-STDOUT_KEPT:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if lines:
         out["output"] = json.loads(lines[-1])
@@ -49,6 +72,9 @@ def run_one(run: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     plan = json.loads(Path(argv[1]).read_text())
+    boot = dmesg_new_problems()  # what boot logged, kept apart from the first run
+    if boot:
+        print(MARK + json.dumps({"kind": "boot-dmesg", "dmesg": boot}), flush=True)
     for run in plan["runs"]:
         print(MARK + json.dumps(run_one(run)), flush=True)
     return 0

@@ -1,17 +1,24 @@
-"""Build Debian's linux-source-6.1 with the COW-ahead patch, in a build directory outside the repository.
+"""Build Debian's linux-source-6.12 (or 6.1) with the COW-ahead patch, in a build directory outside the repository.
 
 Steps, each skipped when already done, so a second build is incremental:
-extract /usr/src/linux-source-6.1.tar.xz; apply kernel/cow-ahead.patch (or
-swap in a newer version of it: the applied copy is kept beside the tree);
-configure with virtme-ng's minimal config (``vng --kconfig``) plus
-CONFIG_CHANGES; ``nice -n 19 make -j bzImage`` with each build's log kept in
-the build directory (``build.log`` is the latest). Kernel sources and outputs never go into the repository.
+extract /usr/src/linux-source-<version>.tar.xz; apply the version's patch
+(kernel/cow-ahead-6.12.patch, kernel/cow-ahead.patch for 6.1) or swap in a
+newer version of it, or revert it for a stock build (the applied copy is
+kept beside the tree); configure with virtme-ng's minimal config
+(``vng --kconfig``) plus CONFIG_CHANGES (and for 6.12 DISTRO_DEBUG_CONFIG);
+``nice -n 19 make -j bzImage`` with each build's log kept in the build
+directory (``build.log`` is the latest). The image is copied to
+``bzImage-cow-ahead`` or ``bzImage-stock`` beside the tree, so one tree holds
+both: the 6.12 patch touches only mm/ (no header outside it), so switching
+between them rebuilds mm/ alone. Kernel sources and outputs never go into the
+repository.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -20,9 +27,10 @@ from pathlib import Path
 
 from ..errors import CowaheadError
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# Linux 6.1 (the first patch; kept until the 6.12 one has passed validation).
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 TREE_NAME = "linux-source-6.1"
-REPO_ROOT = Path(__file__).resolve().parents[3]
 PATCH = REPO_ROOT / "kernel" / "cow-ahead.patch"
 DEFAULT_BUILD_DIR = Path(os.environ.get("COWAHEAD_KBUILD", Path.home() / ".cache" / "cowahead" / "kernel"))
 
@@ -34,6 +42,49 @@ CONFIG_CHANGES = ["--disable", "DEBUG_INFO", "--enable", "DEBUG_INFO_NONE",
                   "--disable", "DEBUG_INFO_DWARF5", "--enable", "PERF_EVENTS", "--enable", "PROC_SYSCTL",
                   "--enable", "VM_EVENT_COUNTERS"]
 CONFIGURED_MARK = "cowahead.configured"
+
+# 6.12: what distribution kernels have (THP with mTHP, soft-dirty, KSM, userfaultfd with uffd-wp,
+# memcg, NUMA balancing, the interfaces upstream's mm selftests use: pagemap, debugfs, gup_test,
+# hugetlbfs) and the debug options that catch the class of bug issue 19 found: DEBUG_VM,
+# PAGE_TABLE_CHECK (enforced: a page mapped writable while shared is a BUG), lockdep,
+# DEBUG_ATOMIC_SLEEP. THP is "always", as Debian's own config.
+DISTRO_DEBUG_CONFIG = [
+    "--enable", "TRANSPARENT_HUGEPAGE", "--enable", "TRANSPARENT_HUGEPAGE_ALWAYS",
+    "--disable", "TRANSPARENT_HUGEPAGE_MADVISE", "--enable", "CHECKPOINT_RESTORE", "--enable", "MEM_SOFT_DIRTY",
+    "--enable", "KSM", "--enable", "USERFAULTFD", "--enable", "PTE_MARKER_UFFD_WP", "--enable", "MEMCG",
+    "--enable", "CGROUPS", "--enable", "NUMA", "--enable", "NUMA_BALANCING",
+    "--enable", "NUMA_BALANCING_DEFAULT_ENABLED", "--enable", "MIGRATION", "--enable", "COMPACTION",
+    "--enable", "PROC_PAGE_MONITOR", "--enable", "DEBUG_FS", "--enable", "GUP_TEST", "--enable", "ANON_VMA_NAME",
+    "--enable", "HUGETLBFS", "--enable", "DEBUG_KERNEL", "--enable", "DEBUG_VM", "--enable", "PAGE_TABLE_CHECK",
+    "--enable", "PAGE_TABLE_CHECK_ENFORCED", "--enable", "PROVE_LOCKING", "--enable", "DEBUG_SPINLOCK",
+    "--enable", "DEBUG_ATOMIC_SLEEP", "--disable", "WERROR"]
+# Checked in the final .config: olddefconfig drops what a dependency does not allow.
+DISTRO_DEBUG_REQUIRED = ("TRANSPARENT_HUGEPAGE", "MEM_SOFT_DIRTY", "KSM", "USERFAULTFD", "PTE_MARKER_UFFD_WP",
+                         "MEMCG", "NUMA_BALANCING", "DEBUG_VM", "PAGE_TABLE_CHECK", "PAGE_TABLE_CHECK_ENFORCED",
+                         "PROVE_LOCKING", "GUP_TEST")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One Debian kernel source package: its tarball, the tree it unpacks to, the patch for it."""
+    version: str
+    tarball: Path
+    tree_name: str
+    patch: Path
+    build_dir: Path
+    config: tuple[str, ...]  # on top of CONFIG_CHANGES
+    required: tuple[str, ...]  # CONFIG_ options the final .config must have =y
+
+
+SOURCES = {
+    "6.1": Source("6.1", SOURCE_TARBALL, TREE_NAME, PATCH, DEFAULT_BUILD_DIR, (), ()),
+    "6.12": Source("6.12", Path("/usr/src/linux-source-6.12.tar.xz"), "linux-source-6.12",
+                   REPO_ROOT / "kernel" / "cow-ahead-6.12.patch",
+                   Path(os.environ.get("COWAHEAD_KBUILD_612", Path.home() / ".cache" / "cowahead" / "kernel-6.12")),
+                   tuple(DISTRO_DEBUG_CONFIG), DISTRO_DEBUG_REQUIRED),
+}
+PATCHED_IMAGE = "bzImage-cow-ahead"
+STOCK_IMAGE = "bzImage-stock"
 
 WARNING = re.compile(r"\bwarning:")
 
@@ -47,18 +98,25 @@ class BuildResult:
     warnings: list[str]  # compiler warning lines in this build's log
 
 
-def tree_of(build_dir: Path) -> Path:
-    return Path(build_dir) / TREE_NAME
+def source_of(version: str) -> Source:
+    if version not in SOURCES:
+        raise CowaheadError(f"kernel source '{version}' is not one of {', '.join(SOURCES)}")
+    return SOURCES[version]
 
 
-def extract(build_dir: Path) -> Path:
-    tree = tree_of(build_dir)
+def tree_of(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
+    return Path(build_dir) / source.tree_name
+
+
+def extract(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
+    tree = tree_of(build_dir, source)
     if (tree / "Makefile").exists():
         return tree
-    if not SOURCE_TARBALL.exists():
-        raise CowaheadError(f"{SOURCE_TARBALL} is missing; install Debian's linux-source-6.1 (scripts/setup)")
+    if not source.tarball.exists():
+        raise CowaheadError(f"{source.tarball} is missing; install Debian's linux-source-{source.version} "
+                            "(scripts/setup)")
     build_dir.mkdir(parents=True, exist_ok=True)
-    _run(["tar", "xf", str(SOURCE_TARBALL), "-C", str(build_dir)], "extracting the kernel source")
+    _run(["tar", "xf", str(source.tarball), "-C", str(build_dir)], "extracting the kernel source")
     return tree
 
 
@@ -94,33 +152,59 @@ def apply_patch(tree: Path, patch: Path = PATCH) -> bool:
     return True
 
 
+def revert_patch(tree: Path) -> bool:
+    """Bring the tree back to stock; files the patch did not change keep their modification time."""
+    applied = tree.parent / "applied.patch"
+    if not applied.exists():
+        return False
+    _run(["patch", "-p1", "-R", "-s", "-i", str(applied)], "reverting the applied patch", cwd=tree)
+    applied.unlink()
+    return True
+
+
 def patch_applies(tree: Path, patch: Path = PATCH) -> tuple[bool, str]:
     """Does ``patch -p1 --dry-run`` accept the patch in this pristine tree?"""
     done = subprocess.run(["patch", "-p1", "--dry-run", "-i", str(patch)], cwd=tree, capture_output=True, text=True)
     return done.returncode == 0, done.stdout + done.stderr
 
 
-def configure(tree: Path) -> None:
-    """virtme-ng's minimal config plus CONFIG_CHANGES; done once per tree (a mark file says so)."""
+def missing_config(config_text: str, required) -> list[str]:
+    """The options of ``required`` that the .config text does not have =y."""
+    have = set(re.findall(r"^CONFIG_(\w+)=y$", config_text, re.M))
+    return [name for name in required if name not in have]
+
+
+def configure(tree: Path, source: Source = SOURCES["6.1"]) -> None:
+    """virtme-ng's minimal config plus CONFIG_CHANGES and the source's own; once per tree (a mark file)."""
     mark = tree.parent / CONFIGURED_MARK
     if mark.exists() and (tree / ".config").exists():
         return
     env = _tool_env()
+    changes = [*CONFIG_CHANGES, *source.config]
     _run(["vng", "--kconfig"], "configuring with vng --kconfig", cwd=tree, env=env)
-    _run(["./scripts/config", *CONFIG_CHANGES], "adjusting the config", cwd=tree)
+    _run(["./scripts/config", *changes], "adjusting the config", cwd=tree)
     _run(["make", "olddefconfig"], "make olddefconfig", cwd=tree, env=env)
     config = (tree / ".config").read_text()
-    if "CONFIG_DEBUG_INFO_NONE=y" not in config or "CONFIG_VM_EVENT_COUNTERS=y" not in config:
-        raise CowaheadError(f"{tree}/.config did not take the cowahead settings")
-    mark.write_text("vng --kconfig; scripts/config " + " ".join(CONFIG_CHANGES) + "; make olddefconfig\n")
+    missing = missing_config(config, ("DEBUG_INFO_NONE", "VM_EVENT_COUNTERS", *source.required))
+    if missing:
+        raise CowaheadError(f"{tree}/.config did not take the cowahead settings: {', '.join(missing)} not =y")
+    mark.write_text("vng --kconfig; scripts/config " + " ".join(changes) + "; make olddefconfig\n")
 
 
-def build(build_dir: Path = DEFAULT_BUILD_DIR, patch: Path = PATCH, jobs: int | None = None) -> BuildResult:
-    """Extract, patch, configure and build bzImage; the log goes to BUILD_DIR/build.log."""
-    build_dir = Path(build_dir)
-    tree = extract(build_dir)
-    apply_patch(tree, patch)
-    configure(tree)
+def build(build_dir: Path | None = None, patch: Path | None = PATCH, jobs: int | None = None,
+          source: Source = SOURCES["6.1"], stock: bool = False) -> BuildResult:
+    """Extract, patch (or, ``stock``, revert), configure and build bzImage; the log goes to BUILD_DIR/build.log.
+
+    The image is copied to BUILD_DIR/bzImage-cow-ahead (or bzImage-stock).
+    """
+    build_dir = Path(build_dir or source.build_dir)
+    patch = patch or source.patch
+    tree = extract(build_dir, source)
+    if stock:
+        revert_patch(tree)
+    else:
+        apply_patch(tree, patch)
+    configure(tree, source)
     # Every build keeps its own log (an incremental one would hide a full one's warnings);
     # build.log points at the latest.
     log = build_dir / time.strftime("build-%Y%m%dT%H%M%S.log", time.gmtime())
@@ -139,11 +223,23 @@ def build(build_dir: Path = DEFAULT_BUILD_DIR, patch: Path = PATCH, jobs: int | 
         tail = "; ".join(text.strip().splitlines()[-3:])
         raise CowaheadError(f"kernel build failed (log {log}): {tail}")
     warnings = [line for line in text.splitlines() if WARNING.search(line)]
-    return BuildResult(tree, tree / "arch/x86/boot/bzImage", log, seconds, warnings)
+    image = build_dir / (STOCK_IMAGE if stock else PATCHED_IMAGE)
+    shutil.copyfile(tree / "arch/x86/boot/bzImage", image)
+    return BuildResult(tree, image, log, seconds, warnings)
 
 
-def built_kernel(build_dir: Path = DEFAULT_BUILD_DIR) -> Path | None:
-    image = tree_of(build_dir) / "arch/x86/boot/bzImage"
+def built_kernel(build_dir: Path | None = None, source: Source = SOURCES["6.1"]) -> Path | None:
+    """The patched image: BUILD_DIR/bzImage-cow-ahead, else (6.1 build directories) the tree's own."""
+    build_dir = Path(build_dir or source.build_dir)
+    for image in (build_dir / PATCHED_IMAGE, tree_of(build_dir, source) / "arch/x86/boot/bzImage"):
+        if image.exists():
+            return image
+    return None
+
+
+def stock_built(build_dir: Path | None = None, source: Source = SOURCES["6.12"]) -> Path | None:
+    """The same tree built without the patch (``cowahead kernel build --stock``), if it was."""
+    image = Path(build_dir or source.build_dir) / STOCK_IMAGE
     return image if image.exists() else None
 
 

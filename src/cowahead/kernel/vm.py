@@ -30,6 +30,10 @@ SYSCTL_PAGES = "/proc/sys/vm/cow_ahead_pages"
 SYSCTL_POLICY = "/proc/sys/vm/cow_ahead_policy"
 DEFAULT_TIMEOUT_S = 600
 BOOT_RETRIES = 1
+# After every guest command the guest's kernel log is searched for these (issue 19: a debug kernel
+# reports what a production one silently corrupts); matching lines come back on stderr with DMESG_MARK.
+DMESG_PROBLEM = r"BUG|WARNING|Bad page|Oops|general protection|Call Trace"
+DMESG_MARK = "cowahead-dmesg: "
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,20 @@ class GuestResult:
     stdout: str
     stderr: str
     seconds: float
+
+    @property
+    def dmesg_problems(self) -> list[str]:
+        """Kernel log lines matching DMESG_PROBLEM after the command; any of them fails the run."""
+        return dmesg_problems(self.stderr)
+
+
+def dmesg_problems(stderr: str) -> list[str]:
+    return [line[len(DMESG_MARK):] for line in stderr.splitlines() if line.startswith(DMESG_MARK)]
+
+
+def dmesg_check_script() -> str:
+    """Shell that prints the kernel log's problem lines to stderr, each marked with DMESG_MARK."""
+    return f"dmesg | grep -E '{DMESG_PROBLEM}' | sed 's/^/{DMESG_MARK}/' >&2"
 
 
 def vng_path() -> str:
@@ -64,7 +82,7 @@ def stock_kernel() -> Path | None:
 
 
 def guest_script(command: list[str], cow_ahead: int | None, policy: str | None) -> str:
-    """The shell line the guest runs: set the COW-ahead sysctls, then exec the command."""
+    """The shell line the guest runs: set the COW-ahead sysctls, run the command, check dmesg, keep its status."""
     sets = []
     if policy is not None:
         if policy not in POLICIES:
@@ -79,7 +97,7 @@ def guest_script(command: list[str], cow_ahead: int | None, policy: str | None) 
         # A kernel without the patch has no such files: say so instead of running unpatched.
         script = (f"[ -w {SYSCTL_PAGES} ] || {{ echo 'cowahead: this kernel has no {SYSCTL_PAGES}' >&2; exit 125; }}; "
                   + " && ".join(sets) + " && ")
-    return script + "exec " + shlex.join(command)
+    return script + shlex.join(command) + "; rc=$?; " + dmesg_check_script() + "; exit $rc"
 
 
 def vng_command(kernel: Path, script: str, icount: bool = False, cpus: int = 1, memory: str = "1G",

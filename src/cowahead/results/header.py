@@ -38,13 +38,20 @@ HISTORY: dict[str, dict[int, str]] = {
     "calibration": {1: "machine metadata and settings mixed under 'metadata'",
                     2: "the common header; the run's settings under 'settings'"},
     "kernel-check": {1: "'schema': 'cowahead.kernel-check/1', host under 'host', written in place",
-                     2: "the common header; written atomically"},
+                     2: "the common header; written atomically",
+                     3: "'source' (the Debian kernel source, 6.1 or 6.12); kernel-log problems per run, per boot "
+                        "('dmesg', 'dmesg_clean', 'validation_guest'); counters the kernel lacks left out of the "
+                        "comparison ('not_measured')"},
+    "kernel-issue19": {1: "issue 19's reproducers: 'runs' (case, finding, policy, window, report, dmesg, passed), "
+                          "'summary', 'guest'"},
+    "kernel-selftests": {1: "upstream mm selftests in the guest: 'runs' (kernel, policy, window, test, "
+                            "per-case results ok/not ok/skip), 'table' against the stock kernel"},
     "costs": {1: "a cost profile derived from measurements ('profile', 'costs' as CostModel's fields, "
                  "'provenance', 'fit', 'conversion', 'checks', 'not_measured')"},
 }
 
 
-READABLE: dict[str, set[int]] = {"trace": {1}}
+READABLE: dict[str, set[int]] = {"trace": {1}, "kernel-check": {2}}
 
 
 def current_version(kind: str) -> int:

@@ -48,18 +48,35 @@ static const char *const counter_names[] = {
 
 static char vmstat_text[32768];
 
-/* Read the counters; -1 for any this kernel lacks. No allocation, no new pages touched after the first call. */
-static inline void read_counters(long long *out)
+/* Append a "name value" file to vmstat_text at @total; returns the new length (unchanged if it is missing). */
+static inline ssize_t append_file(const char *path, ssize_t total, int required)
 {
-	int fd = open("/proc/vmstat", O_RDONLY);
-	ssize_t n, total = 0;
-	unsigned i;
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
 
-	if (fd < 0)
-		die("open /proc/vmstat");
+	if (fd < 0) {
+		if (required)
+			die(path);
+		return total;
+	}
 	while ((n = read(fd, vmstat_text + total, sizeof(vmstat_text) - 1 - total)) > 0)
 		total += n;
 	close(fd);
+	return total;
+}
+
+/*
+ * Read the counters from /proc/vmstat (the 6.1 patch's and the stock ones)
+ * and /proc/cow_ahead_stat (the 6.12 patch's); -1 for any this kernel lacks.
+ * No allocation, no new pages touched after the first call.
+ */
+static inline void read_counters(long long *out)
+{
+	ssize_t total;
+	unsigned i;
+
+	total = append_file("/proc/vmstat", 0, 1);
+	total = append_file("/proc/cow_ahead_stat", total, 0);
 	vmstat_text[total] = 0;
 	for (i = 0; i < NCOUNTERS; i++) {
 		size_t len = strlen(counter_names[i]);

@@ -1,0 +1,71 @@
+"""The reproducers of issue 19's six findings (guest/issue19.c), run in one boot of a kernel.
+
+Each case runs under COW-ahead settings where the 6.1 patch misbehaved, and at
+window 0; on a stock kernel (no sysctls) once, unset. A run passes when the
+case prints ``"ok": true``, exits 0 and the kernel log gained no BUG, WARNING
+or Bad page line during it (inguest.py reads ``dmesg -c`` after every run).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+
+from ..output import write_atomically
+from ..results.header import header
+from .guestprogs import compile_programs
+from .validate import Plan, guest_summary, run_plan
+
+# case → (finding of issue 19, [(policy, window), …]); window 0 is COW-ahead off.
+CASES = {
+    "missing_table": (1, [("fixed", 0), ("fixed", 16), ("fixed", 512), ("around", 16)]),
+    "thp_tail": (2, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
+    "soft_dirty_copy": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
+    "soft_dirty_reuse": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
+    "oom": (4, [("fixed", 0), ("fixed", 512)]),
+    "ksm": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
+    "zero_page": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
+    "adaptive_munmap": (6, [("adaptive", 0), ("adaptive", 64)]),
+    "adaptive_mremap": (6, [("adaptive", 0), ("adaptive", 64)]),
+}
+
+
+def make_runs(binary: Path, patched: bool = True, cases=None) -> list[dict]:
+    runs = []
+    for case in cases or CASES:
+        finding, settings = CASES[case]
+        for policy, window in (settings if patched else [(None, None)]):
+            runs.append({"kind": "repro", "case": case, "finding": finding, "policy": policy, "window": window,
+                         "argv": [str(binary), case], "timeout": 300})
+    return runs
+
+
+def outcome(row: dict) -> dict:
+    """One run's result: the case's own report, the kernel-log lines, and whether it passed."""
+    output = row.get("output", {})
+    passed = (row.get("returncode") == 0 and output.get("ok") is True and not row.get("dmesg")
+              and "error" not in row)
+    return {"case": row["case"], "finding": row["finding"], "policy": row["policy"], "window": row["window"],
+            "returncode": row.get("returncode"), "error": row.get("error"), "report": output,
+            "dmesg": row.get("dmesg", []), "stderr": row.get("stderr", "")[-500:], "passed": passed}
+
+
+def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, cases=None) -> dict:
+    work = Path(work or tempfile.mkdtemp(prefix="cowahead-issue19-"))
+    programs = compile_programs(work / "bin")
+    runs = make_runs(programs["issue19"], patched, cases)
+    rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
+    out = [outcome(r) for r in rows if r.get("kind") == "repro"]
+    return {"kernel_image": str(kernel), "patched": patched, "runs": out,
+            "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out), "planned": len(runs)},
+            "guest": guest_summary(rows, result)}
+
+
+def write_results(doc: dict, out_dir: Path, name: str = "kernel-6.12-issue19") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}-{dt.date.today().isoformat()}.json"
+    full = {**header("kernel-issue19"), **doc}
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
+    return path

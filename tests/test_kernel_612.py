@@ -1,0 +1,162 @@
+"""The 6.12 port (issue 19): the patch, the build's config, the dmesg check, the reproducers, the selftest table.
+
+Tests that boot the patched 6.12 kernel skip, saying why, when it has not been
+built (``cowahead kernel build``, default ~/.cache/cowahead/kernel-6.12).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import requires
+from cowahead.kernel import kbuild
+from cowahead.kernel.guestprogs import compile_programs
+from cowahead.kernel.repro import outcome
+from cowahead.kernel.selftests import parse_tap, settings_for, table
+from cowahead.kernel.validate import compare, kernel_counters
+from cowahead.kernel.vm import DMESG_MARK, GuestResult, guest_script, run_in_guest
+from cowahead.trace.generators import generate
+
+SOURCE = kbuild.SOURCES["6.12"]
+
+
+def patch_text() -> str:
+    return SOURCE.patch.read_text()
+
+
+def test_the_612_patch_adds_no_page_flag_and_touches_only_mm():
+    """Issue 19: no PG_cow_ahead, no zap hunk; and no header outside mm/, so stock ↔ patched rebuilds mm/ only."""
+    text = patch_text()
+    files = kbuild.patched_files(text)
+    assert "mm/memory.c" in files
+    assert all(f.startswith("mm/") for f in files), files
+    added = [line for line in text.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert not any("PG_cow_ahead" in line or "PageCowAhead" in line for line in added)
+    assert not any("zap_pte_range" in line for line in added)
+
+
+def test_the_612_patch_states_the_reviewer_rules():
+    """Each rule issue 19 lists is in the code (a call or flag a reviewer would look for)."""
+    added = "\n".join(line[1:] for line in patch_text().splitlines() if line.startswith("+"))
+    for needle in ("pte_offset_map_lock", "__GFP_NORETRY | __GFP_NOWARN", "cond_resched()",
+                   "fatal_signal_pending(current)", "pte_uffd_wp(pte)", "folio_test_ksm(folio)",
+                   "is_zero_pfn(pte_pfn(pte))", "pte_protnone(pte)", "folio_test_large(folio)",
+                   "vma_soft_dirty_enabled(vma)", "mmu_notifier_invalidate_range_start",
+                   "userfaultfd_wp(vma)", "char name[16] = \"\""):
+        assert needle in added, needle
+    assert "pmd_trans_unstable" not in added  # the 6.1 check that is constant 0 without THP
+
+
+@requires(str(SOURCE.tarball), "linux-source-6.12")
+def test_612_patch_applies_without_fuzz(tmp_path):
+    files = kbuild.patched_files(patch_text())
+    subprocess.run(["tar", "xf", SOURCE.tarball, "-C", tmp_path] + [f"{SOURCE.tree_name}/{f}" for f in files],
+                   check=True)
+    ok, output = kbuild.patch_applies(tmp_path / SOURCE.tree_name, SOURCE.patch)
+    assert ok, output
+    assert "fuzz" not in output.lower() and "offset" not in output.lower()
+
+
+def test_missing_config_names_what_olddefconfig_dropped():
+    config = "CONFIG_KSM=y\n# CONFIG_MEMCG is not set\nCONFIG_DEBUG_VM=m\nCONFIG_PROVE_LOCKING=y\n"
+    assert kbuild.missing_config(config, ("KSM", "MEMCG", "DEBUG_VM", "PROVE_LOCKING")) == ["MEMCG", "DEBUG_VM"]
+
+
+def test_distro_debug_config_enables_what_it_requires():
+    enabled = {SOURCE.config[i + 1] for i, flag in enumerate(SOURCE.config) if flag == "--enable"}
+    assert set(SOURCE.required) <= enabled
+    assert {"TRANSPARENT_HUGEPAGE", "KSM", "USERFAULTFD", "MEMCG", "MEM_SOFT_DIRTY", "NUMA_BALANCING",
+            "DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING"} <= set(SOURCE.required)
+
+
+def test_guest_script_checks_dmesg_and_keeps_the_status():
+    script = guest_script(["sh", "-c", "exit 3"], 16, "fixed")
+    assert script.index("echo 16 >") < script.index("sh -c 'exit 3'") < script.index("dmesg")
+    assert script.endswith("exit $rc")
+    result = GuestResult([], 0, "", f"noise\n{DMESG_MARK}BUG: Bad page map in process x\n", 1.0)
+    assert result.dmesg_problems == ["BUG: Bad page map in process x"]
+
+
+def test_a_run_with_a_dmesg_problem_does_not_match():
+    trace = generate("sequential", pages=64)
+    output = {"during": {"cow_fault_copy": 64, "cow_ahead_copy": 0, "cow_ahead_reuse": 0},
+              "unmap": {"cow_ahead_unused": -1}}
+    assert kernel_counters(output) == {"cow_fault_copy": 64, "cow_ahead_copy": 0, "cow_ahead_reuse": 0}
+    row = {"kind": "workload", "pattern": "sequential", "policy": "fixed", "window": 0, "output": output,
+           "child_ns": 0}
+    row["output"]["child_ns"] = 0
+    clean = compare([dict(row, dmesg=[])], {"sequential": trace})[0]
+    dirty = compare([dict(row, dmesg=["WARNING: CPU: 0 PID: 1 at mm/memory.c"])], {"sequential": trace})[0]
+    assert clean["match"] and clean["not_measured"] == ["cow_ahead_unused"]
+    assert not dirty["match"]
+
+
+def test_parse_tap_and_the_table_against_stock():
+    tap = "TAP version 13\n1..3\nok 1 first\nnot ok 2 second\nok 3 # SKIP third (no THP)\n# Totals: pass:1\n"
+    assert parse_tap(tap) == {"001 first": "pass", "002 second": "fail", "003 third (no THP)": "skip"}
+    stock = {"runs": [{"test": "cow", "cases": parse_tap(tap), "returncode": 1}]}
+    same = {"test": "cow", "policy": "fixed", "window": 16, "cases": parse_tap(tap), "returncode": 1, "dmesg": []}
+    worse = dict(same, window=512, cases={**parse_tap(tap), "001 first": "fail"})
+    rows = table(stock, {"runs": [same, worse]})
+    assert rows[0]["equal_to_stock"] and rows[0]["pass"] == 1 and rows[0]["skip"] == 1
+    assert not rows[1]["equal_to_stock"] and rows[1]["differs_from_stock"] == ["001 first: stock pass, patched fail"]
+
+
+def test_selftest_settings_run_window_0_once():
+    assert settings_for(False) == [(None, None)]
+    got = settings_for(True)
+    assert got[0] == ("fixed", 0) and len(got) == 7 and ("adaptive", 512) in got
+
+
+def test_a_reproducer_passes_only_when_ok_exit_0_and_dmesg_clean():
+    row = {"case": "oom", "finding": 4, "policy": "fixed", "window": 512, "returncode": 0,
+           "output": {"ok": True}, "dmesg": []}
+    assert outcome(row)["passed"]
+    assert not outcome(dict(row, dmesg=["BUG: kernel NULL pointer dereference"]))["passed"]
+    assert not outcome(dict(row, returncode=1))["passed"]
+    assert not outcome(dict(row, output={"ok": False}))["passed"]
+
+
+@requires("gcc", "build-essential")
+@pytest.mark.parametrize("case", ["missing_table", "thp_tail", "zero_page", "adaptive_munmap", "adaptive_mremap"])
+def test_reproducers_pass_on_the_host_kernel(tmp_path, case):
+    """Without COW-ahead every case must pass (the host's kernel has none); harmless ones only (no KSM, cgroups)."""
+    binary = compile_programs(tmp_path)["issue19"]
+    done = subprocess.run([binary, case], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["case"] == case
+    assert done.returncode == 0 and report["ok"] is True, done.stdout + done.stderr
+
+
+def _patched_612():
+    return kbuild.built_kernel(None, SOURCE) if (SOURCE.build_dir / kbuild.PATCHED_IMAGE).exists() else None
+
+
+@pytest.mark.skipif(_patched_612() is None,
+                    reason=f"no patched 6.12 kernel in {SOURCE.build_dir} (cowahead kernel build; "
+                           "COWAHEAD_KBUILD_612 chooses the directory)")
+@requires("qemu-system-x86_64", "qemu-system-x86")
+def test_patched_612_has_controls_counters_and_a_clean_log():
+    script = "cat /proc/sys/vm/cow_ahead_pages /proc/sys/vm/cow_ahead_policy /proc/cow_ahead_stat"
+    result = run_in_guest(_patched_612(), ["sh", "-c", script], cow_ahead=16, policy="adaptive", timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    words = result.stdout.split()
+    assert words[:2] == ["16", "adaptive"]
+    assert {"cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse", "cow_ahead_alloc_fail"} <= set(words)
+    assert result.dmesg_problems == []
+
+
+def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
+    source = kbuild.SOURCES["6.12"]
+    assert kbuild.built_kernel(tmp_path, source) is None and kbuild.stock_built(tmp_path, source) is None
+    tree_image = tmp_path / source.tree_name / "arch/x86/boot/bzImage"
+    tree_image.parent.mkdir(parents=True)
+    tree_image.write_bytes(b"tree")
+    assert kbuild.built_kernel(tmp_path, source) == tree_image
+    (tmp_path / "bzImage-cow-ahead").write_bytes(b"patched")
+    (tmp_path / "bzImage-stock").write_bytes(b"stock")
+    assert kbuild.built_kernel(tmp_path, source).read_bytes() == b"patched"
+    assert kbuild.stock_built(tmp_path, source).read_bytes() == b"stock"
