@@ -198,3 +198,13 @@ def test_a_real_change_inside_its_spread_is_flagged_as_noise():
     assert "⚠ noise" in _spread("real_change_pct", {"real_change_pct": -3.0, "real_spread_pct": 5.0})
     assert "⚠" not in _spread("real_change_pct", {"real_change_pct": -9.7, "real_spread_pct": 2.0})
     assert _spread("real_change_pct", {"real_change_pct": -9.7, "real_spread_pct": None}) == ""
+
+
+def test_a_corpus_evaluation_writes_the_corpus_page_and_links_it(results, tmp_path):
+    data, _ = results
+    write_report({**data, "settings": {"corpus": True}}, tmp_path / "corpus")
+    assert "href='corpus.html'" in (tmp_path / "corpus" / "index.html").read_text()
+    assert (tmp_path / "corpus" / "corpus.html").exists()
+    write_report({**data, "settings": {"corpus": False}}, tmp_path / "default")
+    assert "corpus.html" not in (tmp_path / "default" / "index.html").read_text()
+    assert not (tmp_path / "default" / "corpus.html").exists()

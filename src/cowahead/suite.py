@@ -47,6 +47,7 @@ class Settings:
     real_workloads: tuple[str, ...] | None = REAL_BY_DEFAULT  # the workloads timed for real; None: every one
     budgets: Budgets = Budgets()  # what a best window may cost (stall, memory)
     repeats: int = 3  # runs of each generator (seeds seed … seed+R−1) and scenario (recordings); a trace file: 1
+    corpus: bool = False  # every scenario, and the corpus page beside the report
 
     @classmethod
     def default(cls, quick: bool, real: bool = True, every_real: bool = False) -> "Settings":
@@ -175,7 +176,7 @@ def evaluate(names: list[str], settings: Settings, out_dir: Path, costs: CostMod
                            "policies": [p.name for p in settings.policies], "real_repeats": settings.real_repeats,
                            "real_workloads": ("all" if settings.real_workloads is None
                                               else list(settings.real_workloads)),
-                           "repeats": settings.repeats}
+                           "repeats": settings.repeats, "corpus": settings.corpus}
     results["budgets"] = asdict(settings.budgets)
     results["timings_s"] = timings
     save_results(results, out_dir / "results.json")

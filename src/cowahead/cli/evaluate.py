@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import CowaheadError
 from ..model.costs import COSTS_HELP, HEADLINE, cost_profile
 from ..output import output_folder
-from ..report.corpus import write_corpus_page
 from ..results.summary import Budgets, best_per_family, over_budget, verdict, without_patched_kernel
 from ..suite import CORPUS_WORKLOADS, DEFAULT_WORKLOADS, REAL_BY_DEFAULT, Settings, check_workloads, evaluate
 from ..sweep import open_pool
@@ -60,6 +59,7 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
     if corpus and workloads:
         raise CowaheadError("--corpus names its own workloads: give it or a list of workloads, not both")
     names = CORPUS_WORKLOADS if corpus else list(workloads) or DEFAULT_WORKLOADS
+    settings = dataclasses.replace(settings, corpus=corpus)
     check_workloads(names)  # before the progress display takes the terminal
     output_folder(output)
     pool = open_pool(scheduler, 2) if scheduler else None  # an unreachable scheduler is one line, before any work
@@ -80,5 +80,5 @@ def command(workloads: tuple[str, ...], quick: bool, no_real: bool, every_real: 
         sentences = [verdict(summaries, over_budget(workload["rows"], budgets)), without_patched_kernel(summaries)]
         click.echo(f"{workload['name']}: {' '.join(s for s in sentences if s)}")
     if corpus:
-        click.echo(f"{write_corpus_page(results, output)}")
+        click.echo(f"{output / 'corpus.html'}")
     click.echo(f"{output / 'index.html'} ({time.perf_counter() - started:.0f} s)")

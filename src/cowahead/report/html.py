@@ -14,6 +14,7 @@ from pathlib import Path
 from ..results.summary import Budgets, best_acting, best_per_family, over_budget, verdict, without_patched_kernel
 from ..trace.events import PAGE_SIZE
 from . import plots
+from .corpus import write_corpus_page
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -64,11 +65,15 @@ def write_report(results: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     budgets = Budgets(**results.get("budgets", {}))
     sections = [_workload_section(w, out_dir, budgets) for w in results["workloads"]]
+    corpus = results.get("settings", {}).get("corpus")
+    if corpus:  # evaluate --corpus: the page of one row per real program, linked from this one
+        write_corpus_page(results, out_dir)
     page = "\n".join([
         "<!doctype html><html><head><meta charset='utf-8'><title>cowahead report</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>cowahead report</h1>",
         f"<p>{html.escape(results.get('created', ''))} · <code>{html.escape(results.get('command', ''))}</code></p>",
+        "<p><a href='corpus.html'>The corpus of real programs: one row each</a></p>" if corpus else "",
         _overview(results, budgets, out_dir),
         *sections,
         "<h2 id='calibration'>Cost model used</h2>", _key_values(results.get("costs", {})),
