@@ -105,6 +105,13 @@ def test_parse_tap_and_the_table_against_stock():
     assert not rows[1]["equal_to_stock"] and rows[1]["differs_from_stock"] == ["001 first: stock pass, patched fail"]
 
 
+def test_parse_uffd_unit_tests_lines():
+    out = ("Testing wp-fork on anon... done\nTesting sigbus on hugetlb... skipped [reason: memory allocation failed]\n"
+           "Testing events on shmem... failed [reason: x]\nUserfaults unit tests: pass=1, skip=1, fail=1 (total=3)\n")
+    assert parse_tap(out) == {"uffd wp-fork on anon": "pass", "uffd sigbus on hugetlb": "skip",
+                              "uffd events on shmem": "fail"}
+
+
 def test_selftest_settings_run_window_0_once():
     assert settings_for(False) == [(None, None)]
     got = settings_for(True)

@@ -28,6 +28,8 @@ TESTS = ("mkdirty", "soft-dirty", "madv_populate", "ksm_functional_tests", "gup_
 # How each is invoked: khugepaged takes the memory kind to collapse (anon: what COW-ahead touches).
 ARGS = {"khugepaged": ["anon"]}
 TAP = re.compile(r"^(not ok|ok) (\d+)\s*(.*)$")
+# uffd-unit-tests prints "Testing NAME on MEMORY... done|skipped [reason: …]|failed …" instead of TAP.
+UFFD = re.compile(r"^Testing (.+?)\.\.\. (done|skipped|fail\w*)")
 
 
 def build_selftests(tree: Path, out_dir: Path, tests=TESTS) -> dict[str, Path]:
@@ -66,6 +68,11 @@ def parse_tap(stdout: str) -> dict[str, str]:
     """TAP lines into {"N description": "pass" | "fail" | "skip"}; numbered so repeated names stay apart."""
     cases = {}
     for line in stdout.splitlines():
+        u = UFFD.match(line.strip())
+        if u:
+            name, verdict = u.groups()
+            cases[f"uffd {name}"] = {"done": "pass", "skipped": "skip"}.get(verdict, "fail")
+            continue
         m = TAP.match(line.strip())
         if not m:
             continue
