@@ -105,6 +105,22 @@ def test_parse_tap_and_the_table_against_stock():
     assert not rows[1]["equal_to_stock"] and rows[1]["differs_from_stock"] == ["001 first: stock pass, patched fail"]
 
 
+def test_measured_figures_in_a_case_name_do_not_make_it_differ():
+    stock = {"runs": [{"test": "pagemap_ioctl", "returncode": 0,
+                       "cases": parse_tap("ok 100 transact_test Extra pages 392 (0.8%)\nok 101 4MB x\n")}]}
+    patched = {"test": "pagemap_ioctl", "policy": "fixed", "window": 16, "returncode": 0, "dmesg": [],
+               "cases": parse_tap("ok 100 transact_test Extra pages 338 (0.7%)\nnot ok 101 4MB x\n")}
+    (row,) = table(stock, {"runs": [patched]})
+    assert row["differs_from_stock"] == ["101 NMB x: stock pass, patched fail"]
+
+
+def test_parse_uffd_unit_tests_lines():
+    out = ("Testing wp-fork on anon... done\nTesting sigbus on hugetlb... skipped [reason: memory allocation failed]\n"
+           "Testing events on shmem... failed [reason: x]\nUserfaults unit tests: pass=1, skip=1, fail=1 (total=3)\n")
+    assert parse_tap(out) == {"uffd wp-fork on anon": "pass", "uffd sigbus on hugetlb": "skip",
+                              "uffd events on shmem": "fail"}
+
+
 def test_selftest_settings_run_window_0_once():
     assert settings_for(False) == [(None, None)]
     got = settings_for(True)

@@ -11,7 +11,8 @@ import click
 from ..errors import CowaheadError
 from ..kernel.check import RESULTS_DIR, check
 from ..kernel.costs import kernel_profile
-from ..kernel.kbuild import SOURCES, build, built_kernel, source_of
+from ..kernel import repro, selftests
+from ..kernel.kbuild import SOURCES, build, built_kernel, source_of, stock_built, tree_of
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 from ..output import output_file, write_atomically
 
@@ -98,18 +99,16 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
                       cases: tuple[str, ...], out_dir: Path | None) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
-    from ..kernel.kbuild import stock_built
-    from ..kernel.repro import CASES, reproduce, write_results
     source = source_of(version)
-    unknown = sorted(set(cases) - set(CASES))
+    unknown = sorted(set(cases) - set(repro.CASES))
     if unknown:
-        raise CowaheadError(f"unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
+        raise CowaheadError(f"unknown case {', '.join(unknown)}; cases: {', '.join(repro.CASES)}")
     kernel = kernel or (stock_built(build_dir, source) if stock else built_kernel(build_dir, source))
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
-    doc = reproduce(kernel, patched=not stock, cases=list(cases) or None)
+    doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None)
     name = f"kernel-{source.version}-issue19" + ("-stock" if stock else "")
-    path = write_results(doc, out_dir or RESULTS_DIR, name)
+    path = repro.write_results(doc, out_dir or RESULTS_DIR, name)
     for run in doc["runs"]:
         setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"
         click.echo(f"{run['case']:18} {setting:14} {'pass' if run['passed'] else 'FAIL'}  {json.dumps(run['report'])}"
@@ -133,15 +132,13 @@ def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ..
                       windows: tuple[int, ...], stock_results: Path | None, timeout: float,
                       out_dir: Path | None) -> None:
     """Upstream mm selftests on the stock and the patched kernel of one tree; the table against stock."""
-    from ..kernel.kbuild import stock_built, tree_of
-    from ..kernel.selftests import TESTS, build_selftests, run_selftests, table, write_results
     source = source_of(version)
     build_dir = Path(build_dir or source.build_dir)
-    tests = tests or TESTS
-    unknown = sorted(set(tests) - set(TESTS))
+    tests = tests or selftests.TESTS
+    unknown = sorted(set(tests) - set(selftests.TESTS))
     if unknown:
-        raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(TESTS)}")
-    binaries = build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
+        raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(selftests.TESTS)}")
+    binaries = selftests.build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
     patched, stock_image = built_kernel(build_dir, source), stock_built(build_dir, source)
     if patched is None or (stock_image is None and stock_results is None):
         raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
@@ -150,11 +147,11 @@ def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ..
         stock = json.loads(stock_results.read_text())["stock"]
     else:
         click.echo("stock kernel …", err=True)
-        stock = run_selftests(stock_image, binaries, False, tests, timeout)
+        stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout)
     click.echo("patched kernel …", err=True)
-    result = run_selftests(patched, binaries, True, tests, timeout, **settings)
-    rows = table(stock, result)
-    path = write_results({"stock": stock, "patched": result, "table": rows,
+    result = selftests.run_selftests(patched, binaries, True, tests, timeout, **settings)
+    rows = selftests.table(stock, result)
+    path = selftests.write_results({"stock": stock, "patched": result, "table": rows,
                           "summary": {"rows": len(rows), "equal_to_stock": sum(r["equal_to_stock"] for r in rows)}},
                          out_dir or RESULTS_DIR, f"kernel-{source.version}-selftests")
     for r in rows:
