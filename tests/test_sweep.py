@@ -342,4 +342,6 @@ def test_a_sweep_on_two_workers_makes_the_rows_of_each_policy_replayed_alone(tmp
     for policy, row in zip(policies, workload["rows"]):
         (counted,), _ = replay_group_reference(str(path), [policy])
         batches, memory = batches_from_json(counted.pop("cow_batches")), counted.pop("memory")
-        assert row == result_row(policy.name, Counters(**counted), costs, batches, memory), policy.name
+        intervals = counted.pop("intervals")
+        assert row == result_row(policy.name, Counters(**counted), costs, batches, memory,
+                                 intervals=intervals), policy.name
