@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -140,9 +141,31 @@ class Clock:
         return _Phase()
 
 
+@contextmanager
+def launched(command: list[str], output: Path | None) -> Iterator[tuple[Recorder | None, subprocess.Popen]]:
+    """A server started for a scenario: recorded with perf when ``output`` names a trace file, else plainly.
+    Yields (its recorder or None, its process); whatever still runs when the block ends, by an error or
+    early, is stopped, so no server outlives its scenario."""
+    recorder, server = None, None
+    try:
+        if output is not None:
+            recorder = Recorder(output)
+            recorder.start(command)
+            yield recorder, recorder.process
+        else:
+            server = subprocess.Popen(command)
+            yield None, server
+    finally:
+        if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
+            recorder.stop()
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 __all__ = ["TOLERANCE", "COW", "Comparison", "ScenarioResult", "fault_mask", "model_faults", "model_with_probes",
            "private_anon_pages", "add_to_trace",
-           "Clock", "Recorder", "Recording"]
+           "Clock", "Recorder", "Recording", "launched"]
 
 
 def run_command(command: list[str], output: Path | None, progress=None) -> tuple[Recording | None, float]:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask
+from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask, launched
 
 NAME = "gunicorn-preload"
 SUMMARY = "gunicorn --preload Flask app, 4 sync workers under ab; checked against each worker's getrusage"
@@ -152,15 +152,7 @@ def run(output: Path | None, progress=None, freeze: bool = False, name: str = NA
         command = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "gunicorn", "--preload", "--workers", str(WORKERS), "--worker-class", "sync",
                    "--bind", f"127.0.0.1:{port}", "--config", str(directory / "gunicorn_conf.py"),
                    "--chdir", str(directory), "--pid", str(pidfile), "app:app"]
-        recorder, server = None, None
-        try:
-            if output is not None:
-                recorder = Recorder(output)
-                recorder.start(command)
-                process = recorder.process
-            else:
-                server = subprocess.Popen(command)
-                process = server
+        with launched(command, output) as (recorder, process):
             if progress:
                 progress("record", None, None)
             _wait_listening(port, process, time.monotonic() + 60)
@@ -180,13 +172,7 @@ def run(output: Path | None, progress=None, freeze: bool = False, name: str = NA
             if recorder is not None:
                 recording = recorder.finish(progress)
             else:
-                server.wait(timeout=60)
-        finally:
-            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                recorder.stop()
-            if server is not None and server.poll() is None:
-                server.kill()
-                server.wait()
+                process.wait(timeout=60)
         reported = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
     result = ScenarioResult(name, output, recording, seconds=dict(clock.seconds))
     workers = [r for r in reported if r["role"] == "worker"]

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import CowaheadError
 from ..trace import EventKind
-from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask
+from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask, launched
 
 NAME = "php-fpm"
 SUMMARY = "PHP-FPM 8.2 static pool of 4 workers under FastCGI requests, OPcache MAP_SHARED (negative control); vs getrusage"
@@ -155,15 +155,7 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
         config.write_text(CONFIG.format(dir=directory, workers=WORKERS))
         command = [FPM, "-F", "-R", "-y", str(config), "-d", "opcache.enable=1", "-d", "opcache.memory_consumption=32",
                    "-d", "opcache.validate_timestamps=0"]
-        recorder, server = None, None
-        try:
-            if output is not None:
-                recorder = Recorder(output)
-                recorder.start(command)
-                process = recorder.process
-            else:
-                server = subprocess.Popen(command)
-                process = server
+        with launched(command, output) as (recorder, process):
             if progress:
                 progress("record", None, None)
             deadline = time.monotonic() + 30
@@ -179,13 +171,7 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
             if recorder is not None:
                 recording = recorder.finish(progress)
             else:
-                server.wait(timeout=30)
-        finally:
-            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                recorder.stop()
-            if server is not None and server.poll() is None:
-                server.kill()
-                server.wait()
+                process.wait(timeout=30)
     last: dict[int, dict] = {}
     for answer in answers:
         if answer["pid"] not in last or answer["time_ns"] > last[answer["pid"]]["time_ns"]:

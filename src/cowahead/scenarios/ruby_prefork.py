@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask
+from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask, launched
 from .gunicorn_preload import _failed_requests, _free_port, _requests_per_second, _wait_listening
 
 NAME = "ruby-prefork"
@@ -93,15 +93,7 @@ def run(output: Path | None, progress=None, nakayoshi: bool = False, name: str =
                "COWAHEAD_PORT": str(port), "COWAHEAD_DIR": str(directory), "COWAHEAD_NAKAYOSHI": "1" if nakayoshi else "0"}
         command = ["env", *(f"{k}={v}" for k, v in env.items()), "unicorn", "-E", "none", "-c",
                    str(directory / "unicorn.conf.rb"), str(directory / "config.ru")]
-        recorder, server = None, None
-        try:
-            if output is not None:
-                recorder = Recorder(output)
-                recorder.start(command)
-                process = recorder.process
-            else:
-                server = subprocess.Popen(command)
-                process = server
+        with launched(command, output) as (recorder, process):
             if progress:
                 progress("record", None, None)
             _wait_listening(port, process, time.monotonic() + 60)
@@ -121,13 +113,7 @@ def run(output: Path | None, progress=None, nakayoshi: bool = False, name: str =
             if recorder is not None:
                 recording = recorder.finish(progress)
             else:
-                server.wait(timeout=60)
-        finally:
-            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                recorder.stop()
-            if server is not None and server.poll() is None:
-                server.kill()
-                server.wait()
+                process.wait(timeout=60)
         workers = [json.loads(p.read_text()) for p in sorted((directory / "reports").glob("*.json"))]
     if len(workers) != WORKERS:
         raise CowaheadError(f"expected {WORKERS} worker reports, got {len(workers)}")
