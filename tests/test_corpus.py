@@ -19,6 +19,7 @@ import pytest
 
 from conftest import requires
 from cowahead.errors import CowaheadError
+from cowahead.scenarios._servers import failed_requests
 from cowahead.scenarios import (DEFAULT_SCENARIOS, SCENARIOS, gunicorn_preload, gunicorn_preload_freeze, redis_periodic,
                                 make_build, php_fpm, postgres_pgbench, r_mclapply, redis_thp, ruby_prefork,
                                 ruby_prefork_nakayoshi)
@@ -177,7 +178,7 @@ def test_redis_thp_saves_from_thps_agrees_and_puts_the_knob_back(tmp_path):
 
 def test_ab_failures_leave_out_length_differences():
     out = "Failed requests:        7\n   (Connect: 0, Receive: 1, Length: 5, Exceptions: 1)\nNon-2xx responses:      3\n"
-    assert gunicorn_preload._failed_requests(out) == 5
+    assert failed_requests(out) == 5
 
 
 def _gunicorn_checked(result, out) -> list[int]:

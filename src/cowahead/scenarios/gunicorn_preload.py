@@ -23,18 +23,15 @@ for the master, from its exec.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask, launched
+from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask
+from ._servers import PreforkServer, failed_requests, free_port, requests_per_second, serve_under_ab
 
 NAME = "gunicorn-preload"
 SUMMARY = "gunicorn --preload Flask app, 4 sync workers under ab; checked against each worker's getrusage"
@@ -120,22 +117,6 @@ def on_exit(server):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, process: subprocess.Popen, deadline: float) -> None:
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise CowaheadError(f"gunicorn did not start listening on port {port}")
-        time.sleep(0.05)
-
-
 def run(output: Path | None, progress=None, freeze: bool = False, name: str = NAME) -> ScenarioResult:
     if shutil.which("ab") is None:
         raise CowaheadError(f"ab not found; install the Debian package {PACKAGE} (scripts/setup does)")
@@ -146,49 +127,31 @@ def run(output: Path | None, progress=None, freeze: bool = False, name: str = NA
         (directory / "gunicorn_conf.py").write_text(CONFIG)
         reports = directory / "reports"
         reports.mkdir()
-        port, pidfile = _free_port(), directory / "gunicorn.pid"
+        port, pidfile = free_port(), directory / "gunicorn.pid"
         env = {"COWAHEAD_RECORDS": str(RECORDS), "COWAHEAD_WALK": str(WALK), "COWAHEAD_REPORTS": str(reports),
                "COWAHEAD_FREEZE": "1" if freeze else "0"}
         command = ["env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-m", "gunicorn", "--preload", "--workers", str(WORKERS), "--worker-class", "sync",
                    "--bind", f"127.0.0.1:{port}", "--config", str(directory / "gunicorn_conf.py"),
                    "--chdir", str(directory), "--pid", str(pidfile), "app:app"]
-        with launched(command, output) as (recorder, process):
-            if progress:
-                progress("record", None, None)
-            _wait_listening(port, process, time.monotonic() + 60)
-            deadline = time.monotonic() + 60
-            while not pidfile.exists() or len(_workers_of(int(pidfile.read_text()))) < WORKERS:
-                if time.monotonic() > deadline:
-                    raise CowaheadError(f"gunicorn did not start {WORKERS} workers")
-                time.sleep(0.05)
-            master = int(pidfile.read_text())
-            with clock.time("workload"):
-                load = subprocess.run(["ab", "-q", "-n", str(REQUESTS), "-c", str(CONCURRENCY),
-                                       f"http://127.0.0.1:{port}/search?tag=t3"], capture_output=True, text=True)
-            if load.returncode != 0:
-                raise CowaheadError(f"ab failed: {(load.stderr or load.stdout).strip().splitlines()[-1:]}")
-            os.kill(master, signal.SIGTERM)  # graceful: workers finish, run worker_exit, exit; then the master
-            recording = None
-            if recorder is not None:
-                recording = recorder.finish(progress)
-            else:
-                process.wait(timeout=60)
+        server = PreforkServer("gunicorn", command, port, pidfile, WORKERS, f"http://127.0.0.1:{port}/search?tag=t3",
+                               signal.SIGTERM)  # graceful: workers finish, run worker_exit, exit; then the master
+        served = serve_under_ab(server, output, clock, REQUESTS, CONCURRENCY, progress)
         reported = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
-    result = ScenarioResult(name, output, recording, seconds=dict(clock.seconds))
+    result = ScenarioResult(name, output, served.recording, seconds=dict(clock.seconds))
     workers = [r for r in reported if r["role"] == "worker"]
     masters = [r for r in reported if r["role"] == "master"]
     if len(workers) != WORKERS or len(masters) != 1:
         raise CowaheadError(f"expected {WORKERS} worker reports and one master's, got {len(workers)} and {len(masters)}")
-    failed = _failed_requests(load.stdout)
+    failed = failed_requests(served.ab_output)
     result.details.update({"freeze": freeze, "records": RECORDS, "requests": REQUESTS, "failed_requests": failed,
-                           "requests_per_second": _requests_per_second(load.stdout), "master": master,
+                           "requests_per_second": requests_per_second(served.ab_output), "master": served.master,
                            "workers_private_dirty_kb": [w["private_dirty_kb"] for w in workers],
                            "workers_rusage_faults": [w["minflt"] + w["majflt"] for w in workers],
                            "frozen_objects": [w["frozen"] for w in workers], "reports": reported})
-    if recording is None:
+    if served.recording is None:
         return result
-    _compare(result, recording, master, workers, masters[0])
-    add_to_trace(output, recording, result)
+    _compare(result, served.recording, served.master, workers, masters[0])
+    add_to_trace(output, served.recording, result)
     return result
 
 
@@ -206,32 +169,3 @@ def _compare(result: ScenarioResult, recording, master: int, workers: list[dict]
         "trace: the master's faults from its exec to its on_exit hook; program: its getrusage in that hook"))
     result.details["trace_cow_0x7_faults_per_worker"] = [
         int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"], codes=(COW,)).sum()) for w in workers]
-
-
-def _workers_of(master: int) -> list[int]:
-    try:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(c) for c in children]
-
-
-def _failed_requests(ab_output: str) -> int:
-    """Requests ab saw fail (connect, receive, exceptions, non-2xx); ab's "Length" failures are only responses
-    whose length differs from the first one's, which a dynamic page's do."""
-    failed = 0
-    for line in ab_output.splitlines():
-        line = line.strip()
-        if line.startswith("(Connect:"):
-            parts = dict(part.strip().split(": ") for part in line.strip("()").split(","))
-            failed += sum(int(v) for k, v in parts.items() if k != "Length")
-        if line.startswith("Non-2xx responses:"):
-            failed += int(line.split()[-1])
-    return failed
-
-
-def _requests_per_second(ab_output: str) -> float | None:
-    for line in ab_output.splitlines():
-        if line.startswith("Requests per second:"):
-            return float(line.split()[3])
-    return None

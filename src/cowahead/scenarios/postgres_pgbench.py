@@ -28,7 +28,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ import numpy as np
 
 from ..errors import CowaheadError
 from ..trace import EventKind
+from ._servers import free_port
 from ._common import COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask, model_faults
 
 NAME = "postgres-pgbench"
@@ -73,12 +73,6 @@ PREFIX = re.compile(r"^(\d+) (\d+)\.(\d{3}) ")  # log_line_prefix "%p %n "
 FAULTS = re.compile(r"\d+/\d+ \[(\d+)/(\d+)\] page faults/reclaims")  # this statement's, [the process's totals]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Postgres:
     """A PostgreSQL cluster of our own, run as the postgres user, on loopback, in a temporary directory."""
 
@@ -93,7 +87,7 @@ class Postgres:
             raise CowaheadError("postgres-pgbench runs the cluster as the postgres user: run as root")
         self.directory, self.data, self.log = directory, directory / "data", directory / "postgres.log"
         os.chown(directory, self.user.pw_uid, self.user.pw_gid)
-        self.port = _free_port()
+        self.port = free_port()
         self._as_user([str(BIN / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust", "--no-sync"])
         options = [item for key, value in SETTINGS.items() for item in ("-c", f"{key}={value}")]
         with open(self.log, "wb") as log:  # the server log is the postmaster's stderr, inherited by every backend

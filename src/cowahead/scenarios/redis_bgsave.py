@@ -17,7 +17,6 @@ copies by the server and the child plus zero-fill faults of the child.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import CowaheadError
 from ..trace import PAGE_SIZE, EventKind
+from ._servers import free_port
 from ._common import (COW, Clock, Comparison, Recorder, ScenarioResult, add_to_trace, fault_mask, model_with_probes,
                       private_anon_pages)
 
@@ -39,12 +39,6 @@ WRITES_BEFORE_SAVE = 0.5  # seconds of benchmark writes before BGSAVE, so the sa
 PACKAGE = "redis-server"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Redis:
     """A redis-server of our own, on loopback, in a temporary directory."""
 
@@ -54,7 +48,7 @@ class Redis:
         for tool in ("redis-server", "redis-cli", "redis-benchmark"):
             if shutil.which(tool) is None:
                 raise CowaheadError(f"{tool} not found; install the Debian package {PACKAGE} (scripts/setup does)")
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.keys = keys
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
@@ -117,7 +111,9 @@ class Redis:
 def run(output: Path | None, progress=None) -> ScenarioResult:
     with tempfile.TemporaryDirectory(prefix="cowahead-redis-") as tmp:
         redis = Redis(Path(tmp))
-        recording, info, memory, clock = attached_bgsave(redis, output, progress)
+        clock = Clock()
+        recorder = Recorder(output) if output is not None else None
+        recording, info, memory = under_writes(redis, recorder, clock, bgsave_under_writes(redis, clock), progress)
     result = ScenarioResult(NAME, output, recording, seconds={"workload": clock.seconds["bgsave"], **clock.seconds})
     cow_bytes = int(info.get("rdb_last_cow_size", "0"))
     result.details.update({"rdb_last_cow_size": cow_bytes, "rdb_last_cow_pages": cow_bytes / PAGE_SIZE,
@@ -141,35 +137,34 @@ def per_policy(row: dict, details: dict) -> dict:
     return {"rdb_cow_pages": pages, "rdb_cow_mib": round(pages * PAGE_SIZE / (1 << 20), 3)}
 
 
-def attached_bgsave(redis: Redis, output: Path | None, progress=None, before_save=None):
-    """Fill ``redis``, attach perf to it (if ``output``), BGSAVE under benchmark writes, stop the recording and
-    the server: (recording or None, INFO persistence after the save, INFO memory before it, the phases' Clock).
-    ``before_save()``, if given, runs just before BGSAVE, under the writes."""
-    clock = Clock()
+def under_writes(redis: Redis, recorder: Recorder | None, clock: Clock, action, progress=None,
+                 attach: bool = True, fill: int = FILL_REQUESTS):
+    """Fill ``redis``, run ``action()`` while redis-benchmark writes, then stop the recording and the server:
+    (recording or None, what ``action`` returned, INFO memory before the writes).
+
+    With ``attach`` the recorder attaches to the filled server; without, it was started with the server (at
+    its exec) and perf ends when the server shuts down."""
     writer = None
-    recorder = None
     try:
         with clock.time("fill"):
-            redis.benchmark(FILL_REQUESTS, wait=True)
+            redis.benchmark(fill, wait=True)
         memory = redis.info("memory")
-        if output is not None:
-            recorder = Recorder(output)
+        if recorder is not None and attach:
             recorder.start(pid=redis.pid)
             time.sleep(1.0)  # perf attaches to every thread before the load starts
         if progress:
             progress("record", None, None)
         with clock.time("workload"):
             writer = redis.benchmark(100_000_000, wait=False)
-            time.sleep(WRITES_BEFORE_SAVE)
-            if before_save is not None:
-                before_save()
-            with clock.time("bgsave"):
-                info = redis.bgsave()
+            outcome = action()
         writer.terminate()
         writer.wait()
         recording = None
         if recorder is not None:
-            recorder.stop()
+            if attach:
+                recorder.stop()
+            else:
+                redis.cli("SHUTDOWN", "NOSAVE")  # perf ends with the server it started
             recording = recorder.finish(progress)
     finally:
         if writer is not None and writer.poll() is None:
@@ -177,7 +172,19 @@ def attached_bgsave(redis: Redis, output: Path | None, progress=None, before_sav
         if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
             recorder.stop()
         redis.stop()
-    return recording, info, memory, clock
+    return recording, outcome, memory
+
+
+def bgsave_under_writes(redis: Redis, clock: Clock, before_save=None):
+    """The action of a BGSAVE run: writes alone for a moment, ``before_save()`` if given, then BGSAVE under
+    the writes; INFO persistence after."""
+    def action():
+        time.sleep(WRITES_BEFORE_SAVE)
+        if before_save is not None:
+            before_save()
+        with clock.time("bgsave"):
+            return redis.bgsave()
+    return action
 
 
 def _compare(result: ScenarioResult, recording, server: int, cow_bytes: int) -> None:

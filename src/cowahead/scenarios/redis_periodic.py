@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import CowaheadError
 from ..trace import PAGE_SIZE
 from ._common import Clock, Comparison, Recorder, ScenarioResult, add_to_trace
-from .redis_bgsave import COUNTER_NOTE, Redis, model_saves, per_policy, saves_in_trace
+from .redis_bgsave import COUNTER_NOTE, Redis, model_saves, per_policy, saves_in_trace, under_writes
 
 NAME = "redis-periodic"
 SUMMARY = "redis-server `save 1 1` snapshotting 3+ times under redis-benchmark writes; each vs rdb_last_cow_size"
@@ -45,33 +45,9 @@ def run(output: Path | None, progress=None, saves: int = SAVES) -> ScenarioResul
     clock = Clock()
     with tempfile.TemporaryDirectory(prefix="cowahead-redis-periodic-") as tmp:
         redis = Redis(Path(tmp), keys=KEYS)
-        writer = None
-        recorder = None
-        try:
-            with clock.time("fill"):
-                redis.benchmark(FILL_REQUESTS, wait=True)
-            memory = redis.info("memory")
-            if output is not None:
-                recorder = Recorder(output)
-                recorder.start(pid=redis.pid)
-                time.sleep(1.0)  # perf attaches to every thread before the load starts
-            if progress:
-                progress("record", None, None)
-            with clock.time("workload"):
-                writer = redis.benchmark(100_000_000, wait=False)
-                done = _snapshots(redis, saves)
-            writer.terminate()
-            writer.wait()
-            recording = None
-            if recorder is not None:
-                recorder.stop()
-                recording = recorder.finish(progress)
-        finally:
-            if writer is not None and writer.poll() is None:
-                writer.kill()
-            if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                recorder.stop()
-            redis.stop()
+        recorder = Recorder(output) if output is not None else None
+        recording, done, memory = under_writes(redis, recorder, clock, lambda: _snapshots(redis, saves), progress,
+                                               fill=FILL_REQUESTS)
     result = ScenarioResult(NAME, output, recording, seconds=dict(clock.seconds))
     result.details.update({"saves": len(done), "save_rule": SAVE_RULE, "keys": KEYS,
                            "used_memory": int(memory.get("used_memory", "0")),

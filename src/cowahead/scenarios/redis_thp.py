@@ -29,7 +29,6 @@ model's PMD-mapped THP pages at the fork.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from ..errors import CowaheadError
 from ..real.thp import counter_deltas, thp_config, thp_counters
 from ..trace import PAGE_SIZE
 from ._common import Clock, Comparison, Recorder, ScenarioResult, add_to_trace
-from .redis_bgsave import (COUNTER_NOTE, FILL_REQUESTS, KEYS, WRITES_BEFORE_SAVE, Redis, model_saves, per_policy,
-                           saves_in_trace)
+from .redis_bgsave import (COUNTER_NOTE, KEYS, Redis, bgsave_under_writes, model_saves, per_policy, saves_in_trace,
+                           under_writes)
 
 NAME = "redis-thp"
 SUMMARY = "redis-server BGSAVE on THP always with disable-thp no (parent writes hit PMD THPs); vs rdb_last_cow_size"
@@ -68,29 +67,12 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
                 return recorder.process
 
             redis = Redis(Path(tmp), config=("--disable-thp", "no"), launch=launch if recorder else None)
-            writer = None
-            try:
-                with clock.time("fill"):
-                    redis.benchmark(FILL_REQUESTS, wait=True)
-                memory = redis.info("memory")
-                if progress:
-                    progress("record", None, None)
-                with clock.time("workload"):
-                    writer = redis.benchmark(100_000_000, wait=False)
-                    time.sleep(WRITES_BEFORE_SAVE)
-                    seen["anon_huge_pages"] = anon_huge_pages(redis.pid)
-                    with clock.time("bgsave"):
-                        info = redis.bgsave()
-                writer.terminate()
-                writer.wait()
-                redis.cli("SHUTDOWN", "NOSAVE")  # perf ends with the server
-                recording = recorder.finish(progress) if recorder is not None else None
-            finally:
-                if writer is not None and writer.poll() is None:
-                    writer.kill()
-                if recorder is not None and recorder.process is not None and recorder.process.poll() is None:
-                    recorder.stop()
-                redis.stop()
+
+            def before_save() -> None:
+                seen["anon_huge_pages"] = anon_huge_pages(redis.pid)
+
+            save = bgsave_under_writes(redis, clock, before_save)
+            recording, info, memory = under_writes(redis, recorder, clock, save, progress, attach=False)
             vmstat = counter_deltas(counters_before, thp_counters())
     result = ScenarioResult(NAME, output, recording, seconds={"workload": clock.seconds["bgsave"], **clock.seconds})
     cow_bytes = int(info.get("rdb_last_cow_size", "0"))

@@ -21,17 +21,14 @@ trace's faults of that worker up to that time must match.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask, launched
-from .gunicorn_preload import _failed_requests, _free_port, _requests_per_second, _wait_listening
+from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask
+from ._servers import PreforkServer, failed_requests, free_port, requests_per_second, serve_under_ab
 
 NAME = "ruby-prefork"
 SUMMARY = "unicorn preload_app Rack app, 4 workers under ab; checked against each worker's /proc/self/stat faults"
@@ -88,40 +85,24 @@ def run(output: Path | None, progress=None, nakayoshi: bool = False, name: str =
         (directory / "config.ru").write_text(APP)
         (directory / "unicorn.conf.rb").write_text(CONFIG)
         (directory / "reports").mkdir()
-        port, pidfile = _free_port(), directory / "unicorn.pid"
+        port, pidfile = free_port(), directory / "unicorn.pid"
         env = {"COWAHEAD_RECORDS": str(RECORDS), "COWAHEAD_WALK": str(WALK), "COWAHEAD_WORKERS": str(WORKERS),
                "COWAHEAD_PORT": str(port), "COWAHEAD_DIR": str(directory), "COWAHEAD_NAKAYOSHI": "1" if nakayoshi else "0"}
         command = ["env", *(f"{k}={v}" for k, v in env.items()), "unicorn", "-E", "none", "-c",
                    str(directory / "unicorn.conf.rb"), str(directory / "config.ru")]
-        with launched(command, output) as (recorder, process):
-            if progress:
-                progress("record", None, None)
-            _wait_listening(port, process, time.monotonic() + 60)
-            deadline = time.monotonic() + 60
-            while not pidfile.exists() or len(_children(int(pidfile.read_text()))) < WORKERS:
-                if time.monotonic() > deadline:
-                    raise CowaheadError(f"unicorn did not start {WORKERS} workers; see {directory / 'unicorn.log'}")
-                time.sleep(0.05)
-            master = int(pidfile.read_text())
-            with clock.time("workload"):
-                load = subprocess.run(["ab", "-q", "-n", str(REQUESTS), "-c", str(CONCURRENCY),
-                                       f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
-            if load.returncode != 0:
-                raise CowaheadError(f"ab failed: {(load.stderr or load.stdout).strip().splitlines()[-1:]}")
-            os.kill(master, signal.SIGQUIT)  # graceful: workers finish their request and exit, then the master
-            recording = None
-            if recorder is not None:
-                recording = recorder.finish(progress)
-            else:
-                process.wait(timeout=60)
+        server = PreforkServer("unicorn", command, port, pidfile, WORKERS, f"http://127.0.0.1:{port}/",
+                               signal.SIGQUIT,  # graceful: workers finish their request and exit, then the master
+                               log=directory / "unicorn.log")
+        served = serve_under_ab(server, output, clock, REQUESTS, CONCURRENCY, progress)
         workers = [json.loads(p.read_text()) for p in sorted((directory / "reports").glob("*.json"))]
     if len(workers) != WORKERS:
         raise CowaheadError(f"expected {WORKERS} worker reports, got {len(workers)}")
-    result = ScenarioResult(name, output, recording, seconds=dict(clock.seconds))
-    result.details.update({"nakayoshi": nakayoshi, "records": RECORDS, "requests": REQUESTS, "master": master,
-                           "failed_requests": _failed_requests(load.stdout),
-                           "requests_per_second": _requests_per_second(load.stdout),
+    result = ScenarioResult(name, output, served.recording, seconds=dict(clock.seconds))
+    result.details.update({"nakayoshi": nakayoshi, "records": RECORDS, "requests": REQUESTS, "master": served.master,
+                           "failed_requests": failed_requests(served.ab_output),
+                           "requests_per_second": requests_per_second(served.ab_output),
                            "workers_faults": [w["minflt"] + w["majflt"] for w in workers], "reports": workers})
+    recording = served.recording
     if recording is None:
         return result
     trace = recording.trace
@@ -135,10 +116,3 @@ def run(output: Path | None, progress=None, nakayoshi: bool = False, name: str =
         int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"], codes=(COW,)).sum()) for w in workers]
     add_to_trace(output, recording, result)
     return result
-
-
-def _children(master: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-    except OSError:
-        return []
