@@ -22,18 +22,14 @@ sees, about one per exec (reported beside the comparison).
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import CowaheadError
-from ..trace import EventKind
-from ._common import COW, Comparison, ScenarioResult, add_to_trace, fault_mask, run_command
-from .forkexec import WRAPPER
+from ._common import ScenarioResult, add_to_trace
+from ._wait4 import run_under_wait4, wait4_comparison
 
 NAME = "make-build"
 SUMMARY = "make -j2 of a small C project (make posix_spawns, gcc vforks: no COW after fork); checked against wait4() rusage"
@@ -84,11 +80,8 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
         project = directory / "project"
         project.mkdir()
         write_project(project)
-        wrapper, report = directory / "wrapper.py", directory / "rusage.json"
-        wrapper.write_text(WRAPPER)
-        command = [sys.executable, str(wrapper), str(report), "make", "-s", "-C", str(project), f"-j{JOBS}"]
-        recording, seconds = run_command(command, output, progress)
-        usage = json.loads(report.read_text())
+        recording, seconds, usage = run_under_wait4(["make", "-s", "-C", str(project), f"-j{JOBS}"], directory,
+                                                    output, progress)
         built = (project / "program").exists()
     if not built:
         raise CowaheadError("make ran but left no program")
@@ -96,19 +89,8 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
     result.details.update({"rusage": usage, "sources": SOURCES, "jobs": JOBS})
     if recording is None:
         return result
-    trace = recording.trace
-    others = set(trace.columns["pid"].tolist()) - {usage["wrapper"]}
-    faults = int(fault_mask(trace, others).sum())
-    program = usage["minflt"] + usage["majflt"]
-    result.comparisons.append(Comparison(
-        "faults of make and everything it ran", faults, program, "faults",
-        "trace: page_fault_user + page_fault_kernel samples; program: ru_minflt + ru_majflt from wait4"))
-    c = trace.columns
-    execs = int(((c["kind"] == EventKind.EXEC) & np.isin(c["pid"], list(others))).sum())
-    forks = int(((c["kind"] == EventKind.FORK) & np.isin(c["pid"], list(others))).sum())
-    result.details.update({"trace_cow_0x7_faults": int(fault_mask(trace, others, codes=(COW,)).sum()),
-                           "processes": len(others), "forks": forks, "execs": execs,
-                           "vfork_children": trace.metadata["conversion"].get("vfork_children"),
-                           "rusage_minus_trace": program - faults})
+    comparison, details = wait4_comparison(recording.trace, usage, "faults of make and everything it ran")
+    result.comparisons.append(comparison)
+    result.details.update(details)
     add_to_trace(output, recording, result)
     return result

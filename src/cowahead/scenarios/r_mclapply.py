@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import CowaheadError
-from ..trace import EventKind
-from ._common import COW, Comparison, ScenarioResult, add_to_trace, fault_mask, run_command
-from .forkexec import WRAPPER
+from ._common import COW, ScenarioResult, add_to_trace, fault_mask
+from ._wait4 import run_under_wait4, wait4_comparison
 
 NAME = "r-mclapply"
 SUMMARY = "R parallel::mclapply over a list of 200k vectors, a fork per task; checked against wait4() rusage"
@@ -63,12 +60,8 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
         directory = Path(tmp)
         program, children = directory / "mclapply.R", directory / "children.json"
         program.write_text(PROGRAM)
-        wrapper, report = directory / "wrapper.py", directory / "rusage.json"
-        wrapper.write_text(WRAPPER)
-        command = [sys.executable, str(wrapper), str(report), "Rscript", "--vanilla", str(program), str(ENTRIES),
-                   str(TASKS), str(children)]
-        recording, seconds = run_command(command, output, progress)
-        usage = json.loads(report.read_text())
+        command = ["Rscript", "--vanilla", str(program), str(ENTRIES), str(TASKS), str(children)]
+        recording, seconds, usage = run_under_wait4(command, directory, output, progress)
         tasks = json.loads(children.read_text())
     if len(tasks) != TASKS:
         raise CowaheadError(f"mclapply returned {len(tasks)} results, not {TASKS}")
@@ -77,18 +70,13 @@ def run(output: Path | None, progress=None) -> ScenarioResult:
     if recording is None:
         return result
     trace = recording.trace
-    others = set(trace.columns["pid"].tolist()) - {usage["wrapper"]}
-    faults = int(fault_mask(trace, others).sum())
-    program_faults = usage["minflt"] + usage["majflt"]
-    result.comparisons.append(Comparison(
-        "faults of R and its mclapply children", faults, program_faults, "faults",
+    comparison, details = wait4_comparison(
+        trace, usage, "faults of R and its mclapply children",
         "trace: page_fault_user + page_fault_kernel samples of every process under the wrapper; "
-        "program: ru_minflt + ru_majflt from wait4"))
-    c = trace.columns
-    result.details.update({
-        "trace_cow_0x7_faults_children": int(fault_mask(trace, [t["pid"] for t in tasks], codes=(COW,)).sum()),
-        "forks": int(((c["kind"] == EventKind.FORK) & np.isin(c["pid"], list(others))).sum()),
-        "execs": int(((c["kind"] == EventKind.EXEC) & np.isin(c["pid"], list(others))).sum()),
-        "rusage_minus_trace": program_faults - faults})
+        "program: ru_minflt + ru_majflt from wait4")
+    result.comparisons.append(comparison)
+    result.details.update(details)
+    result.details["trace_cow_0x7_faults_children"] = int(
+        fault_mask(trace, [t["pid"] for t in tasks], codes=(COW,)).sum())
     add_to_trace(output, recording, result)
     return result
