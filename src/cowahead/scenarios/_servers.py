@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import CowaheadError
 from ..record import Recording
-from ._common import Clock, launched
+from ..trace import Trace
+from ._common import COW, Clock, Comparison, ScenarioResult, fault_mask, launched
 
 START_SECONDS = 60  # to listen, and then to fork every worker, on a loaded machine
 
@@ -119,3 +120,15 @@ def serve_under_ab(server: PreforkServer, output: Path | None, clock: Clock, req
         else:
             process.wait(timeout=START_SECONDS)
     return Served(recording, master, load.stdout)
+
+
+def compare_workers(result: ScenarioResult, trace: Trace, workers: list[dict], note: str) -> None:
+    """Each worker's faults in the trace, from its fork to the CLOCK_MONOTONIC ``time_ns`` of its report,
+    against the ``minflt + majflt`` it reported then; and its COW faults in that span."""
+    workers = sorted(workers, key=lambda w: w["pid"])
+    for number, w in enumerate(workers, start=1):
+        faults = int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"]).sum())
+        result.comparisons.append(Comparison(f"faults of worker {number}", faults, w["minflt"] + w["majflt"],
+                                             "faults", note))
+    result.details["trace_cow_0x7_faults_per_worker"] = [
+        int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"], codes=(COW,)).sum()) for w in workers]

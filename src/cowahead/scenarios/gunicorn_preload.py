@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask
-from ._servers import PreforkServer, failed_requests, free_port, requests_per_second, serve_under_ab
+from ._common import Clock, Comparison, ScenarioResult, add_to_trace, fault_mask
+from ._servers import PreforkServer, compare_workers, failed_requests, free_port, requests_per_second, serve_under_ab
 
 NAME = "gunicorn-preload"
 SUMMARY = "gunicorn --preload Flask app, 4 sync workers under ab; checked against each worker's getrusage"
@@ -157,15 +157,10 @@ def run(output: Path | None, progress=None, freeze: bool = False, name: str = NA
 
 def _compare(result: ScenarioResult, recording, master: int, workers: list[dict], master_report: dict) -> None:
     trace = recording.trace
-    for number, w in enumerate(sorted(workers, key=lambda w: w["pid"]), start=1):
-        faults = int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"]).sum())
-        result.comparisons.append(Comparison(
-            f"faults of worker {number}", faults, w["minflt"] + w["majflt"], "faults",
-            "trace: the worker's faults from its fork to its worker_exit hook's CLOCK_MONOTONIC time; "
-            "program: its getrusage(RUSAGE_SELF) ru_minflt + ru_majflt in that hook"))
+    compare_workers(result, trace, workers,
+                    "trace: the worker's faults from its fork to its worker_exit hook's CLOCK_MONOTONIC time; "
+                    "program: its getrusage(RUSAGE_SELF) ru_minflt + ru_majflt in that hook")
     faults = int(fault_mask(trace, [master], end_ns=master_report["time_ns"]).sum())
     result.comparisons.append(Comparison(
         "faults of the master", faults, master_report["minflt"] + master_report["majflt"], "faults",
         "trace: the master's faults from its exec to its on_exit hook; program: its getrusage in that hook"))
-    result.details["trace_cow_0x7_faults_per_worker"] = [
-        int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"], codes=(COW,)).sum()) for w in workers]

@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ._common import COW, Clock, Comparison, ScenarioResult, add_to_trace, fault_mask
-from ._servers import PreforkServer, failed_requests, free_port, requests_per_second, serve_under_ab
+from ._common import Clock, ScenarioResult, add_to_trace
+from ._servers import PreforkServer, compare_workers, failed_requests, free_port, requests_per_second, serve_under_ab
 
 NAME = "ruby-prefork"
 SUMMARY = "unicorn preload_app Rack app, 4 workers under ab; checked against each worker's /proc/self/stat faults"
@@ -105,14 +105,8 @@ def run(output: Path | None, progress=None, nakayoshi: bool = False, name: str =
     recording = served.recording
     if recording is None:
         return result
-    trace = recording.trace
-    for number, w in enumerate(sorted(workers, key=lambda w: w["pid"]), start=1):
-        faults = int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"]).sum())
-        result.comparisons.append(Comparison(
-            f"faults of worker {number}", faults, w["minflt"] + w["majflt"], "faults",
-            "trace: the worker's faults from its fork to its at_exit report's CLOCK_MONOTONIC time; "
-            "program: minflt + majflt of /proc/self/stat in that report"))
-    result.details["trace_cow_0x7_faults_per_worker"] = [
-        int(fault_mask(trace, [w["pid"]], end_ns=w["time_ns"], codes=(COW,)).sum()) for w in workers]
+    compare_workers(result, recording.trace, workers,
+                    "trace: the worker's faults from its fork to its at_exit report's CLOCK_MONOTONIC time; "
+                    "program: minflt + majflt of /proc/self/stat in that report")
     add_to_trace(output, recording, result)
     return result
