@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from numba import njit
 
 from cowahead.engine import page_space, replay_chunk, replay_engine
@@ -62,6 +63,7 @@ from cowahead.engine.state import new_state
 from cowahead.machine import machine_metadata, package_versions
 from cowahead.policies import OraclePolicy, parse_policy
 from cowahead.trace import PAGE_SIZE, EventKind, Trace, TraceFile, write_trace
+from cowahead.trace.parquet import ROW_GROUP_ROWS
 from cowahead.trace.events import PAGE_SHIFT
 from cowahead.trace.generators import BASE, generate
 
@@ -198,6 +200,18 @@ def replay_chunks(st, decoded):
     finish(st)
 
 
+def read_times(path: Path, earlier: Path, runs: int) -> tuple[dict, dict]:
+    """The file as a replay reads it (prepass.in_memory_if_small), in today's layout and the earlier one, in
+    turn within each run; one warm-up of each kept apart."""
+    today, before = [], []
+    for _ in range(runs + 1):
+        for values, p in ((today, path), (before, earlier)):
+            t = time.perf_counter()
+            in_memory_if_small(TraceFile(p))
+            values.append(time.perf_counter() - t)
+    return ({"warmup_s": today[0], **stats(today[1:])}, {"warmup_s": before[0], **stats(before[1:])})
+
+
 def replay_times(make_state, decoded, runs: int, end_to_end) -> tuple[dict, dict, dict, object]:
     """Per run, side by side: the replay loop alone, on a state made and touched before the timer; making a
     fresh state plus the loop, where the kernel zeroes the state's memory as the loop first touches it
@@ -254,18 +268,42 @@ def rewrite(pages: int, events: int | None = None) -> Trace:
 
 
 def trace_file(pattern: str, pages: int, cache: Path) -> Path:
+    """The pattern's trace in today's layout (trace/parquet.py: COMPRESSION), generated once; a cached file
+    of the earlier layout (Snappy on every column) is kept beside it as ``earlier_layout`` and written anew
+    from its own events, so that both layouts of the same events can be read side by side."""
     path = cache / f"{pattern.replace(':', '_')}-{pages}.parquet"
     if not path.exists():
         print(f"generating {path} …", flush=True)
         write_trace(rewrite(pages) if pattern == "rewrite" else generate(pattern, pages=pages, seed=0), path)
+    elif _compression(path, "address") != "UNCOMPRESSED":  # trace/parquet.py: COMPRESSION["address"]
+        print(f"rewriting {path} in today's layout …", flush=True)
+        path.rename(earlier_layout(path))
+        write_trace(TraceFile(earlier_layout(path)).read(), path)
     return path
+
+
+def earlier_layout(path: Path) -> Path:
+    """The same events as ``path`` in the layout written before (pyarrow's defaults: Snappy and a dictionary
+    on every column), made from it if missing."""
+    old = path.with_name(path.stem + "-snappy.parquet")
+    if not old.exists():
+        table = pq.read_table(path)
+        pq.write_table(table, old, row_group_size=ROW_GROUP_ROWS)
+    return old
+
+
+def _compression(path: Path, column: str) -> str:
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return next(group.column(i).compression for i in range(group.num_columns)
+                if group.column(i).path_in_schema == column)
 
 
 def bench_engine(path: Path, runs: int) -> dict:
     # The file as a replay reads it (replay columns, no write's value; prepass.in_memory_if_small): the
     # first stage of end to end. The file is in the page cache after the first read: Parquet's decoding,
     # not the disk.
-    file_t, _ = timed(lambda: in_memory_if_small(TraceFile(path)), runs)
+    # Beside it, in turn within each run, the same events in the layout written before (Snappy everywhere).
+    file_t, earlier_t = read_times(path, earlier_layout(path), runs)
     trace = TraceFile(path).read()  # in memory: the loop's speed, not the disk's
     events = len(trace)
     space_t, space = timed(lambda: page_space(trace), runs)
@@ -274,7 +312,9 @@ def bench_engine(path: Path, runs: int) -> dict:
     read_t, _ = timed(lambda: [read_only_loop(*c) for c in columns], runs)
     read_rate = events / read_t["median"]
     floor = bench_floor(trace, runs)
-    out = {"events": events, "pages": len(space.pages), "read": file_t, "page_space": space_t, "decode": decode_t,
+    out = {"events": events, "pages": len(space.pages), "read": file_t,
+           "read_earlier_layout": {**earlier_t, "file_bytes": earlier_layout(path).stat().st_size},
+           "file_bytes": path.stat().st_size, "page_space": space_t, "decode": decode_t,
            "read_only_loop": {**read_t, "events_per_s": read_rate},
            "memory_floor": floor or {"note": "not a one-child trace: no memory floor"}, "policies": {}}
     for policy in POLICIES:
@@ -304,6 +344,8 @@ def bench_engine(path: Path, runs: int) -> dict:
               f"{decode_t['median']:.3f}, " + (f"future {future_t['median']:.3f}, " if future_t else "")
               + f"state {state_t['median']:.3f}, loop {loop_t['median']:.3f}, fresh state and loop "
               f"{fresh_t['median']:.3f}; end to end {end_t['median']:.3f}", flush=True)
+    print(f"  read {file_t['median']:.3f} s ({path.stat().st_size / 1e6:.0f} MB), earlier layout "
+          f"{earlier_t['median']:.3f} s ({earlier_layout(path).stat().st_size / 1e6:.0f} MB)", flush=True)
     print(f"  read-only loop {read_rate / 1e6:.0f} M events/s"
           + (f"; memory floor {floor['events_per_s'] / 1e6:.0f} M events/s" if floor else ""), flush=True)
     return out

@@ -50,6 +50,32 @@ def test_a_read_of_some_columns_gives_those_columns_whole_and_in_chunks(tmp_path
         assert np.array_equal(np.concatenate([c[name] for c in chunks]), trace.columns[name])
 
 
+def test_a_file_of_the_earlier_layout_reads_as_one_of_todays(tmp_path, monkeypatch):
+    """Files written before address and arg were stored uncompressed (Snappy and dictionaries on every column,
+    pyarrow's defaults) read the same, whole, in chunks and as a replay reads them; today's writer stores
+    address and arg uncompressed and address without a dictionary."""
+    monkeypatch.setattr("cowahead.trace.parquet.ROW_GROUP_ROWS", 100)
+    trace = generate("forkexec", pages=64)
+    write_trace(trace, tmp_path / "new.parquet")
+    table = pq.read_table(tmp_path / "new.parquet")
+    pq.write_table(table, tmp_path / "old.parquet", row_group_size=100)  # pyarrow's defaults, as written before
+    new, old = TraceFile(tmp_path / "new.parquet"), TraceFile(tmp_path / "old.parquet")
+    columns = pq.ParquetFile(tmp_path / "new.parquet").metadata.row_group(0)
+    stored = {columns.column(i).path_in_schema: columns.column(i) for i in range(columns.num_columns)}
+    assert stored["address"].compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in stored["address"].encodings
+    assert stored["arg"].compression == "UNCOMPRESSED" and stored["kind"].compression == "SNAPPY"
+    assert pq.ParquetFile(tmp_path / "old.parquet").metadata.row_group(0).column(3).compression == "SNAPPY"
+    assert old.metadata == new.metadata
+    for name in COLUMNS:
+        assert np.array_equal(old.read().columns[name], trace.columns[name]), name
+    for access_args in (True, False):
+        a = old.read_columns(access_args=access_args)
+        b = new.read_columns(access_args=access_args)
+        assert all(np.array_equal(a[k], b[k]) for k in COLUMNS)
+        for x, y in zip(old.iter_chunks(access_args=access_args), new.iter_chunks(access_args=access_args)):
+            assert all(np.array_equal(x[k], y[k]) for k in COLUMNS)
+
+
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_generators_are_seeded_and_deterministic(name):
     a, b, c = generate(name, 128, seed=1), generate(name, 128, seed=1), generate(name, 128, seed=2)
