@@ -161,6 +161,9 @@ def test_thp_sequential_under_none_by_hand_equals_the_guests_report():
     bad = dict(row, output={**output, "layout_child": {"present": 2048, "large": 1, "zero": 0}})
     (item,) = compare([bad], {w.name: w})
     assert not item["match"] and item["differs"] == {"layout_child_large": [1, 0]}
+    reused = dict(row, output={**output, "during": {**output["during"], "pgreuse": 1}})
+    (item,) = compare([reused], {w.name: w})
+    assert not item["match"] and item["differs"] == {"pgreuse": [1, 0]}  # no reuse fault: 6.12 copies them all
     ignored = dict(row, thp_set={**THP_CONFIGS["always"], "enabled": "never"})
     assert not compare([ignored], {w.name: w})[0]["match"]  # the guest did not take the knobs
 
