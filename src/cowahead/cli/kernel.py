@@ -121,7 +121,7 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
 @source_option
 @click.option("--test", "tests", multiple=True, help="Only these selftests (repeatable); default: issue 19's list.")
 @click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
-              help="Policies for the patched kernel (repeatable); default: all three.")
+              help="Policies for the patched kernel (repeatable); default: all four.")
 @click.option("--window", "windows", multiple=True, type=int, help="Windows (repeatable); default 0, 16, 512.")
 @click.option("--stock-results", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A previous stock run's results file, instead of booting the stock kernel again.")

@@ -26,8 +26,8 @@ def wp_page_copy(st, s, v, d):
 
 @jit_inline
 def break_cow_range(st, s, v, lo, hi):
-    """break_cow_ahead of the model on each page of [lo, hi) (inside ``v``): skipped unless present and
-    write-protected, then reused or copied. Returns how many were broken.
+    """break_cow_ahead of the model on each page of [lo, hi) (inside ``v``): skipped unless present,
+    write-protected and not the zero page, then reused or copied. Returns how many were broken.
 
     wp_page_copy's steps (alloc_frame, put_frame, map_frame) are written out here, with the free
     stack's top and the counters in locals stored once per window rather than once per page.
@@ -43,6 +43,8 @@ def break_cow_range(st, s, v, lo, hi):
         if (pte & (PRESENT | WRITABLE)) != PRESENT:
             continue
         old = frame_of(pte)
+        if old == ZERO_FRAME:  # never written: nothing to break (the model's break_cow_ahead)
+            continue
         if wp_can_reuse(st, old):
             ptes[u, e] = pte | WRITABLE
             reuses += 1
@@ -53,12 +55,11 @@ def break_cow_range(st, s, v, lo, hi):
         frames[np.uintp(new)] = MAPPED
         resident += 1
         peak = max(peak, resident)
-        if old != ZERO_FRAME:
-            frames[np.uintp(old)] -= MAPPED
-            if frames[np.uintp(old)] == 0:
-                free[np.uintp(top)] = old
-                top += 1
-                resident -= 1
+        frames[np.uintp(old)] -= MAPPED
+        if frames[np.uintp(old)] == 0:
+            free[np.uintp(top)] = old
+            top += 1
+            resident -= 1
         ptes[u, e] = (new << FRAME_SHIFT) | PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
         copies += 1
     st.sc[SC_FRAMES_FREE] = top
@@ -106,6 +107,8 @@ def break_cow_range_large(st, s, v, lo, hi):
             continue
         pte = st.ptes[s, q]
         old = frame_of(pte)
+        if old == ZERO_FRAME:  # never written: nothing to break (the model's break_cow_ahead)
+            continue
         if can_reuse_any(st, s, old):
             st.ptes[s, q] = pte | WRITABLE
             reuses += 1

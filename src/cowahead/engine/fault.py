@@ -80,7 +80,8 @@ def handle_mm_fault(st, s, v, d, write, pid, now):
         return
     c[C_COW_COPY] += 1
     wp_page_copy(st, s, v, d)
-    if st.policy[PP_KIND] != POL_NONE:  # a call costs more than Linux's own path here
+    # A copy from the zero page is a first write, not a broken share: no COW-ahead (the model's do_wp_page).
+    if st.policy[PP_KIND] != POL_NONE and frame_of(fl) != ZERO_FRAME:  # a call costs more than Linux's own path here
         copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
         if cow_ahead(st, s, v, d, pid, now):
             count_batch(st, copies, reuses)
@@ -163,7 +164,7 @@ def do_wp_page_large(st, s, v, d, pid, now):
     old = frame_of(fl)  # vmf.folio: the folio copied from, which the copy may free (folio's window asks)
     order = st.folios[old, F_ORDER] if old != ZERO_FRAME and st.frame_kind[old] == LARGE else 0
     wp_page_copy_large(st, s, v, d)
-    if st.policy[PP_KIND] != POL_NONE:
+    if st.policy[PP_KIND] != POL_NONE and old != ZERO_FRAME:  # no COW-ahead after a copy from the zero page
         copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
         if cow_ahead_large(st, s, v, d, pid, now, old, order):
             count_batch(st, copies, reuses)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 SYSCTL_PAGES = Path("/proc/sys/vm/cow_ahead_pages")
 SYSCTL_POLICY = Path("/proc/sys/vm/cow_ahead_policy")
+THP = Path("/sys/kernel/mm/transparent_hugepage")
 MARK = "RESULT "
 STDOUT_KEPT = 200_000
 # As vm.DMESG_PROBLEM (this file imports nothing from the package): kernel log lines that fail a run.
@@ -38,12 +39,32 @@ def set_cow_ahead(policy: str | None, pages: int | None) -> None:
         SYSCTL_PAGES.write_text(str(pages))
 
 
+def thp_word(key: str) -> str:
+    """A THP knob's current word: the bracketed one of "always [madvise] never", else the whole text."""
+    text = (THP / key).read_text().strip()
+    found = re.search(r"\[(\w+)\]", text)
+    return found.group(1) if found else text
+
+
+def set_thp(knobs: dict) -> dict:
+    """Set each knob (key under THP, word); returns what each reads afterwards."""
+    for key, word in knobs.items():
+        (THP / key).write_text(word)
+    return {key: thp_word(key) for key in knobs}
+
+
 def run_one(run: dict) -> dict:
     out = dict(run)
+    saved = None
     try:
+        if run.get("thp"):  # this run's THP knobs, restored after it
+            saved = {key: thp_word(key) for key in run["thp"]}
+            out["thp_set"] = set_thp(run["thp"])
         set_cow_ahead(run.get("policy"), run.get("window"))
     except OSError as e:
-        out.update(error=f"cannot set COW-ahead sysctls: {e}")
+        out.update(error=f"cannot set COW-ahead sysctls or THP knobs: {e}")
+        if saved:
+            set_thp(saved)
         return out
     start = time.monotonic()
     try:
@@ -58,6 +79,8 @@ def run_one(run: dict) -> dict:
     finally:
         if SYSCTL_PAGES.exists():
             SYSCTL_PAGES.write_text("0")
+        if saved:
+            set_thp(saved)
         out["seconds"] = round(time.monotonic() - start, 1)
         out["dmesg"] = dmesg_new_problems()
     out["returncode"] = done.returncode
@@ -72,6 +95,8 @@ def run_one(run: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     plan = json.loads(Path(argv[1]).read_text())
+    if plan.get("khugepaged_sleep_ms"):  # no collapse behind a run's back
+        (THP / "khugepaged/scan_sleep_millisecs").write_text(str(plan["khugepaged_sleep_ms"]))
     boot = dmesg_new_problems()  # what boot logged, kept apart from the first run
     if boot:
         print(MARK + json.dumps({"kind": "boot-dmesg", "dmesg": boot}), flush=True)

@@ -12,7 +12,22 @@ same trace under the same policy; the counters line up as
 | cow_ahead_reuse       | ahead_reuses      |
 | cow_ahead_unused      | ahead_waste       |
 
-Window 0 is ``none`` in the model. /proc/vmstat is global, so a stray fault
+Window 0 is ``none`` in the model.
+
+Large folios (issue 19): every pattern is a *workload* (``Workload``): the
+guest's THP knobs for the run (``THP_CONFIGS``), the parent's operations
+before fork (writes, reads that map the zero page, MADV_DONTNEED,
+MADV_HUGEPAGE / MADV_NOHUGEPAGE; ``cow_workload -s``) and the streams after
+it. The model replays the same events under the same knobs and the guest's
+kernel version (``GUEST_KERNEL``: 6.12, which copies a shared large folio's
+pages one by one and never reuses them by counts), not the host's. Beside the
+counters above, these are compared: ``pgreuse`` (reuse faults), the THP
+counters ``thp_fault_alloc`` and ``thp_split_pmd`` over the writes and over
+the setup, and the region's layout from pagemap and kpageflags (pages
+present, in a large folio, mapping the zero page) in the parent at fork, in
+the child after its writes and in the parent after its own.
+
+/proc/vmstat is global, so a stray fault
 elsewhere in the guest would show; the workload snapshots inside the child
 around nothing but its writes (and its munmap of the region) to keep that
 out. Other guest processes still fault now and then (one run in twenty
@@ -33,17 +48,21 @@ from pathlib import Path
 import numpy as np
 
 from ..model.costs import CostModel
+from ..model.folio import FolioSettings
 from ..model.kernel import Kernel
+from ..model.memory import Mm
 from ..policies import parse_policy
-from ..trace.events import PAGE_SHIFT, EventKind
+from ..trace.events import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, Advice, EventKind
 from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
 from .guestprogs import INGUEST, INTEGRITY, compile_programs
 from .vm import GuestResult, run_in_guest
 
 WINDOWS = (0, 4, 16, 64)
-POLICIES = ("fixed", "around", "adaptive")
-PATTERNS = ("sequential", "random", "pingpong", "random2")
+POLICIES = ("fixed", "around", "adaptive", "folio")
+# The 4 KiB patterns (MADV_NOHUGEPAGE over the region, every page written before fork) and the ones with
+# large folios, holes and zero pages (LARGE_PATTERNS).
+PATTERNS_4K = ("sequential", "random", "pingpong", "random2")
 DEFAULT_PAGES = 2048  # four page tables of 512 PTEs: windows meet table ends
 MODEL_FIELDS = {"cow_fault_copy": "cow_copy", "cow_ahead_copy": "ahead_copies",
                 "cow_ahead_reuse": "ahead_reuses", "cow_ahead_unused": "ahead_waste"}
@@ -52,8 +71,11 @@ REPEATS = 3
 
 
 def model_policy(policy: str, window: int) -> str:
-    """The model's policy string for a kernel setting; window 0 is COW-ahead off."""
-    return "none" if window == 0 else f"{policy}:{window}"
+    """The model's policy string for a kernel setting; window 0 is COW-ahead off. The kernel's ``folio``
+    takes its window from the folio: cow_ahead_pages only switches it on."""
+    if window == 0:
+        return "none"
+    return "folio" if policy == "folio" else f"{policy}:{window}"
 
 
 def child_stream(trace: Trace) -> list[int]:
@@ -112,20 +134,198 @@ def kernel_counters(output: dict) -> dict[str, int]:
     return {k: v for k, v in counters.items() if v != -1}
 
 
+# ----- workloads with large folios, holes and zero pages ---------------------------------------------
+
+GUEST_KERNEL = "6.12.117"  # the patched kernel's release: the model follows its rules (FolioSettings.kernel)
+# The THP knobs a run sets in the guest (and restores after it). "4k" is the guest's default (THP always, as
+# Debian; every mTHP size never) with MADV_NOHUGEPAGE over the region in the setup.
+GUEST_THP = {"enabled": "always", "hugepages-2048kB/enabled": "inherit", "hugepages-64kB/enabled": "never"}
+THP_CONFIGS = {
+    "4k": GUEST_THP,
+    "always": GUEST_THP,
+    "madvise": {**GUEST_THP, "enabled": "madvise"},
+    "mthp-64k": {**GUEST_THP, "hugepages-2048kB/enabled": "never", "hugepages-64kB/enabled": "always"},
+}
+# khugepaged stays asleep during a plan (a collapse in the middle of a run is not in the trace).
+KHUGEPAGED_SLEEP_MS = 24 * 3600 * 1000
+ADVICE = {"h": Advice.HUGEPAGE, "n": Advice.NOHUGEPAGE}
+
+
+@dataclass
+class Workload:
+    """One pattern as the guest runs it and the model replays it: the THP configuration, the parent's
+    operations before fork (("w", p), ("r", p), ("d", p, n), ("h", p, n), ("n", p, n)), the streams."""
+    name: str
+    config: str
+    setup: list[tuple]
+    child: list[int]
+    parent: list[int] | None
+    pages: int
+
+    @property
+    def folios(self) -> FolioSettings:
+        return FolioSettings.from_thp(THP_CONFIGS[self.config], GUEST_KERNEL)
+
+    def setup_text(self) -> str:
+        return "".join(" ".join(map(str, op)) + "\n" for op in self.setup)
+
+    def trace(self) -> tuple[Trace, dict[str, int]]:
+        """The model's events and the marks: how many events come before the fork, after the child's
+        writes and after the parent's."""
+        b = TraceBuilder()
+        b.mmap(PARENT, self.pages)
+        for op in self.setup:
+            if op[0] == "w":
+                b.write(PARENT, op[1])
+            elif op[0] == "r":
+                b.read(PARENT, op[1])
+            elif op[0] == "d":
+                b.add(PARENT, EventKind.DONTNEED, BASE + op[1] * PAGE_SIZE, op[2] * PAGE_SIZE)
+            else:
+                b.add(PARENT, EventKind.MADVISE, BASE + op[1] * PAGE_SIZE, op[2] * PAGE_SIZE, int(ADVICE[op[0]]))
+        marks = {"fork": len(b.rows["pid"])}
+        b.fork(PARENT, PARENT + 1)
+        b.writes(PARENT + 1, self.child)
+        marks["child"] = len(b.rows["pid"])
+        b.writes(PARENT, self.parent or [])
+        marks["parent"] = len(b.rows["pid"])
+        b.exit(PARENT + 1)
+        b.exit(PARENT)
+        return b.trace({"source": f"kernel-validate:{self.name}", "pattern": self.name, "pages": self.pages,
+                        "thp": self.folios.as_thp(), "kernel": GUEST_KERNEL}), marks
+
+
+def _writes(pages) -> list[tuple]:
+    return [("w", int(p)) for p in pages]
+
+
+def large_workload(name: str, pages: int, seed: int) -> Workload:
+    """The patterns with large folios, holes and zero pages (``pages`` ≥ 2048: four page tables)."""
+    rng = np.random.default_rng(seed)
+    every = list(range(pages))
+    random_stream = [int(p) for p in rng.integers(0, pages, pages)]
+    quarter = lambda: [int(p) for p in rng.integers(0, pages, pages // 4)]  # noqa: E731
+    if name == "thp-sequential":  # four PMD THPs; each first write splits one, the rest is PTE-mapped
+        return Workload(name, "always", _writes(every), every, None, pages)
+    if name == "thp-random2":  # two-sided: the parent meets its own THPs split by its faults, shared still
+        return Workload(name, "always", _writes(every), quarter(), quarter(), pages)
+    if name == "thp-split":  # MADV_HUGEPAGE; a PTE-mapped THP with a hole, a zapped PMD (no page table), a VMA split
+        setup = [("h", 0, pages)] + _writes(every) + [("d", 100, 1), ("d", 1024, 512), ("n", 1600, 16)]
+        return Workload(name, "madvise", setup, random_stream, None, pages)
+    if name == "holes-4k":  # 4 KiB: holes inside tables and a table that does not exist (pages 512-1023)
+        written = [p for p in every if (p < 500 and not 300 <= p < 350) or (p >= 1024 and p % 5)]
+        return Workload(name, "4k", [("n", 0, pages)] + _writes(written), random_stream, None, pages)
+    if name == "zero":  # zero pages in windows (odd pages of 0-511), then the huge zero page, then a THP
+        setup = [("n", 0, 1024)] + [("w" if p % 2 == 0 or p >= 512 else "r", p) for p in range(1024)]
+        setup += [("r", 1024)] + _writes(range(1536, pages))
+        return Workload(name, "always", setup, every, None, pages)
+    if name == "mthp-sequential":  # 64 KiB mTHPs, PTE-mapped from the start
+        return Workload(name, "mthp-64k", _writes(every), every, None, pages)
+    if name == "mthp-holes":  # a partly zapped mTHP, zero pages, and an mTHP faulted among them
+        setup = _writes(every) + [("d", 40, 3), ("d", 512, 512)] + [("r", p) for p in range(600, 616)]
+        setup += [("w", 700)]
+        return Workload(name, "mthp-64k", setup, random_stream, quarter(), pages)
+    raise ValueError(f"no large-folio pattern {name!r}")
+
+
+LARGE_PATTERNS = ("thp-sequential", "thp-random2", "thp-split", "holes-4k", "zero", "mthp-sequential", "mthp-holes")
+PATTERNS = PATTERNS_4K + LARGE_PATTERNS
+
+
+def workload(pattern: str, pages: int, seed: int) -> Workload:
+    """Any pattern as a Workload: a 4 KiB one is MADV_NOHUGEPAGE over the region, then every page written."""
+    if pattern in LARGE_PATTERNS:
+        return large_workload(pattern, pages, seed)
+    _, child, parent = workload_streams(pattern, pages, seed)
+    return Workload(pattern, "4k", [("n", 0, pages)] + _writes(range(pages)), child, parent, pages)
+
+
+def region_layout(kernel: Kernel, mm: Mm, pages: int) -> dict[str, int]:
+    """What pagemap and kpageflags show of the region: pages present, in a large folio (not the huge zero
+    page), mapping the zero page (4 KiB or huge)."""
+    first = BASE >> PAGE_SHIFT
+    present = large = zero = 0
+    for page in range(first, first + pages):
+        pte = mm.ptes.get(page)
+        if pte is not None:
+            frame = pte.frame
+        else:
+            pmd = mm.pmds.get(page >> HPAGE_PMD_ORDER)
+            if pmd is None:
+                continue
+            frame = kernel.pmd_frame(pmd, page)
+        present += 1
+        if frame is kernel.zero_page:
+            zero += 1
+        elif frame.folio is not None:
+            large += 1
+    return {"present": present, "large": large, "zero": zero}
+
+
+# Kernel key -> model Counters field, over the writes after fork ("during") and over the setup.
+DURING_FIELDS = {"cow_fault_copy": "cow_copy", "cow_ahead_copy": "ahead_copies", "cow_ahead_reuse": "ahead_reuses",
+                 "pgreuse": "reuse", "thp_fault_alloc": "thp_fault_alloc", "thp_split_pmd": "thp_split_pmd"}
+SETUP_FIELDS = {"thp_fault_alloc": "thp_fault_alloc", "thp_split_pmd": "thp_split_pmd"}
+# Counters kept beside the comparison, not in it (none now). pgreuse was, while a guest run read one more
+# than the model in 55 of 143 settings: the child's first now_ns() inside the snapshot wrote a stack page (a
+# reuse fault, or a copy); fixed in cow_workload.c, pgreuse is compared again.
+REPORTED_ONLY: tuple[str, ...] = ()
+LAYOUTS = {"layout_fork": ("fork", PARENT), "layout_child": ("child", PARENT + 1), "layout_parent": ("parent", PARENT)}
+
+
+def model_workload(w: Workload, policy: str) -> dict[str, int]:
+    """The model's view of a workload run, keyed as ``workload_counters`` keys the kernel's."""
+    trace, marks = w.trace()
+    kernel = Kernel(parse_policy(policy), folios=w.folios)
+    kernel.policy.prepare(trace)
+    at: dict[str, dict] = {}
+    layouts: dict[str, dict] = {}
+    for index, event in enumerate(trace.events()):
+        kernel.apply(event, index)
+        for name, mark in marks.items():
+            if mark == index + 1:
+                at[name] = kernel.counters.as_dict()
+        for key, (mark, pid) in LAYOUTS.items():
+            if marks[mark] == index + 1:
+                layouts[key] = region_layout(kernel, kernel.mm_of(pid), w.pages)
+    for counters in at.values():
+        # PGREUSE counts wp_page_reuse, a PTE's; do_huge_pmd_wp_page reuses a PMD without it. The model
+        # counts both as reuse, a PMD's with 512 reuse pages: 511 more than a PTE's.
+        counters["reuse"] -= (counters["reuse_pages"] - counters["reuse"]) // 511
+    out = {key: at["parent"][field] - at["fork"][field] for key, field in DURING_FIELDS.items()}
+    out.update({f"setup_{key}": at["fork"][field] for key, field in SETUP_FIELDS.items()})
+    for key, layout in layouts.items():
+        out.update({f"{key}_{k}": v for k, v in layout.items()})
+    return out
+
+
+def workload_counters(output: dict) -> dict[str, int]:
+    """The guest's report of a ``-s`` run, flat: the writes' deltas, the setup's, the three layouts; a
+    value of -1 (a counter this kernel lacks, a layout it could not read) is left out."""
+    out = {key: output["during"][key] for key in DURING_FIELDS}
+    out.update({f"setup_{key}": output["setup"][key] for key in SETUP_FIELDS})
+    for key in LAYOUTS:
+        out.update({f"{key}_{k}": v for k, v in output[key].items()})
+    return {k: v for k, v in out.items() if v != -1}
+
+
 @dataclass
 class Plan:
     runs: list[dict]
-    traces: dict[str, Trace]
+    traces: dict[str, Trace | Workload]
 
 
 def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies=POLICIES, windows=WINDOWS,
               pages: int = DEFAULT_PAGES, seed: int = 0, leak: bool = True, repeats: int = REPEATS) -> Plan:
+    """Every pattern is run as a Workload (``cow_workload -s``) under its THP configuration."""
     runs, traces = [], {}
     for pattern in patterns:
-        trace, child, parent = workload_streams(pattern, pages, seed)
-        traces[pattern] = trace
-        argv = [str(programs["cow_workload"]), str(pages)]
-        for who, stream in (("child", child), ("parent", parent)):
+        w = workload(pattern, pages, seed)
+        traces[pattern] = w
+        setup = work / f"setup-{pattern}.txt"
+        setup.write_text(w.setup_text())
+        argv = [str(programs["cow_workload"]), "-s", str(setup), str(pages)]
+        for who, stream in (("child", w.child), ("parent", w.parent)):
             if stream is not None:
                 path = work / f"stream-{pattern}-{who}.txt"
                 path.write_text("\n".join(map(str, stream)) + "\n")
@@ -136,7 +336,8 @@ def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies
                     continue  # off is off, whatever the policy
                 for repeat in range(repeats):
                     runs.append({"kind": "workload", "pattern": pattern, "policy": policy, "window": window,
-                                 "repeat": repeat, "pages": pages, "argv": argv})
+                                 "repeat": repeat, "pages": pages, "argv": argv, "thp": THP_CONFIGS[w.config],
+                                 "thp_config": w.config})
     if leak:
         for policy in policies:
             for window in windows:
@@ -151,7 +352,8 @@ PLAN_TIMEOUT_S = 3 * 3600  # one boot runs a whole plan; a debug kernel under TC
 def run_plan(kernel: Path, plan: Plan, work: Path, icount: bool = False, cpus: int = 1,
              timeout: float = PLAN_TIMEOUT_S) -> tuple[list[dict], GuestResult]:
     plan_file = work / "plan.json"
-    plan_file.write_text(json.dumps({"runs": plan.runs}))
+    settings = {"khugepaged_sleep_ms": KHUGEPAGED_SLEEP_MS} if any("thp" in r for r in plan.runs) else {}
+    plan_file.write_text(json.dumps({"runs": plan.runs, **settings}))
     result = run_in_guest(kernel, [sys.executable, str(INGUEST), str(plan_file)], icount=icount, cpus=cpus,
                           memory="2G", timeout=timeout)
     rows = [json.loads(line[len("RESULT "):]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
@@ -172,14 +374,31 @@ def compare(rows: list[dict], traces: dict[str, Trace]) -> list[dict]:
         if not done:
             item.update(error=runs[0].get("error") or runs[0].get("stderr", "no output"), match=False)
         else:
-            kernel_runs = [kernel_counters(r["output"]) for r in done]
+            w = traces[pattern]
+            if isinstance(w, Workload):
+                kernel_runs = [workload_counters(r["output"]) for r in done]
+                model = model_workload(w, name)
+                item["thp_config"] = w.config
+                item["thp_set"] = done[0].get("thp_set")
+            else:
+                kernel_runs = [kernel_counters(r["output"]) for r in done]
+                model = model_counters(w, name)
             item["kernel"] = {k: min(run[k] for run in kernel_runs) for k in kernel_runs[0]}
             item["kernel_runs"] = kernel_runs
-            model = model_counters(traces[pattern], name)
+            if isinstance(w, Workload):
+                item["reported"] = {k: [item["kernel"].pop(k), model.pop(k)] for k in REPORTED_ONLY
+                                    if k in item["kernel"]}
+                for run in kernel_runs:
+                    for k in REPORTED_ONLY:
+                        run.pop(k, None)
             item["model"] = {k: v for k, v in model.items() if k in item["kernel"]}
             item["not_measured"] = sorted(set(model) - set(item["kernel"]))
             item["dmesg"] = [line for r in runs for line in r.get("dmesg", [])]
-            item["match"] = item["kernel"] == item["model"] and not item["dmesg"]
+            item["differs"] = {k: [item["kernel"][k], item["model"][k]] for k in item["kernel"]
+                               if item["kernel"][k] != item["model"].get(k)}
+            knobs = [r.get("thp_set") for r in done if "thp" in r]
+            item["thp_ok"] = all(k == done[0]["thp"] for k in knobs)  # the guest took the knobs
+            item["match"] = item["kernel"] == item["model"] and not item["dmesg"] and item["thp_ok"]
             item["child_ns"] = [r["output"]["child_ns"] for r in done]
         out.append(item)
     return out
@@ -298,6 +517,7 @@ def validate(kernel: Path, work: Path | None = None, **plan_args) -> dict:
     programs = compile_programs(work / "bin")
     plan = make_plan(work, programs, **plan_args)
     rows, result = run_plan(kernel, plan, work)
+    (work / "rows.json").write_text(json.dumps(rows))  # the guest's raw rows, should the comparison fail
     return {"validation": compare(rows, plan.traces), "security": leak_rows(rows),
             "guest": guest_summary(rows, result)}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import CowaheadError
 
-POLICIES = ("fixed", "around", "adaptive")
+POLICIES = ("fixed", "around", "adaptive", "folio")  # vm.cow_ahead_policy of the 6.12 patch (folio: not in the 6.1 one)
 SYSCTL_PAGES = "/proc/sys/vm/cow_ahead_pages"
 SYSCTL_POLICY = "/proc/sys/vm/cow_ahead_policy"
 DEFAULT_TIMEOUT_S = 600

@@ -472,10 +472,12 @@ class Kernel(HugeMemory):
             return self.wp_page_reuse(vmf)
         self._count(vmf, "cow_copy")
         vmf.folio = vmf.pte.frame.folio
+        from_zero_page = vmf.pte.frame is self.zero_page
         vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
         c = self.counters
         copies, reuses = c.ahead_copies, c.ahead_reuses
-        self.cow_ahead(vmf)
+        if not from_zero_page:  # a first write to a read page, not a broken share: no COW-ahead (as the patch)
+            self.cow_ahead(vmf)
         self.cow_batches[batch_bin(c.ahead_copies - copies), batch_bin(c.ahead_reuses - reuses)] += 1
 
     def wp_can_reuse(self, mm: Mm, frame: Frame) -> bool:
@@ -509,11 +511,14 @@ class Kernel(HugeMemory):
             self.counters.ahead_batches += 1
 
     def break_cow_ahead(self, pid: int, mm: Mm, vma: Vma, page: int) -> int:
-        """One page of a batch: skipped unless present, write-protected and private."""
+        """One page of a batch: skipped unless present, write-protected, private and not the zero page (never
+        written, so nothing to break; a copy would grow the process by a page it may never write: the 6.12
+        patch's cow_ahead_page skips it too). A page under a PMD has no PTE here: skipped, the window goes on
+        (the patch skips a missing or huge page table and goes on with the next)."""
         if page not in vma or page not in mm.ptes or not vma.is_private:
             return 0
         pte = mm.ptes[page]
-        if pte.writable:
+        if pte.writable or pte.frame is self.zero_page:
             return 0
         c = self.counters
         if self.wp_can_reuse(mm, pte.frame):

@@ -2,8 +2,9 @@
 
 A policy is asked once per COW copy on demand (``wp_page_copy``) and
 answers with page numbers; the fault path then breaks COW on each of them
-that is present and write-protected, with the same exclusivity check as the
-faulting page. A policy may read the address space (PTEs, their dirty bit
+that is present, write-protected and not the zero page, with the same
+exclusivity check as the faulting page. A copy from the zero page (a first
+write to a page only read) asks no policy. A policy may read the address space (PTEs, their dirty bit
 and copied-ahead flag) as a kernel could at fault time; only ``oracle`` is
 given the future.
 

@@ -1,5 +1,5 @@
 /*
- * cow_workload PAGES STREAM [PARENT_STREAM]: after fork, the child writes
+ * cow_workload [-s SETUP] PAGES STREAM [PARENT_STREAM]: after fork, the child writes
  * the pages listed in the file STREAM (page indices, whitespace separated)
  * of a PAGES-page region the parent populated; then, if PARENT_STREAM is
  * given, the parent writes its pages while the child still maps the region
@@ -16,6 +16,15 @@
  * both exit. Each process unmaps the region itself before exiting, so that
  * the unused count is the region's alone, not also that of COW-ahead copies
  * of a stack.
+ *
+ * SETUP, if given, replaces "MADV_NOHUGEPAGE over the region, then write
+ * every page" (the region is then left as the THP knobs make it) as what the parent does before fork: one operation a line,
+ * "w P" (write page P), "r P" (read it), "d P N" (MADV_DONTNEED of N pages
+ * from P), "h P N" / "n P N" (MADV_HUGEPAGE / MADV_NOHUGEPAGE). Then the
+ * counter deltas over the setup ("setup") and the region's layout
+ * (pagemap, kpageflags) after it ("layout_fork", the parent), after the
+ * child's writes ("layout_child") and after the parent's ("layout_parent")
+ * are printed too.
  */
 #include "common.h"
 #include <sys/wait.h>
@@ -23,6 +32,7 @@
 
 struct child_report {
 	long long before[NCOUNTERS], after[NCOUNTERS];
+	struct layout layout;	/* the region after the child's writes */
 	long long ns;
 	long long rewrite_ns;	/* the same writes again, now without faults: the user-space share */
 };
@@ -70,6 +80,45 @@ static long *read_stream(const char *path, unsigned long pages, unsigned long *c
 	return stream;
 }
 
+/* The parent's work before fork: SETUP's operations (see the top), or the default. */
+static void setup_region(char *base, unsigned long pages, const char *path)
+{
+	FILE *f;
+	char op;
+	long p, n;
+
+	if (!path) {	/* isolated_region made it MADV_NOHUGEPAGE: 4 KiB pages, as the model */
+		for (p = 0; p < (long)pages; p++)
+			((volatile long *)(base + p * PAGE))[0] = p + 1;
+		return;
+	}
+	if (!(f = fopen(path, "r")))
+		die(path);
+	while (fscanf(f, " %c %ld", &op, &p) == 2) {
+		n = 1;
+		if (strchr("dhn", op) && fscanf(f, "%ld", &n) != 1)
+			n = -1;
+		if (p < 0 || n < 1 || (unsigned long)(p + n) > pages) {
+			fprintf(stderr, "cow_workload: bad setup operation %c %ld %ld\n", op, p, n);
+			exit(2);
+		}
+		if (op == 'w')
+			((volatile long *)(base + p * PAGE))[0] = p + 1;
+		else if (op == 'r')
+			(void)((volatile long *)(base + p * PAGE))[0];
+		else if (op == 'd' || op == 'h' || op == 'n') {
+			int advice = op == 'd' ? MADV_DONTNEED : op == 'h' ? MADV_HUGEPAGE : MADV_NOHUGEPAGE;
+
+			if (madvise(base + p * PAGE, n * PAGE, advice))
+				die("madvise");
+		} else {
+			fprintf(stderr, "cow_workload: unknown setup operation %c\n", op);
+			exit(2);
+		}
+	}
+	fclose(f);
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long pages, count, parent_count = 0, i;
@@ -81,20 +130,31 @@ int main(int argc, char **argv)
 	struct child_unmap_report unmap_report;
 	long long warm[NCOUNTERS], p0[NCOUNTERS], p1[NCOUNTERS], q0[NCOUNTERS], q1[NCOUNTERS];
 	long long during[NCOUNTERS] = { 0 }, unmapped[NCOUNTERS] = { 0 }, zero[NCOUNTERS] = { 0 };
+	long long s0[NCOUNTERS], s1[NCOUNTERS];
+	struct layout layout_fork = { -1, -1, -1 }, layout_parent = { -1, -1, -1 };
+	const char *setup = NULL;
 	pid_t child;
 	int status;
 
+	if (argc > 2 && !strcmp(argv[1], "-s")) {
+		setup = argv[2];
+		argc -= 2;
+		argv += 2;
+	}
 	if (argc != 3 && argc != 4) {
-		fprintf(stderr, "usage: cow_workload PAGES STREAM [PARENT_STREAM]\n");
+		fprintf(stderr, "usage: cow_workload [-s SETUP] PAGES STREAM [PARENT_STREAM]\n");
 		return 2;
 	}
 	pages = strtoul(argv[1], NULL, 0);
 	stream = read_stream(argv[2], pages, &count);
 	if (argc == 4)
 		parent_stream = read_stream(argv[3], pages, &parent_count);
-	base = isolated_region(pages);
-	for (i = 0; i < pages; i++)
-		((volatile long *)(base + i * PAGE))[0] = i + 1;
+	base = isolated_region_thp(pages, !setup);	/* a setup says what it wants */
+	read_counters(s0);
+	setup_region(base, pages, setup);
+	read_counters(s1);
+	if (setup)
+		layout_fork = region_layout(base, pages);
 	read_counters(warm);	/* fault in vmstat_text before fork, in the parent */
 	if (pipe(report_pipe) || pipe(go_pipe))
 		die("pipe");
@@ -113,6 +173,13 @@ int main(int argc, char **argv)
 			_exit(3);
 		memset(&report, 0, sizeof(report));
 		memset(&unmap_report, 0, sizeof(unmap_report));
+		/*
+		 * now_ns() once before the snapshot: its first call writes a
+		 * stack page the child had not written since fork, a reuse
+		 * fault (or a copy, if the parent had not copied it yet) that
+		 * showed as one pgreuse too many inside the snapshot.
+		 */
+		report.ns = now_ns();
 		read_counters(report.before);
 		read_counters(report.before);
 		report.ns = now_ns();
@@ -120,6 +187,7 @@ int main(int argc, char **argv)
 			((volatile long *)(base + stream[i] * PAGE))[0] = value++;
 		report.ns = now_ns() - report.ns;
 		read_counters(report.after);
+		report.layout = setup ? region_layout(base, pages) : (struct layout){ -1, -1, -1 };
 		/* Pages the stream wrote are dirty already: rewriting them leaves the unused count alone. */
 		report.rewrite_ns = now_ns();
 		for (i = 0; i < count; i++)
@@ -155,6 +223,8 @@ int main(int argc, char **argv)
 		read_counters(p1);
 		add_delta(during, p0, p1);
 	}
+	if (setup)
+		layout_parent = region_layout(base, pages);
 	if (write(go_pipe[1], &go, 1) != 1)
 		die("write go");
 	if (read(report_pipe[0], &unmap_report, sizeof(unmap_report)) != sizeof(unmap_report))
@@ -174,6 +244,16 @@ int main(int argc, char **argv)
 	print_delta("during", zero, during);
 	printf(", ");
 	print_delta("unmap", zero, unmapped);
+	if (setup) {
+		printf(", ");
+		print_delta("setup", s0, s1);
+		printf(", ");
+		print_layout("layout_fork", layout_fork);
+		printf(", ");
+		print_layout("layout_child", report.layout);
+		printf(", ");
+		print_layout("layout_parent", layout_parent);
+	}
 	printf("}\n");
 	return 0;
 }
