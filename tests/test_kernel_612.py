@@ -176,3 +176,53 @@ def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
     (tmp_path / "bzImage-stock").write_bytes(b"stock")
     assert kbuild.built_kernel(tmp_path, source).read_bytes() == b"patched"
     assert kbuild.stock_built(tmp_path, source).read_bytes() == b"stock"
+
+
+def test_the_thp_off_variant_turns_thp_off_last_and_keeps_the_debug_options():
+    """scripts/config applies its arguments in order: THP must be disabled after the distro config enabled it."""
+    nothp = kbuild.source_of("6.12", thp_off=True)
+    flags = list(nothp.config)
+    last = max(i for i, flag in enumerate(flags) if flags[i + 1:i + 2] == ["TRANSPARENT_HUGEPAGE"])
+    assert flags[last] == "--disable"
+    assert nothp.absent == ("TRANSPARENT_HUGEPAGE",) and "TRANSPARENT_HUGEPAGE" not in nothp.required
+    assert {"DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING", "KSM", "MEM_SOFT_DIRTY"} <= set(nothp.required)
+    assert nothp.build_dir != SOURCE.build_dir and nothp.name == "6.12-nothp" and SOURCE.name == "6.12"
+    with pytest.raises(Exception, match="6.12 only"):
+        kbuild.source_of("6.1", thp_off=True)
+
+
+def test_unwanted_config_names_an_option_still_on():
+    config = "CONFIG_TRANSPARENT_HUGEPAGE=y\n# CONFIG_KSM is not set\nCONFIG_FOO=m\n"
+    assert kbuild.unwanted_config(config, ("TRANSPARENT_HUGEPAGE", "KSM", "FOO")) == ["TRANSPARENT_HUGEPAGE", "FOO"]
+    assert kbuild.unwanted_config("# CONFIG_TRANSPARENT_HUGEPAGE is not set\n", ("TRANSPARENT_HUGEPAGE",)) == []
+
+
+def test_a_second_build_in_the_same_directory_is_refused(tmp_path):
+    import fcntl
+    with open(tmp_path / "build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Exception, match="another cowahead build"):
+            kbuild.build(tmp_path, source=SOURCE)
+
+
+def test_a_reproducer_skip_needs_its_status_its_reason_and_a_clean_log():
+    row = {"case": "thp_tail", "finding": 2, "policy": "fixed", "window": 16, "returncode": 4,
+           "output": {"case": "thp_tail", "skipped": True, "reason": "no THP"}, "dmesg": []}
+    got = outcome(row)
+    assert got["status"] == "skip" and not got["passed"] and got["skip_reason"] == "no THP"
+    assert outcome(dict(row, dmesg=["BUG: Bad page map"]))["status"] == "fail"
+    assert outcome(dict(row, returncode=0))["status"] == "fail"  # "skipped" with exit 0 is no skip
+    assert outcome(dict(row, output={"skipped": True}))["status"] == "fail"  # a skip must say why
+
+
+@requires("gcc", "build-essential")
+def test_thp_tail_skips_saying_why_without_thp_and_runs_with_it(tmp_path):
+    """On the host (THP in madvise mode or always) the case runs; a THP-off kernel is imitated by the path check."""
+    import os
+    binary = compile_programs(tmp_path)["issue19"]
+    done = subprocess.run([binary, "thp_tail"], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if os.path.exists("/sys/kernel/mm/transparent_hugepage"):
+        assert done.returncode == 0 and report["ok"] is True and report["thp_kb_before_fork"] == 2048, done.stdout
+    else:
+        assert done.returncode == 4 and report["skipped"] is True and "no THP" in report["reason"]

@@ -12,7 +12,7 @@ from ..errors import CowaheadError
 from ..kernel.check import RESULTS_DIR, check
 from ..kernel.costs import kernel_profile
 from ..kernel import repro, selftests
-from ..kernel.kbuild import SOURCES, build, built_kernel, source_of, stock_built, tree_of
+from ..kernel.kbuild import VERSIONS, build, built_kernel, source_of, stock_built, tree_of
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 from ..output import output_file, write_atomically
 
@@ -20,8 +20,11 @@ build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, 
                                 default=None,
                                 help="Where the kernel tree, its config and build.log live (never the repo); "
                                      "default ~/.cache/cowahead/kernel-6.12 (6.12), ~/.cache/cowahead/kernel (6.1).")
-source_option = click.option("--source", "version", type=click.Choice(sorted(SOURCES)), default="6.12",
+source_option = click.option("--source", "version", type=click.Choice(sorted(VERSIONS)), default="6.12",
                              show_default=True, help="Which Debian linux-source package (and patch).")
+thp_off_option = click.option("--thp-off", is_flag=True,
+                              help="6.12 with CONFIG_TRANSPARENT_HUGEPAGE off (debug options kept), in its own "
+                                   "build directory, default ~/.cache/cowahead/kernel-6.12-nothp.")
 
 
 @click.group("kernel")
@@ -36,9 +39,11 @@ def command() -> None:
               help="Default: the source's own (kernel/cow-ahead-6.12.patch, kernel/cow-ahead.patch for 6.1).")
 @click.option("--stock", is_flag=True, help="Build the same tree and config without the patch (bzImage-stock).")
 @click.option("--jobs", "-j", type=int, default=None, help="make -j; default: every CPU (run under nice -n 19).")
-def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None) -> None:
+@thp_off_option
+def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None,
+                  thp_off: bool) -> None:
     """Extract, patch, configure (vng --kconfig) and build bzImage; incremental."""
-    result = build(build_dir, patch, jobs, source=source_of(version), stock=stock)
+    result = build(build_dir, patch, jobs, source=source_of(version, thp_off), stock=stock)
     click.echo(f"{result.bzimage}  ({result.seconds:.0f} s, {len(result.warnings)} warnings, log {result.log})")
 
 
@@ -52,11 +57,12 @@ def build_command(build_dir: Path | None, version: str, patch: Path | None, stoc
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
+@thp_off_option
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
 def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None, icount: bool,
-                memory: str, timeout: float, cmd: tuple[str, ...]) -> None:
+                memory: str, timeout: float, thp_off: bool, cmd: tuple[str, ...]) -> None:
     """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
-    kernel = kernel or built_kernel(build_dir, source_of(version)) or stock_kernel()
+    kernel = kernel or built_kernel(build_dir, source_of(version, thp_off)) or stock_kernel()
     if kernel is None:
         raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
     result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
@@ -96,10 +102,11 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
 @click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
+@thp_off_option
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
-                      cases: tuple[str, ...], out_dir: Path | None) -> None:
+                      cases: tuple[str, ...], out_dir: Path | None, thp_off: bool) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
-    source = source_of(version)
+    source = source_of(version, thp_off)
     unknown = sorted(set(cases) - set(repro.CASES))
     if unknown:
         raise CowaheadError(f"unknown case {', '.join(unknown)}; cases: {', '.join(repro.CASES)}")
@@ -107,13 +114,15 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
     doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None)
-    name = f"kernel-{source.version}-issue19" + ("-stock" if stock else "")
+    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "")
     path = repro.write_results(doc, out_dir or RESULTS_DIR, name)
     for run in doc["runs"]:
         setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"
-        click.echo(f"{run['case']:18} {setting:14} {'pass' if run['passed'] else 'FAIL'}  {json.dumps(run['report'])}"
+        click.echo(f"{run['case']:18} {setting:14} {run['status'].upper():4}  {json.dumps(run['report'])}"
                    + (f"  dmesg: {run['dmesg'][:2]}" if run["dmesg"] else ""))
-    click.echo(f"{doc['summary']['passed']}/{doc['summary']['runs']} passed; {path}")
+    s = doc["summary"]
+    click.echo(f"{s['passed']}/{s['runs']} passed, {s['skipped']} skipped (reason in each), {s['failed']} failed"
+               f" ({s['planned']} planned); {path}")
 
 
 @command.command("selftests")
