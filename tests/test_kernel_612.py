@@ -15,6 +15,7 @@ from conftest import requires
 from cowahead.kernel import kbuild
 from cowahead.kernel.guestprogs import compile_programs
 from cowahead.kernel.repro import outcome
+from cowahead.kernel import inguest, selftests
 from cowahead.kernel.selftests import parse_tap, settings_for, table
 from cowahead.kernel.validate import compare, kernel_counters
 from cowahead.kernel.vm import DMESG_MARK, GuestResult, guest_script, run_in_guest
@@ -123,8 +124,11 @@ def test_parse_uffd_unit_tests_lines():
 
 def test_selftest_settings_run_window_0_once():
     assert settings_for(False) == [(None, None)]
-    got = settings_for(True)
+    got = settings_for(True, policies=("fixed", "around", "adaptive"))
     assert got[0] == ("fixed", 0) and len(got) == 7 and ("adaptive", 512) in got
+    # by default every candidate, folio included (the guest runs only those the kernel takes)
+    assert {("folio", 16), ("folio", 512), ("around", 16)} <= set(settings_for(True))
+    assert [w for _, w in settings_for(True)].count(0) == 1
 
 
 def test_a_reproducer_passes_only_when_ok_exit_0_and_dmesg_clean():
@@ -226,3 +230,101 @@ def test_thp_tail_skips_saying_why_without_thp_and_runs_with_it(tmp_path):
         assert done.returncode == 0 and report["ok"] is True and report["thp_kb_before_fork"] == 2048, done.stdout
     else:
         assert done.returncode == 4 and report["skipped"] is True and "no THP" in report["reason"]
+
+
+def test_khugepaged_is_invoked_with_a_test_type_its_usage_accepts():
+    """khugepaged.c's parse_test_type: no argument, or <context>:<mem_type>; a bare "anon" is usage() and exit 1."""
+    import re
+    (run,) = selftests.make_runs({"khugepaged": "/x/khugepaged"}, False, ["khugepaged"])
+    args = run["argv"][1:]
+    assert args == [] or re.fullmatch(r"(all|khugepaged|madvise):(all|anon|file|shmem)", args[-1]), args
+
+
+def test_parse_khugepaged_checks_by_colour_and_test():
+    out = ("\nRun test: collapse_full (khugepaged:anon)\nCollapse fully populated PTE table.... \x1b[32mOK\x1b[0m\n"
+           "\nRun test: collapse_max_ptes_shared (madvise:anon)\nAllocate huge page... \x1b[32mOK\x1b[0m\n"
+           "Share huge page over fork()... \x1b[31mFail\x1b[0m\n"
+           "\nRun test: collapse_swapin_single_pte (khugepaged:anon)\nSwapout one page... \x1b[33mSkip\x1b[0m\n"
+           "Restore THP and khugepaged settings...\x1b[32mOK\x1b[0m\n")
+    got = selftests.parse_output("khugepaged", out)
+    assert list(got.values()) == ["pass", "pass", "fail", "skip", "pass"]
+    assert "002 collapse_max_ptes_shared (madvise:anon) Allocate huge page: OK" in got
+    assert got["003 collapse_max_ptes_shared (madvise:anon) Share huge page over fork(): Fail"] == "fail"
+
+
+def _run(test="split_huge_page_test", cases="ok 1 a\nok 2 b\nok 3 c\n", **kw):
+    row = {"test": test, "policy": "fixed", "window": 16, "cases": parse_tap(cases), "returncode": None,
+           "dmesg": [], **kw}
+    row["outcome"] = selftests.outcome_of(row)
+    return row
+
+
+def test_a_time_out_on_stock_is_compared_as_a_time_out():
+    stock = {"runs": [_run(cases="ok 1 a\nok 2 b\nok 3 c\n", error="timed out")]}
+    slower = _run(cases="ok 1 a\nok 2 b\n", error="timed out")  # got less far: speed, not behaviour
+    finished = _run(cases="ok 1 a\nok 2 b\nok 3 c\nok 4 d\n", returncode=0)
+    broke = _run(cases="ok 1 a\nnot ok 2 b\n", error="timed out")
+    rows = table(stock, {"runs": [slower, finished, broke]})
+    assert [r["verdict"] for r in rows] == ["= stock", "differs", "differs"]
+    assert rows[0]["outcome"] == rows[0]["stock_outcome"] == "timeout"
+    assert rows[1]["differs_from_stock"][0] == "outcome: stock timeout, patched exit 0"
+    assert rows[2]["differs_from_stock"] == ["002 b: stock pass, patched fail"]
+
+
+def test_a_different_exit_status_differs_and_a_policy_not_in_the_kernel_is_no_verdict():
+    stock = {"runs": [_run(test="mremap_test", returncode=1)]}
+    rows = table(stock, {"runs": [_run(test="mremap_test", returncode=0),
+                                  _run(test="mremap_test", policy="folio", error=selftests.NOT_IN_KERNEL)]})
+    assert rows[0]["verdict"] == "differs" and rows[1]["verdict"] == "not in kernel"
+    summary = selftests.summary(rows)
+    assert summary["compared"] == 1 and summary["equal_to_stock"] == 0 and summary["not_in_kernel"] == ["folio"]
+
+
+def test_the_guest_finds_which_policies_the_sysctl_takes(monkeypatch):
+    class Sysctl:  # as the patch's handler: an unknown name is EINVAL and the old one stays
+        value = "fixed"
+
+        def exists(self):
+            return True
+
+        def write_text(self, text):
+            if text not in ("fixed", "around", "adaptive"):
+                raise OSError(22, "Invalid argument")
+            Sysctl.value = text
+
+        def read_text(self):
+            return Sysctl.value + "\n"
+
+    monkeypatch.setattr(inguest, "SYSCTL_POLICY", Sysctl())
+    assert inguest.accepted_policies(["fixed", "folio", "adaptive"]) == ["fixed", "adaptive"]
+    skipped = inguest.run_one({"policy": "folio", "window": 16, "argv": ["false"]}, ["fixed", "adaptive"])
+    assert skipped["error"] == selftests.NOT_IN_KERNEL and "returncode" not in skipped
+
+
+def test_selftest_cells_are_cached_per_image_and_a_rerun_boots_only_what_is_missing(tmp_path, monkeypatch):
+    boots = []
+
+    def fake_run_plan(kernel, plan, work, cpus, timeout, probe_policies):
+        boots.append([(r["test"], r["policy"], r["window"]) for r in plan.runs])
+        rows = [{**r, "returncode": 0, "stdout": "ok 1 x\n", "seconds": 1.0, "dmesg": []} for r in plan.runs]
+        return rows, GuestResult([], 0, "", "", 1.0)
+
+    monkeypatch.setattr(selftests, "run_plan", fake_run_plan)
+    monkeypatch.setattr(selftests, "guest_summary", lambda rows, result: {})
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"one")
+    bins = {"mkdirty": tmp_path / "mkdirty", "cow": tmp_path / "cow"}
+    settings = {"policies": ("fixed", "around"), "windows": (0, 16)}
+    first = selftests.run_selftests(image, bins, True, ["mkdirty", "cow"], cache=tmp_path / "c", **settings)
+    assert len(boots) == 2 and sorted(len(b) for b in boots) == [3, 3]
+    assert [r["outcome"] for r in first["runs"]] == ["exit 0"] * 6
+    again = selftests.run_selftests(image, bins, True, ["mkdirty", "cow"], cache=tmp_path / "c", **settings)
+    assert len(boots) == 2 and again["runs"] == first["runs"]
+    wider = selftests.run_selftests(image, bins, True, ["mkdirty"], cache=tmp_path / "c",
+                                    policies=("fixed", "around"), windows=(0, 16, 512))
+    assert boots[-1] == [("mkdirty", "fixed", 512), ("mkdirty", "around", 512)] and len(wider["runs"]) == 5
+    image.write_bytes(b"rebuilt")
+    selftests.run_selftests(image, bins, True, ["mkdirty"], cache=tmp_path / "c", **settings)
+    assert len(boots[-1]) == 3
+    offline = selftests.run_selftests(image, bins, True, ["cow"], cache=tmp_path / "c", boot=False, **settings)
+    assert [r["outcome"] for r in offline["runs"]] == ["error: not run"] * 3 and len(boots) == 4

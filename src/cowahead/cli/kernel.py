@@ -128,44 +128,62 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
 @command.command("selftests")
 @build_dir_option
 @source_option
+@thp_off_option
 @click.option("--test", "tests", multiple=True, help="Only these selftests (repeatable); default: issue 19's list.")
-@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
-              help="Policies for the patched kernel (repeatable); default: all three.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(selftests.CANDIDATE_POLICIES),
+              help="Policies for the patched kernel (repeatable); default: every one the kernel's "
+                   "vm.cow_ahead_policy takes (probed in the guest).")
 @click.option("--window", "windows", multiple=True, type=int, help="Windows (repeatable); default 0, 16, 512.")
-@click.option("--stock-results", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="A previous stock run's results file, instead of booting the stock kernel again.")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per selftest run.")
+@click.option("--kernel", "kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The patched image; default BUILD_DIR/bzImage-cow-ahead.")
+@click.option("--stock-kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The stock image; default BUILD_DIR/bzImage-stock.")
+@click.option("--seed-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="An earlier results file of the SAME images: its rows of --seed-test tests fill the cache.")
+@click.option("--seed-test", "seed_tests", multiple=True, help="Tests whose rows --seed-from may give.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds per selftest run; default each test's own (selftests.TIMEOUTS).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Per-run cache, keyed by image sha256 (a re-run boots only what is missing); "
+                   "default BUILD_DIR/selftests-cache.")
+@click.option("--cached-only", is_flag=True, help="Boot nothing: the table of what the cache has.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for kernel-6.12-selftests-<date>.json; default benchmarks/results.")
-def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ...], policies: tuple[str, ...],
-                      windows: tuple[int, ...], stock_results: Path | None, timeout: float,
-                      out_dir: Path | None) -> None:
-    """Upstream mm selftests on the stock and the patched kernel of one tree; the table against stock."""
-    source = source_of(version)
+              help="Directory for kernel-6.12-selftests-<date>.json (and .md); default benchmarks/results.")
+def selftests_command(build_dir: Path | None, version: str, thp_off: bool, tests: tuple[str, ...],
+                      policies: tuple[str, ...], windows: tuple[int, ...], kernel: Path | None,
+                      stock_kernel: Path | None, seed_from: Path | None, seed_tests: tuple[str, ...],
+                      timeout: float | None, cache: Path | None, cached_only: bool, out_dir: Path | None) -> None:
+    """Upstream mm selftests on the stock and the patched kernel: test × policy × window against stock."""
+    source = source_of(version, thp_off)
     build_dir = Path(build_dir or source.build_dir)
     tests = tests or selftests.TESTS
     unknown = sorted(set(tests) - set(selftests.TESTS))
     if unknown:
         raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(selftests.TESTS)}")
     binaries = selftests.build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
-    patched, stock_image = built_kernel(build_dir, source), stock_built(build_dir, source)
-    if patched is None or (stock_image is None and stock_results is None):
+    patched, stock_image = kernel or built_kernel(build_dir, source), stock_kernel or stock_built(build_dir, source)
+    if patched is None or stock_image is None:
         raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
-    settings = {"policies": policies or POLICIES, "windows": windows or (0, 16, 512)}
-    if stock_results:
-        stock = json.loads(stock_results.read_text())["stock"]
-    else:
-        click.echo("stock kernel …", err=True)
-        stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout)
+    cache = cache or build_dir / "selftests-cache"
+    if seed_from:
+        n = selftests.seed_cache(seed_from, cache, {"stock": stock_image, "patched": patched}, seed_tests)
+        click.echo(f"{n} rows seeded from {seed_from}", err=True)
+    settings = {"policies": policies or selftests.CANDIDATE_POLICIES, "windows": windows or selftests.WINDOWS}
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    click.echo("stock kernel …", err=True)
+    stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout, cache, log, not cached_only)
     click.echo("patched kernel …", err=True)
-    result = selftests.run_selftests(patched, binaries, True, tests, timeout, **settings)
+    result = selftests.run_selftests(patched, binaries, True, tests, timeout, cache, log, not cached_only,
+                                     **settings)
     rows = selftests.table(stock, result)
+    name = f"kernel-{source.name}-selftests"
     path = selftests.write_results({"stock": stock, "patched": result, "table": rows,
-                          "summary": {"rows": len(rows), "equal_to_stock": sum(r["equal_to_stock"] for r in rows)}},
-                         out_dir or RESULTS_DIR, f"kernel-{source.version}-selftests")
+                                    "summary": selftests.summary(rows)}, out_dir or RESULTS_DIR, name)
+    path.with_suffix(".md").write_text(selftests.markdown(stock, rows))
     for r in rows:
+        verdict = r["verdict"] if r["verdict"] != "differs" else "DIFFERS " + str((r["differs_from_stock"] or [])[:3])
         click.echo(f"{r['test']:22} {r['policy']}:{r['window']:<4} pass {r['pass']:3} fail {r['fail']:3} "
-                   f"skip {r['skip']:3}  {'= stock' if r['equal_to_stock'] else 'DIFFERS ' + str(r['differs_from_stock'][:3])}")
+                   f"skip {r['skip']:3} {r['outcome']:10} {verdict}")
     click.echo(str(path))
 
 

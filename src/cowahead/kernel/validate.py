@@ -149,9 +149,11 @@ PLAN_TIMEOUT_S = 3 * 3600  # one boot runs a whole plan; a debug kernel under TC
 
 
 def run_plan(kernel: Path, plan: Plan, work: Path, icount: bool = False, cpus: int = 1,
-             timeout: float = PLAN_TIMEOUT_S) -> tuple[list[dict], GuestResult]:
+             timeout: float = PLAN_TIMEOUT_S, probe_policies=None) -> tuple[list[dict], GuestResult]:
+    """One boot runs the plan; ``probe_policies``: the guest first finds which of them the kernel takes and
+    runs nothing under one it does not (the row says so)."""
     plan_file = work / "plan.json"
-    plan_file.write_text(json.dumps({"runs": plan.runs}))
+    plan_file.write_text(json.dumps({"runs": plan.runs, "probe_policies": list(probe_policies or [])}))
     result = run_in_guest(kernel, [sys.executable, str(INGUEST), str(plan_file)], icount=icount, cpus=cpus,
                           memory="2G", timeout=timeout)
     rows = [json.loads(line[len("RESULT "):]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
