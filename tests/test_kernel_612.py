@@ -328,3 +328,38 @@ def test_selftest_cells_are_cached_per_image_and_a_rerun_boots_only_what_is_miss
     assert len(boots[-1]) == 3
     offline = selftests.run_selftests(image, bins, True, ["cow"], cache=tmp_path / "c", boot=False, **settings)
     assert [r["outcome"] for r in offline["runs"]] == ["error: not run"] * 3 and len(boots) == 4
+
+
+def test_ci_reuses_an_image_of_this_patch_and_builds_otherwise(tmp_path, monkeypatch):
+    import os
+    from cowahead.kernel import fast
+    built = []
+
+    class Result:
+        bzimage, seconds, log, warnings = tmp_path / "new", 12.0, tmp_path / "log", []
+
+    monkeypatch.setattr(fast, "build", lambda build_dir, source: built.append(build_dir) or Result())
+    (tmp_path / "applied.patch").write_bytes(SOURCE.patch.read_bytes())
+    image = tmp_path / kbuild.PATCHED_IMAGE
+    image.write_bytes(b"image")
+    got = fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)
+    assert got["image"] == image and not got["built"] and built == []
+    os.utime(image, (1, 1))  # older than the patch applied: built from something else
+    assert fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)["built"] and built == [tmp_path]
+    image.touch()
+    (tmp_path / "applied.patch").write_bytes(b"another patch")
+    got = fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)
+    assert got["built"] and got["build_seconds"] == 12.0 and len(built) == 2
+
+
+def test_the_fast_plan_has_what_issue_19_lists(tmp_path):
+    from cowahead.kernel import fast
+    from cowahead.kernel.repro import CASES
+    plan = fast.fast_plan(tmp_path, tmp_path / "cow")
+    work = [r for r in plan.runs if r["kind"] == "workload"]
+    assert {r["window"] for r in work} == {0, 16} and {r["policy"] for r in work if r["window"]} == \
+        {"fixed", "around", "adaptive"}
+    assert [(r["test"], r["policy"], r["window"]) for r in plan.runs if r["kind"] == "selftest"] == \
+        [("cow", "fixed", 0), ("cow", "fixed", 16)]
+    assert {r["finding"] for r in plan.runs if r["kind"] == "repro"} == {1, 2, 3, 4, 5, 6}
+    assert len([r for r in plan.runs if r["kind"] == "repro"]) == sum(len(s) for _, s in CASES.values())

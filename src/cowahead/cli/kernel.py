@@ -79,15 +79,20 @@ def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_a
 @source_option
 @click.option("--skip-build", is_flag=True, help="Use the kernel already built in --build-dir.")
 @click.option("--skip-measure", is_flag=True, help="No icount measurement (a debug kernel's counts say little).")
+@click.option("--skip-reproducers", is_flag=True, help="No issue 19 reproducers (6.12).")
+@click.option("--skip-selftests", is_flag=True, help="No upstream mm selftests (6.12; hours under TCG).")
+@thp_off_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-<date>.json; default benchmarks/results.")
 def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_measure: bool,
-                  out_dir: Path | None) -> None:
-    """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
-    source = source_of(version)
+                  skip_reproducers: bool, skip_selftests: bool, thp_off: bool, out_dir: Path | None) -> None:
+    """Build, boot, validate against the model, vmsplice, integrity, issue 19's reproducers, upstream's mm
+    selftests against stock (6.12), icount measurement; write the JSON."""
+    source = source_of(version, thp_off)
     try:
         path = check(build_dir or source.build_dir, skip_build, out_dir or RESULTS_DIR,
-                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure)
+                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure,
+                     skip_reproducers=skip_reproducers, skip_selftests=skip_selftests)
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
     click.echo(str(path))
