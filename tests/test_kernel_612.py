@@ -363,3 +363,33 @@ def test_the_fast_plan_has_what_issue_19_lists(tmp_path):
         [("cow", "fixed", 0), ("cow", "fixed", 16)]
     assert {r["finding"] for r in plan.runs if r["kind"] == "repro"} == {1, 2, 3, 4, 5, 6}
     assert len([r for r in plan.runs if r["kind"] == "repro"]) == sum(len(s) for _, s in CASES.values())
+
+
+def test_kernel_check_runs_the_reproducers_and_the_selftests_and_says_why_not(tmp_path, monkeypatch):
+    from cowahead.kernel import check as check_mod
+    clean = {"dmesg_clean": True, "dmesg": []}
+    monkeypatch.setattr(check_mod, "run_in_guest", lambda *a, **k: GuestResult([], 0, "16\nfixed\n", "", 1.0))
+    monkeypatch.setattr(check_mod, "validate", lambda kernel: {"validation": [], "security": [], "guest": clean})
+    monkeypatch.setattr(check_mod, "integrity", lambda kernel: {"integrity": [], "guest": clean})
+    monkeypatch.setattr(check_mod.repro, "reproduce", lambda kernel: {
+        "runs": [], "summary": {"runs": 25, "passed": 25, "skipped": 0, "failed": 0, "planned": 25},
+        "guest": {"dmesg_clean": False, "dmesg": ["BUG: x"]}})
+    calls = []
+
+    def fake_selftests(image, binaries, patched, **kw):
+        calls.append((image.name, patched))
+        return {"runs": [_run(test="cow", returncode=0)]}
+
+    monkeypatch.setattr(check_mod.selftests, "build_selftests", lambda tree, out: {"cow": out / "cow"})
+    monkeypatch.setattr(check_mod.selftests, "run_selftests", fake_selftests)
+    (tmp_path / kbuild.PATCHED_IMAGE).write_bytes(b"p")
+    doc = json.loads(check_mod.check(tmp_path, skip_build=True, out_dir=tmp_path / "out", log=lambda m: None,
+                                     source=SOURCE, skip_measure=True).read_text())
+    assert doc["summary"]["reproducer_runs"]["passed"] == 25
+    assert "no stock image" in doc["selftests"]["skipped"] and calls == []
+    assert doc["summary"]["dmesg_clean"] is False  # the reproducers' boot logged a BUG
+    (tmp_path / kbuild.STOCK_IMAGE).write_bytes(b"s")
+    doc = json.loads(check_mod.check(tmp_path, skip_build=True, out_dir=tmp_path / "out", log=lambda m: None,
+                                     source=SOURCE, skip_measure=True).read_text())
+    assert calls == [(kbuild.STOCK_IMAGE, False), (kbuild.PATCHED_IMAGE, True)]
+    assert doc["selftests"]["summary"]["equal_to_stock"] == 1 and doc["selftests"]["table"][0]["verdict"] == "= stock"
