@@ -13,6 +13,7 @@ brings the tree to this patch (incremental where a tree exists, a full build on 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -74,4 +75,6 @@ def run_fast(source: Source = SOURCES["6.12"], build_dir: Path | None = None, lo
            "reproducers": [outcome(r) for r in rows if r.get("kind") == "repro"],
            "guest": guest_summary(rows, result)}
     doc["seconds"] = round(time.monotonic() - start, 1)
+    # The last run's document beside the build (outside the clone): what CI saw and how long it took.
+    (build_dir / "fast-suite.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return doc
