@@ -84,6 +84,8 @@ def requires(what: str, package: str) -> pytest.MarkDecorator:
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "requires(what, package): a program or path from a Debian package")
+    config.addinivalue_line("markers", "kernel_ci: builds the patched kernel if needed and boots it (issue 19's "
+                                       "fast guest suite, tests/test_kernel_ci.py)")
 
 
 def pytest_runtest_setup(item) -> None:

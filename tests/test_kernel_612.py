@@ -15,6 +15,7 @@ from conftest import requires
 from cowahead.kernel import kbuild
 from cowahead.kernel.guestprogs import compile_programs
 from cowahead.kernel.repro import outcome
+from cowahead.kernel import inguest, selftests
 from cowahead.kernel.selftests import parse_tap, settings_for, table
 from cowahead.kernel.validate import compare, kernel_counters
 from cowahead.kernel.vm import DMESG_MARK, GuestResult, guest_script, run_in_guest
@@ -124,8 +125,11 @@ def test_parse_uffd_unit_tests_lines():
 
 def test_selftest_settings_run_window_0_once():
     assert settings_for(False) == [(None, None)]
-    got = settings_for(True)
+    got = settings_for(True, policies=("fixed", "around", "adaptive"))
     assert got[0] == ("fixed", 0) and len(got) == 7 and ("adaptive", 512) in got
+    # by default every candidate, folio included (the guest runs only those the kernel takes)
+    assert {("folio", 16), ("folio", 512), ("around", 16)} <= set(settings_for(True))
+    assert [w for _, w in settings_for(True)].count(0) == 1
 
 
 def test_a_reproducer_passes_only_when_ok_exit_0_and_dmesg_clean():
@@ -177,3 +181,216 @@ def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
     (tmp_path / "bzImage-stock").write_bytes(b"stock")
     assert kbuild.built_kernel(tmp_path, source).read_bytes() == b"patched"
     assert kbuild.stock_built(tmp_path, source).read_bytes() == b"stock"
+
+
+def test_the_thp_off_variant_turns_thp_off_last_and_keeps_the_debug_options():
+    """scripts/config applies its arguments in order: THP must be disabled after the distro config enabled it."""
+    nothp = kbuild.source_of("6.12", thp_off=True)
+    flags = list(nothp.config)
+    last = max(i for i, flag in enumerate(flags) if flags[i + 1:i + 2] == ["TRANSPARENT_HUGEPAGE"])
+    assert flags[last] == "--disable"
+    assert nothp.absent == ("TRANSPARENT_HUGEPAGE",) and "TRANSPARENT_HUGEPAGE" not in nothp.required
+    assert {"DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING", "KSM", "MEM_SOFT_DIRTY"} <= set(nothp.required)
+    assert nothp.build_dir != SOURCE.build_dir and nothp.name == "6.12-nothp" and SOURCE.name == "6.12"
+    with pytest.raises(Exception, match="6.12 only"):
+        kbuild.source_of("6.1", thp_off=True)
+
+
+def test_unwanted_config_names_an_option_still_on():
+    config = "CONFIG_TRANSPARENT_HUGEPAGE=y\n# CONFIG_KSM is not set\nCONFIG_FOO=m\n"
+    assert kbuild.unwanted_config(config, ("TRANSPARENT_HUGEPAGE", "KSM", "FOO")) == ["TRANSPARENT_HUGEPAGE", "FOO"]
+    assert kbuild.unwanted_config("# CONFIG_TRANSPARENT_HUGEPAGE is not set\n", ("TRANSPARENT_HUGEPAGE",)) == []
+
+
+def test_a_second_build_in_the_same_directory_is_refused(tmp_path):
+    import fcntl
+    with open(tmp_path / "build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Exception, match="another cowahead build"):
+            kbuild.build(tmp_path, source=SOURCE)
+
+
+def test_a_reproducer_skip_needs_its_status_its_reason_and_a_clean_log():
+    row = {"case": "thp_tail", "finding": 2, "policy": "fixed", "window": 16, "returncode": 4,
+           "output": {"case": "thp_tail", "skipped": True, "reason": "no THP"}, "dmesg": []}
+    got = outcome(row)
+    assert got["status"] == "skip" and not got["passed"] and got["skip_reason"] == "no THP"
+    assert outcome(dict(row, dmesg=["BUG: Bad page map"]))["status"] == "fail"
+    assert outcome(dict(row, returncode=0))["status"] == "fail"  # "skipped" with exit 0 is no skip
+    assert outcome(dict(row, output={"skipped": True}))["status"] == "fail"  # a skip must say why
+
+
+@requires("gcc", "build-essential")
+def test_thp_tail_skips_saying_why_without_thp_and_runs_with_it(tmp_path):
+    """On the host (THP in madvise mode or always) the case runs; a THP-off kernel is imitated by the path check."""
+    import os
+    binary = compile_programs(tmp_path)["issue19"]
+    done = subprocess.run([binary, "thp_tail"], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if os.path.exists("/sys/kernel/mm/transparent_hugepage"):
+        assert done.returncode == 0 and report["ok"] is True and report["thp_kb_before_fork"] == 2048, done.stdout
+    else:
+        assert done.returncode == 4 and report["skipped"] is True and "no THP" in report["reason"]
+
+
+def test_khugepaged_is_invoked_with_a_test_type_its_usage_accepts():
+    """khugepaged.c's parse_test_type: no argument, or <context>:<mem_type>; a bare "anon" is usage() and exit 1."""
+    import re
+    (run,) = selftests.make_runs({"khugepaged": "/x/khugepaged"}, False, ["khugepaged"])
+    args = run["argv"][1:]
+    assert args == [] or re.fullmatch(r"(all|khugepaged|madvise):(all|anon|file|shmem)", args[-1]), args
+
+
+def test_parse_khugepaged_checks_by_colour_and_test():
+    out = ("\nRun test: collapse_full (khugepaged:anon)\nCollapse fully populated PTE table.... \x1b[32mOK\x1b[0m\n"
+           "\nRun test: collapse_max_ptes_shared (madvise:anon)\nAllocate huge page... \x1b[32mOK\x1b[0m\n"
+           "Share huge page over fork()... \x1b[31mFail\x1b[0m\n"
+           "\nRun test: collapse_swapin_single_pte (khugepaged:anon)\nSwapout one page... \x1b[33mSkip\x1b[0m\n"
+           "Restore THP and khugepaged settings...\x1b[32mOK\x1b[0m\n")
+    got = selftests.parse_output("khugepaged", out)
+    assert list(got.values()) == ["pass", "pass", "fail", "skip", "pass"]
+    assert "002 collapse_max_ptes_shared (madvise:anon) Allocate huge page: OK" in got
+    assert got["003 collapse_max_ptes_shared (madvise:anon) Share huge page over fork(): Fail"] == "fail"
+
+
+def _run(test="split_huge_page_test", cases="ok 1 a\nok 2 b\nok 3 c\n", **kw):
+    row = {"test": test, "policy": "fixed", "window": 16, "cases": parse_tap(cases), "returncode": None,
+           "dmesg": [], **kw}
+    row["outcome"] = selftests.outcome_of(row)
+    return row
+
+
+def test_a_time_out_on_stock_is_compared_as_a_time_out():
+    stock = {"runs": [_run(cases="ok 1 a\nok 2 b\nok 3 c\n", error="timed out")]}
+    slower = _run(cases="ok 1 a\nok 2 b\n", error="timed out")  # got less far: speed, not behaviour
+    finished = _run(cases="ok 1 a\nok 2 b\nok 3 c\nok 4 d\n", returncode=0)
+    broke = _run(cases="ok 1 a\nnot ok 2 b\n", error="timed out")
+    rows = table(stock, {"runs": [slower, finished, broke]})
+    assert [r["verdict"] for r in rows] == ["= stock", "differs", "differs"]
+    assert rows[0]["outcome"] == rows[0]["stock_outcome"] == "timeout"
+    assert rows[1]["differs_from_stock"][0] == "outcome: stock timeout, patched exit 0"
+    assert rows[2]["differs_from_stock"] == ["002 b: stock pass, patched fail"]
+
+
+def test_a_different_exit_status_differs_and_a_policy_not_in_the_kernel_is_no_verdict():
+    stock = {"runs": [_run(test="mremap_test", returncode=1)]}
+    rows = table(stock, {"runs": [_run(test="mremap_test", returncode=0),
+                                  _run(test="mremap_test", policy="folio", error=selftests.NOT_IN_KERNEL)]})
+    assert rows[0]["verdict"] == "differs" and rows[1]["verdict"] == "not in kernel"
+    summary = selftests.summary(rows)
+    assert summary["compared"] == 1 and summary["equal_to_stock"] == 0 and summary["not_in_kernel"] == ["folio"]
+
+
+def test_the_guest_finds_which_policies_the_sysctl_takes(monkeypatch):
+    class Sysctl:  # as the patch's handler: an unknown name is EINVAL and the old one stays
+        value = "fixed"
+
+        def exists(self):
+            return True
+
+        def write_text(self, text):
+            if text not in ("fixed", "around", "adaptive"):
+                raise OSError(22, "Invalid argument")
+            Sysctl.value = text
+
+        def read_text(self):
+            return Sysctl.value + "\n"
+
+    monkeypatch.setattr(inguest, "SYSCTL_POLICY", Sysctl())
+    assert inguest.accepted_policies(["fixed", "folio", "adaptive"]) == ["fixed", "adaptive"]
+    skipped = inguest.run_one({"policy": "folio", "window": 16, "argv": ["false"]}, ["fixed", "adaptive"])
+    assert skipped["error"] == selftests.NOT_IN_KERNEL and "returncode" not in skipped
+
+
+def test_selftest_cells_are_cached_per_image_and_a_rerun_boots_only_what_is_missing(tmp_path, monkeypatch):
+    boots = []
+
+    def fake_run_plan(kernel, plan, work, cpus, timeout, probe_policies):
+        boots.append([(r["test"], r["policy"], r["window"]) for r in plan.runs])
+        rows = [{**r, "returncode": 0, "stdout": "ok 1 x\n", "seconds": 1.0, "dmesg": []} for r in plan.runs]
+        return rows, GuestResult([], 0, "", "", 1.0)
+
+    monkeypatch.setattr(selftests, "run_plan", fake_run_plan)
+    monkeypatch.setattr(selftests, "guest_summary", lambda rows, result: {})
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"one")
+    bins = {"mkdirty": tmp_path / "mkdirty", "cow": tmp_path / "cow"}
+    settings = {"policies": ("fixed", "around"), "windows": (0, 16)}
+    first = selftests.run_selftests(image, bins, True, ["mkdirty", "cow"], cache=tmp_path / "c", **settings)
+    assert len(boots) == 2 and sorted(len(b) for b in boots) == [3, 3]
+    assert [r["outcome"] for r in first["runs"]] == ["exit 0"] * 6
+    again = selftests.run_selftests(image, bins, True, ["mkdirty", "cow"], cache=tmp_path / "c", **settings)
+    assert len(boots) == 2 and again["runs"] == first["runs"]
+    wider = selftests.run_selftests(image, bins, True, ["mkdirty"], cache=tmp_path / "c",
+                                    policies=("fixed", "around"), windows=(0, 16, 512))
+    assert boots[-1] == [("mkdirty", "fixed", 512), ("mkdirty", "around", 512)] and len(wider["runs"]) == 5
+    image.write_bytes(b"rebuilt")
+    selftests.run_selftests(image, bins, True, ["mkdirty"], cache=tmp_path / "c", **settings)
+    assert len(boots[-1]) == 3
+    offline = selftests.run_selftests(image, bins, True, ["cow"], cache=tmp_path / "c", boot=False, **settings)
+    assert [r["outcome"] for r in offline["runs"]] == ["error: not run"] * 3 and len(boots) == 4
+
+
+def test_ci_reuses_an_image_of_this_patch_and_builds_otherwise(tmp_path, monkeypatch):
+    import os
+    from cowahead.kernel import fast
+    built = []
+
+    class Result:
+        bzimage, seconds, log, warnings = tmp_path / "new", 12.0, tmp_path / "log", []
+
+    monkeypatch.setattr(fast, "build", lambda build_dir, source: built.append(build_dir) or Result())
+    (tmp_path / "applied.patch").write_bytes(SOURCE.patch.read_bytes())
+    image = tmp_path / kbuild.PATCHED_IMAGE
+    image.write_bytes(b"image")
+    got = fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)
+    assert got["image"] == image and not got["built"] and built == []
+    os.utime(image, (1, 1))  # older than the patch applied: built from something else
+    assert fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)["built"] and built == [tmp_path]
+    image.touch()
+    (tmp_path / "applied.patch").write_bytes(b"another patch")
+    got = fast.ensure_kernel(SOURCE, tmp_path, log=lambda m: None)
+    assert got["built"] and got["build_seconds"] == 12.0 and len(built) == 2
+
+
+def test_the_fast_plan_has_what_issue_19_lists(tmp_path):
+    from cowahead.kernel import fast
+    from cowahead.kernel.repro import CASES
+    plan = fast.fast_plan(tmp_path, tmp_path / "cow")
+    work = [r for r in plan.runs if r["kind"] == "workload"]
+    assert {r["window"] for r in work} == {0, 16} and {r["policy"] for r in work if r["window"]} == \
+        {"fixed", "around", "adaptive"}
+    assert [(r["test"], r["policy"], r["window"]) for r in plan.runs if r["kind"] == "selftest"] == \
+        [("cow", "fixed", 0), ("cow", "fixed", 16)]
+    assert {r["finding"] for r in plan.runs if r["kind"] == "repro"} == {1, 2, 3, 4, 5, 6}
+    assert len([r for r in plan.runs if r["kind"] == "repro"]) == sum(len(s) for _, s in CASES.values())
+
+
+def test_kernel_check_runs_the_reproducers_and_the_selftests_and_says_why_not(tmp_path, monkeypatch):
+    from cowahead.kernel import check as check_mod
+    clean = {"dmesg_clean": True, "dmesg": []}
+    monkeypatch.setattr(check_mod, "run_in_guest", lambda *a, **k: GuestResult([], 0, "16\nfixed\n", "", 1.0))
+    monkeypatch.setattr(check_mod, "validate", lambda kernel: {"validation": [], "security": [], "guest": clean})
+    monkeypatch.setattr(check_mod, "integrity", lambda kernel: {"integrity": [], "guest": clean})
+    monkeypatch.setattr(check_mod.repro, "reproduce", lambda kernel: {
+        "runs": [], "summary": {"runs": 25, "passed": 25, "skipped": 0, "failed": 0, "planned": 25},
+        "guest": {"dmesg_clean": False, "dmesg": ["BUG: x"]}})
+    calls = []
+
+    def fake_selftests(image, binaries, patched, **kw):
+        calls.append((image.name, patched))
+        return {"runs": [_run(test="cow", returncode=0)]}
+
+    monkeypatch.setattr(check_mod.selftests, "build_selftests", lambda tree, out: {"cow": out / "cow"})
+    monkeypatch.setattr(check_mod.selftests, "run_selftests", fake_selftests)
+    (tmp_path / kbuild.PATCHED_IMAGE).write_bytes(b"p")
+    doc = json.loads(check_mod.check(tmp_path, skip_build=True, out_dir=tmp_path / "out", log=lambda m: None,
+                                     source=SOURCE, skip_measure=True).read_text())
+    assert doc["summary"]["reproducer_runs"]["passed"] == 25
+    assert "no stock image" in doc["selftests"]["skipped"] and calls == []
+    assert doc["summary"]["dmesg_clean"] is False  # the reproducers' boot logged a BUG
+    (tmp_path / kbuild.STOCK_IMAGE).write_bytes(b"s")
+    doc = json.loads(check_mod.check(tmp_path, skip_build=True, out_dir=tmp_path / "out", log=lambda m: None,
+                                     source=SOURCE, skip_measure=True).read_text())
+    assert calls == [(kbuild.STOCK_IMAGE, False), (kbuild.PATCHED_IMAGE, True)]
+    assert doc["selftests"]["summary"]["equal_to_stock"] == 1 and doc["selftests"]["table"][0]["verdict"] == "= stock"

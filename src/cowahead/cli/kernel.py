@@ -12,7 +12,7 @@ from ..errors import CowaheadError
 from ..kernel.check import RESULTS_DIR, check
 from ..kernel.costs import kernel_profile
 from ..kernel import repro, selftests
-from ..kernel.kbuild import SOURCES, build, built_kernel, source_of, stock_built, tree_of
+from ..kernel.kbuild import VERSIONS, build, built_kernel, source_of, stock_built, tree_of
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 from ..output import output_file, write_atomically
 
@@ -20,8 +20,11 @@ build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, 
                                 default=None,
                                 help="Where the kernel tree, its config and build.log live (never the repo); "
                                      "default ~/.cache/cowahead/kernel-6.12 (6.12), ~/.cache/cowahead/kernel (6.1).")
-source_option = click.option("--source", "version", type=click.Choice(sorted(SOURCES)), default="6.12",
+source_option = click.option("--source", "version", type=click.Choice(sorted(VERSIONS)), default="6.12",
                              show_default=True, help="Which Debian linux-source package (and patch).")
+thp_off_option = click.option("--thp-off", is_flag=True,
+                              help="6.12 with CONFIG_TRANSPARENT_HUGEPAGE off (debug options kept), in its own "
+                                   "build directory, default ~/.cache/cowahead/kernel-6.12-nothp.")
 
 
 @click.group("kernel")
@@ -36,9 +39,11 @@ def command() -> None:
               help="Default: the source's own (kernel/cow-ahead-6.12.patch, kernel/cow-ahead.patch for 6.1).")
 @click.option("--stock", is_flag=True, help="Build the same tree and config without the patch (bzImage-stock).")
 @click.option("--jobs", "-j", type=int, default=None, help="make -j; default: every CPU (run under nice -n 19).")
-def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None) -> None:
+@thp_off_option
+def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None,
+                  thp_off: bool) -> None:
     """Extract, patch, configure (vng --kconfig) and build bzImage; incremental."""
-    result = build(build_dir, patch, jobs, source=source_of(version), stock=stock)
+    result = build(build_dir, patch, jobs, source=source_of(version, thp_off), stock=stock)
     click.echo(f"{result.bzimage}  ({result.seconds:.0f} s, {len(result.warnings)} warnings, log {result.log})")
 
 
@@ -52,11 +57,12 @@ def build_command(build_dir: Path | None, version: str, patch: Path | None, stoc
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
+@thp_off_option
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
 def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None, icount: bool,
-                memory: str, timeout: float, cmd: tuple[str, ...]) -> None:
+                memory: str, timeout: float, thp_off: bool, cmd: tuple[str, ...]) -> None:
     """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
-    kernel = kernel or built_kernel(build_dir, source_of(version)) or stock_kernel()
+    kernel = kernel or built_kernel(build_dir, source_of(version, thp_off)) or stock_kernel()
     if kernel is None:
         raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
     result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
@@ -73,15 +79,20 @@ def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_a
 @source_option
 @click.option("--skip-build", is_flag=True, help="Use the kernel already built in --build-dir.")
 @click.option("--skip-measure", is_flag=True, help="No icount measurement (a debug kernel's counts say little).")
+@click.option("--skip-reproducers", is_flag=True, help="No issue 19 reproducers (6.12).")
+@click.option("--skip-selftests", is_flag=True, help="No upstream mm selftests (6.12; hours under TCG).")
+@thp_off_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-<date>.json; default benchmarks/results.")
 def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_measure: bool,
-                  out_dir: Path | None) -> None:
-    """Build, boot, validate against the model, vmsplice check, icount measurement; write the JSON."""
-    source = source_of(version)
+                  skip_reproducers: bool, skip_selftests: bool, thp_off: bool, out_dir: Path | None) -> None:
+    """Build, boot, validate against the model, vmsplice, integrity, issue 19's reproducers, upstream's mm
+    selftests against stock (6.12), icount measurement; write the JSON."""
+    source = source_of(version, thp_off)
     try:
         path = check(build_dir or source.build_dir, skip_build, out_dir or RESULTS_DIR,
-                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure)
+                     log=lambda m: click.echo(m, err=True), source=source, skip_measure=skip_measure,
+                     skip_reproducers=skip_reproducers, skip_selftests=skip_selftests)
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
     click.echo(str(path))
@@ -96,10 +107,11 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
 @click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
+@thp_off_option
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
-                      cases: tuple[str, ...], out_dir: Path | None) -> None:
+                      cases: tuple[str, ...], out_dir: Path | None, thp_off: bool) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
-    source = source_of(version)
+    source = source_of(version, thp_off)
     unknown = sorted(set(cases) - set(repro.CASES))
     if unknown:
         raise CowaheadError(f"unknown case {', '.join(unknown)}; cases: {', '.join(repro.CASES)}")
@@ -107,56 +119,76 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
     doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None)
-    name = f"kernel-{source.version}-issue19" + ("-stock" if stock else "")
+    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "")
     path = repro.write_results(doc, out_dir or RESULTS_DIR, name)
     for run in doc["runs"]:
         setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"
-        click.echo(f"{run['case']:18} {setting:14} {'pass' if run['passed'] else 'FAIL'}  {json.dumps(run['report'])}"
+        click.echo(f"{run['case']:18} {setting:14} {run['status'].upper():4}  {json.dumps(run['report'])}"
                    + (f"  dmesg: {run['dmesg'][:2]}" if run["dmesg"] else ""))
-    click.echo(f"{doc['summary']['passed']}/{doc['summary']['runs']} passed; {path}")
+    s = doc["summary"]
+    click.echo(f"{s['passed']}/{s['runs']} passed, {s['skipped']} skipped (reason in each), {s['failed']} failed"
+               f" ({s['planned']} planned); {path}")
 
 
 @command.command("selftests")
 @build_dir_option
 @source_option
+@thp_off_option
 @click.option("--test", "tests", multiple=True, help="Only these selftests (repeatable); default: issue 19's list.")
-@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
-              help="Policies for the patched kernel (repeatable); default: all four.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(selftests.CANDIDATE_POLICIES),
+              help="Policies for the patched kernel (repeatable); default: every one the kernel's "
+                   "vm.cow_ahead_policy takes (probed in the guest).")
 @click.option("--window", "windows", multiple=True, type=int, help="Windows (repeatable); default 0, 16, 512.")
-@click.option("--stock-results", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="A previous stock run's results file, instead of booting the stock kernel again.")
-@click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per selftest run.")
+@click.option("--kernel", "kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The patched image; default BUILD_DIR/bzImage-cow-ahead.")
+@click.option("--stock-kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The stock image; default BUILD_DIR/bzImage-stock.")
+@click.option("--seed-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="An earlier results file of the SAME images: its rows of --seed-test tests fill the cache.")
+@click.option("--seed-test", "seed_tests", multiple=True, help="Tests whose rows --seed-from may give.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds per selftest run; default each test's own (selftests.TIMEOUTS).")
+@click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Per-run cache, keyed by image sha256 (a re-run boots only what is missing); "
+                   "default BUILD_DIR/selftests-cache.")
+@click.option("--cached-only", is_flag=True, help="Boot nothing: the table of what the cache has.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for kernel-6.12-selftests-<date>.json; default benchmarks/results.")
-def selftests_command(build_dir: Path | None, version: str, tests: tuple[str, ...], policies: tuple[str, ...],
-                      windows: tuple[int, ...], stock_results: Path | None, timeout: float,
-                      out_dir: Path | None) -> None:
-    """Upstream mm selftests on the stock and the patched kernel of one tree; the table against stock."""
-    source = source_of(version)
+              help="Directory for kernel-6.12-selftests-<date>.json (and .md); default benchmarks/results.")
+def selftests_command(build_dir: Path | None, version: str, thp_off: bool, tests: tuple[str, ...],
+                      policies: tuple[str, ...], windows: tuple[int, ...], kernel: Path | None,
+                      stock_kernel: Path | None, seed_from: Path | None, seed_tests: tuple[str, ...],
+                      timeout: float | None, cache: Path | None, cached_only: bool, out_dir: Path | None) -> None:
+    """Upstream mm selftests on the stock and the patched kernel: test × policy × window against stock."""
+    source = source_of(version, thp_off)
     build_dir = Path(build_dir or source.build_dir)
     tests = tests or selftests.TESTS
     unknown = sorted(set(tests) - set(selftests.TESTS))
     if unknown:
         raise CowaheadError(f"unknown selftest {', '.join(unknown)}; known: {', '.join(selftests.TESTS)}")
     binaries = selftests.build_selftests(tree_of(build_dir, source), build_dir / "selftests-mm", tests)
-    patched, stock_image = built_kernel(build_dir, source), stock_built(build_dir, source)
-    if patched is None or (stock_image is None and stock_results is None):
+    patched, stock_image = kernel or built_kernel(build_dir, source), stock_kernel or stock_built(build_dir, source)
+    if patched is None or stock_image is None:
         raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
-    settings = {"policies": policies or POLICIES, "windows": windows or (0, 16, 512)}
-    if stock_results:
-        stock = json.loads(stock_results.read_text())["stock"]
-    else:
-        click.echo("stock kernel …", err=True)
-        stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout)
+    cache = cache or build_dir / "selftests-cache"
+    if seed_from:
+        n = selftests.seed_cache(seed_from, cache, {"stock": stock_image, "patched": patched}, seed_tests)
+        click.echo(f"{n} rows seeded from {seed_from}", err=True)
+    settings = {"policies": policies or selftests.CANDIDATE_POLICIES, "windows": windows or selftests.WINDOWS}
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    click.echo("stock kernel …", err=True)
+    stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout, cache, log, not cached_only)
     click.echo("patched kernel …", err=True)
-    result = selftests.run_selftests(patched, binaries, True, tests, timeout, **settings)
+    result = selftests.run_selftests(patched, binaries, True, tests, timeout, cache, log, not cached_only,
+                                     **settings)
     rows = selftests.table(stock, result)
+    name = f"kernel-{source.name}-selftests"
     path = selftests.write_results({"stock": stock, "patched": result, "table": rows,
-                          "summary": {"rows": len(rows), "equal_to_stock": sum(r["equal_to_stock"] for r in rows)}},
-                         out_dir or RESULTS_DIR, f"kernel-{source.version}-selftests")
+                                    "summary": selftests.summary(rows)}, out_dir or RESULTS_DIR, name)
+    path.with_suffix(".md").write_text(selftests.markdown(stock, rows))
     for r in rows:
+        verdict = r["verdict"] if r["verdict"] != "differs" else "DIFFERS " + str((r["differs_from_stock"] or [])[:3])
         click.echo(f"{r['test']:22} {r['policy']}:{r['window']:<4} pass {r['pass']:3} fail {r['fail']:3} "
-                   f"skip {r['skip']:3}  {'= stock' if r['equal_to_stock'] else 'DIFFERS ' + str(r['differs_from_stock'][:3])}")
+                   f"skip {r['skip']:3} {r['outcome']:10} {verdict}")
     click.echo(str(path))
 
 

@@ -1,4 +1,5 @@
-"""``cowahead kernel check``: build, boot, validate, security, measure; one versioned JSON document."""
+"""``cowahead kernel check``: build, boot, validate, security, integrity, issue 19's reproducers and upstream's
+mm selftests against stock, measure; one versioned JSON document."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from ..output import write_atomically
 from ..results.header import header
-from .kbuild import REPO_ROOT, SOURCES, Source, build, built_kernel
+from . import repro, selftests
+from .kbuild import REPO_ROOT, SOURCES, Source, build, built_kernel, stock_built, tree_of
 from .validate import integrity, measure, validate
 from .vm import run_in_guest, vng_path
 
@@ -33,8 +35,15 @@ def metadata(kernel: Path, patch: Path = SOURCES["6.1"].patch) -> dict:
 
 
 def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR, log=print,
-          source: Source = SOURCES["6.1"], skip_measure: bool = False) -> Path:
-    """Every step records its outcome in the document even when a later one fails."""
+          source: Source = SOURCES["6.1"], skip_measure: bool = False, skip_reproducers: bool = False,
+          skip_selftests: bool = False, selftest_cache: Path | None = None) -> Path:
+    """Every step records its outcome in the document even when a later one fails.
+
+    6.12 also runs issue 19's reproducers (guest/issue19.c) and upstream's mm selftests, patched
+    under every policy the kernel takes at windows 0, 16 and 512 against the stock image of the same
+    tree (``cowahead kernel build --stock``; without it the selftests are recorded as not run, and why).
+    The selftest cells are cached per image (BUILD_DIR/selftests-cache), so a second check runs only
+    what the first did not finish."""
     doc: dict = {"source": source.version}
     if skip_build:
         kernel = built_kernel(build_dir, source)
@@ -58,6 +67,26 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
     doc.update(validated)
     log("COW integrity on two vCPUs under every policy …")
     doc["integrity"] = integrity(kernel)
+    is_612 = source.version == "6.12"
+    if is_612 and not skip_reproducers:
+        log("issue 19's reproducers …")
+        doc["reproducers"] = repro.reproduce(kernel)
+    else:
+        doc["reproducers"] = {"skipped": "--skip-reproducers" if is_612 else "6.12 only",
+                              "guest": {"dmesg_clean": True}}
+    stock_image = stock_built(build_dir, source) if is_612 else None
+    if is_612 and not skip_selftests and stock_image is not None:
+        log("upstream mm selftests, stock then patched (cached per image) …")
+        binaries = selftests.build_selftests(tree_of(build_dir, source), Path(build_dir) / "selftests-mm")
+        cache = selftest_cache or Path(build_dir) / "selftests-cache"
+        stock = selftests.run_selftests(stock_image, binaries, False, cache=cache, log=log)
+        patched = selftests.run_selftests(kernel, binaries, True, cache=cache, log=log)
+        rows = selftests.table(stock, patched)
+        doc["selftests"] = {"stock": stock, "patched": patched, "table": rows, "summary": selftests.summary(rows)}
+    else:
+        why = ("--skip-selftests" if skip_selftests else "6.12 only" if not is_612
+               else f"no stock image in {build_dir} (cowahead kernel build --stock)")
+        doc["selftests"] = {"skipped": why, "summary": {"dmesg_clean": True}}
     if skip_measure:
         doc["measure"] = {"skipped": True, "guest": {"dmesg_clean": True}}
     else:
@@ -72,11 +101,14 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
         "security_runs": len(doc["security"]), "security_safe": sum(1 for r in doc["security"] if r["safe"]),
         "integrity_runs": len(doc["integrity"]["integrity"]),
         "integrity_ok": sum(1 for r in doc["integrity"]["integrity"] if r["ok"]),
+        "reproducer_runs": doc["reproducers"].get("summary"),
+        "selftests": doc["selftests"]["summary"] if "skipped" not in doc["selftests"] else doc["selftests"]["skipped"],
         "dmesg_clean": (not doc["boot"]["dmesg"] and doc["validation_guest"]["dmesg_clean"]
-                        and doc["integrity"]["guest"]["dmesg_clean"] and doc["measure"]["guest"]["dmesg_clean"]),
+                        and doc["integrity"]["guest"]["dmesg_clean"] and doc["measure"]["guest"]["dmesg_clean"]
+                        and doc["reproducers"]["guest"]["dmesg_clean"] and doc["selftests"]["summary"]["dmesg_clean"]),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = "kernel" if source.version == "6.1" else f"kernel-{source.version}"
+    prefix = "kernel" if source.version == "6.1" else f"kernel-{source.name}"
     path = out_dir / f"{prefix}-{dt.date.today().isoformat()}.json"
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path

@@ -53,8 +53,28 @@ def set_thp(knobs: dict) -> dict:
     return {key: thp_word(key) for key in knobs}
 
 
-def run_one(run: dict) -> dict:
+def accepted_policies(candidates: list[str]) -> list[str]:
+    """The policies this kernel's vm.cow_ahead_policy takes (written one by one; the first is left set)."""
+    if not SYSCTL_POLICY.exists():
+        return []
+    accepted = []
+    for policy in candidates:
+        try:
+            SYSCTL_POLICY.write_text(policy)
+        except OSError:
+            continue
+        if SYSCTL_POLICY.read_text().strip() == policy:
+            accepted.append(policy)
+    if accepted:
+        SYSCTL_POLICY.write_text(accepted[0])
+    return accepted
+
+
+def run_one(run: dict, accepted: list[str] | None = None) -> dict:
     out = dict(run)
+    if accepted is not None and run.get("policy") is not None and run["policy"] not in accepted:
+        out.update(error="policy not in this kernel", accepted_policies=accepted)
+        return out
     saved = None
     try:
         if run.get("thp"):  # this run's THP knobs, restored after it
@@ -100,8 +120,13 @@ def main(argv: list[str]) -> int:
     boot = dmesg_new_problems()  # what boot logged, kept apart from the first run
     if boot:
         print(MARK + json.dumps({"kind": "boot-dmesg", "dmesg": boot}), flush=True)
+    accepted = None
+    if plan.get("probe_policies"):  # which of these the kernel has (a policy added later is found here)
+        accepted = accepted_policies(plan["probe_policies"])
+        print(MARK + json.dumps({"kind": "policies", "probed": plan["probe_policies"], "accepted": accepted}),
+              flush=True)
     for run in plan["runs"]:
-        print(MARK + json.dumps(run_one(run)), flush=True)
+        print(MARK + json.dumps(run_one(run, accepted)), flush=True)
     return 0
 
 

@@ -4,6 +4,10 @@ Each case runs under COW-ahead settings where the 6.1 patch misbehaved, and at
 window 0; on a stock kernel (no sysctls) once, unset. A run passes when the
 case prints ``"ok": true``, exits 0 and the kernel log gained no BUG, WARNING
 or Bad page line during it (inguest.py reads ``dmesg -c`` after every run).
+A case that needs what the kernel lacks (``thp_tail`` on a THP-off kernel)
+says so: exit 4 (kselftest's KSFT_SKIP) with ``"skipped": true`` and the
+reason; the run is recorded as skipped, never as passed, and a skip with a
+kernel-log problem is a failure.
 """
 
 from __future__ import annotations
@@ -42,14 +46,21 @@ def make_runs(binary: Path, patched: bool = True, cases=None) -> list[dict]:
     return runs
 
 
+SKIP_STATUS = 4
+
+
 def outcome(row: dict) -> dict:
-    """One run's result: the case's own report, the kernel-log lines, and whether it passed."""
+    """One run's result: the case's own report, the kernel-log lines, and pass / fail / skip."""
     output = row.get("output", {})
-    passed = (row.get("returncode") == 0 and output.get("ok") is True and not row.get("dmesg")
-              and "error" not in row)
+    clean = not row.get("dmesg") and "error" not in row
+    passed = clean and row.get("returncode") == 0 and output.get("ok") is True
+    skipped = (clean and row.get("returncode") == SKIP_STATUS and output.get("skipped") is True
+               and bool(output.get("reason")))
     return {"case": row["case"], "finding": row["finding"], "policy": row["policy"], "window": row["window"],
             "returncode": row.get("returncode"), "error": row.get("error"), "report": output,
-            "dmesg": row.get("dmesg", []), "stderr": row.get("stderr", "")[-500:], "passed": passed}
+            "dmesg": row.get("dmesg", []), "stderr": row.get("stderr", "")[-500:], "passed": passed,
+            "status": "pass" if passed else "skip" if skipped else "fail",
+            "skip_reason": output.get("reason") if skipped else None}
 
 
 def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, cases=None) -> dict:
@@ -59,7 +70,9 @@ def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, case
     rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
     out = [outcome(r) for r in rows if r.get("kind") == "repro"]
     return {"kernel_image": str(kernel), "patched": patched, "runs": out,
-            "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out), "planned": len(runs)},
+            "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out),
+                        "skipped": sum(r["status"] == "skip" for r in out),
+                        "failed": sum(r["status"] == "fail" for r in out), "planned": len(runs)},
             "guest": guest_summary(rows, result)}
 
 

@@ -56,10 +56,9 @@ from ..trace.events import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, Advice, Event
 from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
 from .guestprogs import INGUEST, INTEGRITY, compile_programs
-from .vm import GuestResult, run_in_guest
+from .vm import POLICIES, GuestResult, run_in_guest
 
 WINDOWS = (0, 4, 16, 64)
-POLICIES = ("fixed", "around", "adaptive", "folio")
 # The 4 KiB patterns (MADV_NOHUGEPAGE over the region, every page written before fork) and the ones with
 # large folios, holes and zero pages (LARGE_PATTERNS).
 PATTERNS_4K = ("sequential", "random", "pingpong", "random2")
@@ -350,10 +349,12 @@ PLAN_TIMEOUT_S = 3 * 3600  # one boot runs a whole plan; a debug kernel under TC
 
 
 def run_plan(kernel: Path, plan: Plan, work: Path, icount: bool = False, cpus: int = 1,
-             timeout: float = PLAN_TIMEOUT_S) -> tuple[list[dict], GuestResult]:
+             timeout: float = PLAN_TIMEOUT_S, probe_policies=None) -> tuple[list[dict], GuestResult]:
+    """One boot runs the plan; ``probe_policies``: the guest first finds which of them the kernel takes and
+    runs nothing under one it does not (the row says so)."""
     plan_file = work / "plan.json"
     settings = {"khugepaged_sleep_ms": KHUGEPAGED_SLEEP_MS} if any("thp" in r for r in plan.runs) else {}
-    plan_file.write_text(json.dumps({"runs": plan.runs, **settings}))
+    plan_file.write_text(json.dumps({"runs": plan.runs, "probe_policies": list(probe_policies or []), **settings}))
     result = run_in_guest(kernel, [sys.executable, str(INGUEST), str(plan_file)], icount=icount, cpus=cpus,
                           memory="2G", timeout=timeout)
     rows = [json.loads(line[len("RESULT "):]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]

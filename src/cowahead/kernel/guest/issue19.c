@@ -9,7 +9,9 @@
  *
  * Cases: missing_table, thp_tail, soft_dirty_copy, soft_dirty_reuse, oom,
  * ksm, zero_page, adaptive_split.  Exit status: 0 ok, 1 not ok, 2 could not
- * run (the JSON says why, where it can).
+ * run (the JSON says why, where it can), 4 skipped (kselftest's KSFT_SKIP:
+ * the kernel lacks what the case needs; the JSON has "skipped": true and
+ * the reason).
  */
 #include "common.h"
 #include <signal.h>
@@ -136,8 +138,10 @@ static long anon_huge_kb(const void *addr)
  * window of up to 511 pages reaches the PTE-mapped large folio, which
  * COW-ahead must skip.  Ok when at most pages 501-511 (small, shared) were
  * copied ahead, every page holds what each process wrote, and the zapped
- * page reads zero.
+ * page reads zero.  Needs THP: skipped on a kernel without it (no
+ * /sys/kernel/mm/transparent_hugepage), could not run where no THP formed.
  */
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage"
 static int thp_tail(void)
 {
 	unsigned long pages = 1024, i;
@@ -149,6 +153,11 @@ static int thp_tail(void)
 	long huge_kb;
 	pid_t pid;
 
+	if (access(THP_SYSFS, F_OK)) {
+		printf("{\"case\": \"thp_tail\", \"skipped\": true, \"reason\": \"this kernel has no THP (no "
+		       THP_SYSFS "): there is no PTE-mapped THP tail page to unmap\"}\n");
+		return 4;
+	}
 	if (reserve == MAP_FAILED)
 		die("mmap");
 	madvise(base, PMD_SPAN, MADV_NOHUGEPAGE);
@@ -156,6 +165,11 @@ static int thp_tail(void)
 	for (i = 0; i < pages; i++)
 		base[i * PAGE] = (char)(i % 100 + 1);
 	huge_kb = anon_huge_kb(base + PMD_SPAN);
+	if (huge_kb < (long)(PMD_SPAN / 1024)) {
+		printf("{\"case\": \"thp_tail\", \"ok\": false, \"error\": \"no THP formed (AnonHugePages %ld kB)\"}\n",
+		       huge_kb);
+		return 2;
+	}
 	if (pipe(fds))
 		die("pipe");
 	pid = fork();
