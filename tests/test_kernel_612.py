@@ -359,7 +359,7 @@ def test_the_fast_plan_has_what_issue_19_lists(tmp_path):
     plan = fast.fast_plan(tmp_path, tmp_path / "cow")
     work = [r for r in plan.runs if r["kind"] == "workload"]
     assert {r["window"] for r in work} == {0, 16} and {r["policy"] for r in work if r["window"]} == \
-        {"fixed", "around", "adaptive"}
+        {"fixed", "around", "adaptive", "folio"}  # every policy of the 6.12 patch
     assert [(r["test"], r["policy"], r["window"]) for r in plan.runs if r["kind"] == "selftest"] == \
         [("cow", "fixed", 0), ("cow", "fixed", 16)]
     assert {r["finding"] for r in plan.runs if r["kind"] == "repro"} == {1, 2, 3, 4, 5, 6}
