@@ -29,7 +29,9 @@ def suite():
 
 
 def test_the_guest_ran_every_planned_run(suite):
-    assert suite["guest"]["returncode"] == 0, suite["guest"]["stderr_tail"]
+    guest = suite["guest"]
+    assert guest["returncode"] == 0, (f"{guest['seconds']} s; stderr: {guest['stderr_tail']}; "
+                                      f"stdout: {guest['stdout_tail']}")
     assert suite["rows_back"] == suite["planned"]
 
 

@@ -209,3 +209,28 @@ def test_ftrace_parse_counts_nested_traced_calls():
     assert out["cow_wor-87"]["handle_mm_fault"][:2] == [1, 12000.0]
     assert out["cow_wor-87"]["handle_mm_fault"][3] == 1  # one traced call inside it
     assert out["cow_wor-87"]["vma_alloc_folio"][3] == 0
+
+
+def test_a_boot_that_ends_with_no_status_is_repeated_once_with_the_console(tmp_path, monkeypatch):
+    """vng says 255 when QEMU ended without the command's status (a panic): the second boot keeps the
+    kernel console on stderr (vng --verbose), so what killed the first one can be read; it is not repeated twice."""
+    from cowahead.kernel import vm
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"")
+    calls = []
+
+    def fake_run(args, **kw):
+        calls.append(args)
+        console = "--verbose" in args
+        return subprocess.CompletedProcess(args, 255, "", "Kernel panic - not syncing\n" if console else "")
+
+    monkeypatch.setattr(vm.subprocess, "run", fake_run)
+    monkeypatch.setattr(vm, "qemu_available", lambda: True)
+    result = vm.run_in_guest(kernel, ["true"])
+    assert [("--verbose" in a) for a in calls] == [False, True]
+    assert result.returncode == 255 and "Kernel panic" in result.stderr
+
+    calls.clear()
+    monkeypatch.setattr(vm.subprocess, "run", lambda args, **kw: calls.append(args) or
+                        subprocess.CompletedProcess(args, 3, "", ""))
+    assert vm.run_in_guest(kernel, ["false"]).returncode == 3 and len(calls) == 1

@@ -524,10 +524,11 @@ def validate(kernel: Path, work: Path | None = None, **plan_args) -> dict:
 
 
 def guest_summary(rows: list[dict], result: GuestResult) -> dict:
-    """The boot's status, its stderr's tail and every kernel-log problem it saw (boot, runs, after)."""
+    """The boot's status, its output's tails and every kernel-log problem it saw (boot, runs, after)."""
     dmesg = [line for r in rows for line in r.get("dmesg", [])] + result.dmesg_problems
     return {"returncode": result.returncode, "seconds": round(result.seconds, 1),
-            "stderr_tail": result.stderr[-2000:], "dmesg": dmesg, "dmesg_clean": not dmesg}
+            "stderr_tail": result.stderr[-2000:], "stdout_tail": result.stdout[-1000:],
+            "dmesg": dmesg, "dmesg_clean": not dmesg}
 
 
 # (pattern, policy, windows): sequential under fixed (the batch's gain), random under adaptive and

@@ -30,6 +30,9 @@ SYSCTL_PAGES = "/proc/sys/vm/cow_ahead_pages"
 SYSCTL_POLICY = "/proc/sys/vm/cow_ahead_policy"
 DEFAULT_TIMEOUT_S = 600
 BOOT_RETRIES = 1
+# vng's status when QEMU ended without the guest command's status (a panic, a killed QEMU): the
+# kernel console is not kept by default, so such a boot is repeated once with it on stderr.
+VNG_NO_STATUS = 255
 # After every guest command the guest's kernel log is searched for these (issue 19: a debug kernel
 # reports what a production one silently corrupts); matching lines come back on stderr with DMESG_MARK.
 DMESG_PROBLEM = r"BUG|WARNING|Bad page|Oops|general protection|Call Trace"
@@ -101,9 +104,12 @@ def guest_script(command: list[str], cow_ahead: int | None, policy: str | None) 
 
 
 def vng_command(kernel: Path, script: str, icount: bool = False, cpus: int = 1, memory: str = "1G",
-                cwd: Path | None = None) -> list[str]:
+                cwd: Path | None = None, console: bool = False) -> list[str]:
+    """``console``: the guest kernel's console (boot log, loglevel 7) comes back on stderr too."""
     args = [vng_path(), "--run", str(kernel), "--disable-kvm", "--cpus", str(1 if icount else cpus),
             "--memory", memory]
+    if console:
+        args.append("--verbose")
     if cwd is not None:
         args += ["--cwd", str(cwd)]
     if icount:
@@ -127,18 +133,24 @@ def run_in_guest(kernel: Path, command: list[str], cow_ahead: int | None = None,
         raise CowaheadError("qemu-system-x86_64 is not installed; run scripts/setup")
     if not command:
         raise CowaheadError("no command to run in the guest (give it after --)")
-    args = vng_command(kernel, guest_script(command, cow_ahead, policy), icount, cpus, memory, Path.cwd())
+    script = guest_script(command, cow_ahead, policy)
     env = dict(os.environ)
     # vng runs its helpers (virtme-configkernel, virtme-ng-init) from PATH.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     # Under TCG on a loaded host a boot has, rarely, stalled before the command started (QEMU
-    # idle, no console output); one more boot has always gone through.
+    # idle, no console output); one more boot has always gone through. A boot that ended with no
+    # status is repeated with the console kept, so what the kernel said is in the result's stderr.
+    console = False
     for attempt in range(1 + BOOT_RETRIES):
+        args = vng_command(kernel, script, icount, cpus, memory, Path.cwd(), console=console)
         start = time.monotonic()
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
                                   stdin=subprocess.DEVNULL)
-            return GuestResult(args, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
         except subprocess.TimeoutExpired:
             continue
+        result = GuestResult(args, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+        if result.returncode != VNG_NO_STATUS or console or attempt == BOOT_RETRIES:
+            return result
+        console = True
     raise CowaheadError(f"the guest did not finish within {timeout:.0f} s, {1 + BOOT_RETRIES} boots")
