@@ -30,7 +30,8 @@ def suite():
 
 def test_the_guest_ran_every_planned_run(suite):
     guest = suite["guest"]
-    assert guest["returncode"] == 0, (f"{guest['seconds']} s; stderr: {guest['stderr_tail']}; "
+    assert guest["returncode"] == 0, (f"{guest['seconds']} s; free GiB before {guest['disk_free_gib_before']}, "
+                                      f"after {guest['disk_free_gib_after']}; stderr: {guest['stderr_tail']}; "
                                       f"stdout: {guest['stdout_tail']}")
     assert suite["rows_back"] == suite["planned"]
 

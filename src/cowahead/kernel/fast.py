@@ -14,6 +14,7 @@ brings the tree to this patch (incremental where a tree exists, a full build on 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +60,12 @@ def fast_plan(work: Path, cow_binary: Path) -> Plan:
     return Plan(plan.runs + cow + repro_runs(programs["issue19"]), plan.traces)
 
 
+def free_gib(*paths: Path) -> dict[str, float]:
+    """Free disk space where the guest's status file (the temp dir) and the build live: a full disk
+    loses vng's status file, which it reports as 255 with nothing on stderr."""
+    return {str(p): round(shutil.disk_usage(p).free / 2**30, 2) for p in paths}
+
+
 def run_fast(source: Source = SOURCES["6.12"], build_dir: Path | None = None, log=print) -> dict:
     build_dir = Path(build_dir or source.build_dir)
     start = time.monotonic()
@@ -67,13 +74,15 @@ def run_fast(source: Source = SOURCES["6.12"], build_dir: Path | None = None, lo
     work = Path(tempfile.mkdtemp(prefix="cowahead-fast-"))
     plan = fast_plan(work, binaries["cow"])
     log(f"one boot of {kernel['image']}: {len(plan.runs)} runs …")
+    disk_before = free_gib(Path(tempfile.gettempdir()), build_dir)
     rows, result = run_plan(kernel["image"], plan, work, cpus=2, timeout=GUEST_TIMEOUT_S)
     doc = {"kernel": {k: str(v) if isinstance(v, Path) else v for k, v in kernel.items()},
            "planned": len(plan.runs), "rows_back": sum(r.get("kind") != "boot-dmesg" for r in rows),
            "validation": compare(rows, plan.traces),
            "cow": [record(r) for r in rows if r.get("kind") == "selftest"],
            "reproducers": [outcome(r) for r in rows if r.get("kind") == "repro"],
-           "guest": guest_summary(rows, result)}
+           "guest": {**guest_summary(rows, result), "disk_free_gib_before": disk_before,
+                     "disk_free_gib_after": free_gib(Path(tempfile.gettempdir()), build_dir)}}
     doc["seconds"] = round(time.monotonic() - start, 1)
     # The last run's document beside the build (outside the clone): what CI saw and how long it took.
     (build_dir / "fast-suite.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
