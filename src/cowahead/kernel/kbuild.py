@@ -259,7 +259,7 @@ def _build_locked(build_dir: Path, patch: Path, jobs: int | None, source: Source
     start = time.monotonic()
     with open(log, "w") as out:
         done = subprocess.run(["nice", "-n", "19", "make", f"-j{jobs}", "bzImage"], cwd=tree, stdout=out,
-                              stderr=subprocess.STDOUT, env=_tool_env())
+                              stderr=subprocess.STDOUT, env=_make_env())
     seconds = time.monotonic() - start
     text = log.read_text(errors="replace")
     if done.returncode != 0:
@@ -284,6 +284,18 @@ def stock_built(build_dir: Path | None = None, source: Source = SOURCES["6.12"])
     """The same tree built without the patch (``cowahead kernel build --stock``), if it was."""
     image = Path(build_dir or source.build_dir) / STOCK_IMAGE
     return image if image.exists() else None
+
+
+# The kernel's reproducible-build variables (Documentation/kbuild/reproducible-builds.rst): with them,
+# the same tree, config, compiler and build path give the same bzImage, so an image's sha256 (the
+# selftest cache's key, selftests.image_key) means the same kernel in a later session, on a fresh
+# machine, and committed results can seed that session's cache instead of hours of TCG boots.
+REPRODUCIBLE_ENV = {"KBUILD_BUILD_TIMESTAMP": "Tue Dec  1 00:00:00 UTC 2026", "KBUILD_BUILD_USER": "cowahead",
+                    "KBUILD_BUILD_HOST": "cowahead", "KBUILD_BUILD_VERSION": "1"}
+
+
+def _make_env() -> dict[str, str]:
+    return {**_tool_env(), **REPRODUCIBLE_ENV}
 
 
 def _tool_env() -> dict[str, str]:
