@@ -21,7 +21,6 @@ from cowahead.model.folio import LARGE_DESTINATIONS_KEY, FolioSettings
 from cowahead.policies import parse_policy
 from cowahead.trace.events import Advice
 from cowahead.trace.generators import generate
-from cowahead.trace.trace import Trace
 
 MTHP_64K = {"enabled": "never", "hugepages-64kB/enabled": "always"}
 MTHP_16K = {"enabled": "never", "hugepages-16kB/enabled": "always"}
@@ -255,18 +254,16 @@ def test_engine_equals_model_with_large_destinations(stream, thp, kernel):
 
 @pytest.mark.parametrize("pattern", ["sequential", "random", "bgsave"])
 def test_engine_equals_model_on_generators_with_large_destinations(pattern):
-    trace = generate(f"{pattern}+mthp-mixed", pages=1100, seed=3)
-    trace = Trace.from_events(list(trace.events()), {**trace.metadata, LARGE_DESTINATIONS_KEY: True})
+    trace = generate(f"{pattern}+mthp-mixed", pages=1100, seed=3, large_destinations=True)
     assert_engine_equals_model(trace, ["none", "fixed:16", "around:64", "adaptive", "folio", "oracle:16"])
 
 
 def test_a_sequential_child_breaks_the_same_pages_with_and_without_large_destinations():
     """The child writes every page once: each fault's window breaks the same pages either way; with large
     destinations most of them go into large folios (the windows start at aligned pages)."""
-    trace = generate("sequential+mthp-64k", pages=1024, seed=3)
-    on = Trace.from_events(list(trace.events()), {**trace.metadata, LARGE_DESTINATIONS_KEY: True})
     policies = ["fixed:16", "around:64"]
-    off, on = replay_engine(trace, policies), replay_engine(on, policies)
+    off = replay_engine(generate("sequential+mthp-64k", pages=1024, seed=3), policies)
+    on = replay_engine(generate("sequential+mthp-64k", pages=1024, seed=3, large_destinations=True), policies)
     assert [(c.cow_copy, c.ahead_copies, c.ahead_reuses) for c in off] == \
         [(c.cow_copy, c.ahead_copies, c.ahead_reuses) for c in on]
     assert all(c.cow_large_alloc == 0 for c in off)

@@ -13,16 +13,12 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import CowaheadError
-from ..trace.events import HPAGE_PMD_ORDER
+from ..trace.events import HPAGE_PMD_ORDER, LARGE_DESTINATIONS_KEY
 
 MODES = ("always", "inherit", "madvise", "never")
 TOP_MODES = ("always", "madvise", "never")
 # The kernel the model follows when a trace does not say (the host this project measures on).
 DEFAULT_KERNEL = (6, 18)
-# The trace metadata key that replays it under a kernel whose COW-ahead copies into large destination folios
-# (FolioSettings.large_destinations): true, or absent. Not a THP knob, so not among the ``thp`` words, which
-# the guest writes into /sys/kernel/mm/transparent_hugepage.
-LARGE_DESTINATIONS_KEY = "cow_ahead_large_destinations"
 
 
 def order_of_size(kb: int) -> int:
