@@ -17,7 +17,9 @@ page mapped or referenced more than once; a page of a large folio on kernels bef
 reuse one by its counts; on 6.15+ a page of a large folio that is not this mm's alone). These are
 exactly the pages the window copies without the option (``Kernel.break_cow_ahead``'s copies), and p.
 The kernel's ``cow_ahead_page`` skips more kinds (an uffd-wp, NUMA-hinting or KSM page, a page that is
-not anonymous) that the model has none of: none of those would be copied either.
+not anonymous) that the model has none of: none of those would be copied either; and where it runs no
+window at all (a VMA that is not anonymous, not writable, uffd-wp or soft-dirty tracked) there is no block
+either, and the faulting page is copied into a 4 KiB page.
 
 **Which order.** The orders are ``thp_vma_allowable_orders`` of the VMA below PMD order, as
 ``alloc_anon_folio`` takes them for a zero-fill fault (the ``hugepages-<size>kB/enabled`` knobs of 8 kB …
