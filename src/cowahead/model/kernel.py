@@ -4,10 +4,12 @@ One ``Kernel`` replays events for all processes of a trace. The fault path
 reads as in ``mm/memory.c``: ``handle_mm_fault`` dispatches to
 ``do_anonymous_page``, ``do_shared_fault``, ``do_read_fault``,
 ``do_cow_fault`` or ``do_wp_page``, and ``do_wp_page`` to
-``wp_page_reuse`` or ``wp_page_copy``. After a COW copy on demand the
-policy names more pages and ``cow_ahead`` breaks COW on them. Large folios
-follow the trace's folio settings (folio.py); the PMD paths are
-huge_memory.py's.
+``wp_page_reuse`` or ``wp_page_copy``. At a COW copy on demand the
+policy names more pages and ``cow_ahead`` breaks COW on them, after the
+faulting page's copy; with large destinations (large_destination.py) aligned
+blocks of them, the faulting page's among them, are copied into large folios
+first. Large folios follow the trace's folio settings (folio.py); the PMD
+paths are huge_memory.py's.
 
 This model is the reference the fast engine is held equal to.
 """

@@ -16,6 +16,9 @@ mapping); it is write-protected; it does not map the zero page; and ``wp_can_reu
 page mapped or referenced more than once; a page of a large folio on kernels before 6.15, which never
 reuse one by its counts; on 6.15+ a page of a large folio that is not this mm's alone). These are
 exactly the pages the window copies without the option (``Kernel.break_cow_ahead``'s copies), and p.
+Copying one page changes no other page's answer (it drops only this mm's mappings, and a page shared
+with another mm stays shared while that mm maps it), so a kernel that asks each block's pages at the
+block's turn, under its page-table lock, gets the same answers.
 The kernel's ``cow_ahead_page`` skips more kinds (an uffd-wp, NUMA-hinting or KSM page, a page that is
 not anonymous) that the model has none of: none of those would be copied either; and where it runs no
 window at all (a VMA that is not anonymous, not writable, uffd-wp or soft-dirty tracked) there is no block
@@ -48,13 +51,16 @@ mm alone (PageAnonExclusive in the kernel). Its pages are writable, so writes to
 later fork shares it as any PTE-mapped large folio (both sides write-protected); a COW fault on it then
 copies, into large destinations again where a block qualifies; a write fault on a write-protected page of
 it is reused by ``wp_can_reuse``'s rule for large folios: on 6.15+ while this mm alone maps it, before 6.15
-never (the page is copied). A partial munmap or MADV_DONTNEED drops the mappings of the pages in range;
+never by its counts (the page is copied; 6.12 reuses a page still PageAnonExclusive, which fork clears and
+which no event of the model leaves write-protected). A partial munmap or MADV_DONTNEED drops the mappings of the pages in range;
 the folio stays allocated whole until its last mapping goes (the model keeps no deferred-split queue; a
 kernel splits a partly mapped folio under memory pressure).
 
 **Allocation failure.** The model allocates every folio it asks for (it models no memory limit). Where
 the kernel's allocation or charge of a block's folio fails, it copies that block's pages into 4 KiB pages
-as without the option: the same pages broken, the same counters but ``cow_large_*``.
+as without the option: the same pages broken, the same counters but ``cow_large_*`` (and where a 4 KiB
+allocation then fails too, the patch's rule for that applies as now: the window ends there). A kernel
+check under memory pressure must count such fallbacks apart, as ``validate`` counts mTHP fallbacks.
 
 **Policies.** Every policy with a window: ``fixed``, ``fixed-behind``, ``around``, ``adaptive``,
 ``folio``, ``ccow``, ``ccow-published`` and ``oracle`` (the 6.12 patch has fixed, around, adaptive and
