@@ -12,8 +12,8 @@ import pytest
 from conftest import BASE_PAGE, Stream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from streams import FOLIO_SETTINGS, event_streams, folio_streams
-from test_engine_folios import KERNELS, assert_engine_equals_model
+from streams import event_streams, folio_streams
+from test_engine_folios import KERNELS, LARGE_SETTINGS, assert_engine_equals_model
 
 from cowahead.engine import replay_engine
 from cowahead.model import Kernel
@@ -33,6 +33,7 @@ def replay(stream: Stream, policy: str, thp: dict = MTHP_64K, kernel: str = K612
     """Replay event by event under ``policy``, checking the model's own invariants after each."""
     trace = stream.trace(thp, kernel, large_destinations=large)
     k = Kernel(parse_policy(policy))
+    k.policy.prepare(trace)  # the oracle's future
     k.folios = FolioSettings.from_metadata(trace.metadata)
     for index, event in enumerate(trace.events()):
         k.apply(event, index)
@@ -238,18 +239,18 @@ def test_engine_equals_model_on_hand_written_scenarios(name, build, thp, kernel,
     assert engine[ENGINE_POLICIES.index("fixed:16")].cow_large_alloc == blocks
 
 
-LARGE_SETTINGS = [thp for thp in FOLIO_SETTINGS if thp and any(k.startswith("hugepages-") and "2048" not in k
-                                                               for k in thp)]
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("thp", LARGE_SETTINGS, ids=[",".join(f"{k}={v}" for k, v in t.items()) for t in LARGE_SETTINGS])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=st.one_of(folio_streams(), folio_streams(mixed=True), event_streams()))
-def test_engine_equals_model_with_large_destinations(stream, thp, kernel):
-    """Random streams (folio streams, with every VMA kind, and the 4 KiB streams) under each setting with an
-    mTHP size, large destinations on: every counter, the batch histogram and the samples of every policy."""
-    assert_engine_equals_model(stream.trace(thp, kernel, large_destinations=True))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(folio_streams(), event_streams()), st.sampled_from(LARGE_SETTINGS), st.sampled_from(KERNELS),
+       st.sampled_from(["fixed:16", "around:16", "folio", "adaptive", "ccow:16,0.1", "oracle:16"]))
+def test_large_destinations_keep_the_invariants_and_what_a_process_reads(stream, thp, kernel, policy):
+    """Every map and ref count right after every event, and every read the value a 4 KiB replay reads: each
+    page's content went into the right page of its destination."""
+    expected: list[int] = []
+    Kernel(parse_policy("none")).replay(stream.trace(None), expected)
+    replay(stream, policy, thp, kernel)  # check_invariants after each event
+    reads: list[int] = []
+    Kernel(parse_policy(policy)).replay(stream.trace(thp, kernel, large_destinations=True), reads)
+    assert reads == expected
 
 
 @pytest.mark.parametrize("pattern", ["sequential", "random", "bgsave"])
