@@ -52,9 +52,9 @@ later fork shares it as any PTE-mapped large folio (both sides write-protected);
 copies, into large destinations again where a block qualifies; a write fault on a write-protected page of
 it is reused by ``wp_can_reuse``'s rule for large folios: on 6.15+ while this mm alone maps it, before 6.15
 never by its counts (the page is copied; 6.12 reuses a page still PageAnonExclusive, which fork clears and
-which no event of the model leaves write-protected). A partial munmap or MADV_DONTNEED drops the mappings of the pages in range;
-the folio stays allocated whole until its last mapping goes (the model keeps no deferred-split queue; a
-kernel splits a partly mapped folio under memory pressure).
+which no event of the model leaves write-protected). A partial munmap or MADV_DONTNEED drops the mappings
+of the pages in range; the folio stays allocated whole until its last mapping goes (the model keeps no
+deferred-split queue; a kernel splits a partly mapped folio under memory pressure).
 
 **Allocation failure.** The model allocates every folio it asks for (it models no memory limit). Where
 the kernel's allocation or charge of a block's folio fails, it copies that block's pages into 4 KiB pages
