@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from cowahead.trace import Event, EventKind, PAGE_SIZE, Trace, VmaKind
+from cowahead.model.folio import LARGE_DESTINATIONS_KEY
 
 BASE = 0x7F0000000000  # page table aligned
 BASE_PAGE = BASE // PAGE_SIZE
@@ -61,11 +62,14 @@ class Stream:
     def thp_disable(self, pid, on=True):
         return self._add(pid, EventKind.THP_DISABLE, arg=int(on))
 
-    def trace(self, thp: dict | None = None, kernel: str = "6.18.0") -> Trace:
-        """``thp``: the folio settings in machine.thp_settings()'s words (None: 4 KiB pages only)."""
+    def trace(self, thp: dict | None = None, kernel: str = "6.18.0", large_destinations: bool = False) -> Trace:
+        """``thp``: the folio settings in machine.thp_settings()'s words (None: 4 KiB pages only);
+        ``large_destinations``: replayed under a kernel whose COW-ahead copies into large folios."""
         meta = {"source": "test", "kernel": kernel}
         if thp is not None:
             meta["thp"] = thp
+        if large_destinations:
+            meta[LARGE_DESTINATIONS_KEY] = True
         return Trace.from_events(self.events, meta)
 
 

@@ -34,6 +34,17 @@ def test_simulate_json_has_the_promised_keys_and_model_numbers(trace, capsys):
     assert (fixed["cow_copies"], fixed["ahead_copies"], fixed["ahead_waste"]) == (16, 240, 0)
 
 
+@pytest.mark.parametrize("flag, blocks", [([], 0), (["--large-destinations"], 16)])
+def test_generate_large_destinations_reaches_simulate(tmp_path, capsys, flag, blocks):
+    # 256 pages in 64 KiB mTHPs; the child's fixed:16 faults at 0, 16, …, 240: with the option each copies
+    # its 16 pages into one 64 KiB folio (16 folios, 256 pages), without it into 4 KiB pages
+    path = tmp_path / "seq.parquet"
+    assert run(capsys, "generate", "sequential+mthp-64k", "--pages", "256", *flag, "-o", str(path))[0] == 0
+    code, out, _ = run(capsys, "simulate", str(path), "--json", "-p", "fixed:16")
+    [row] = json.loads(out)
+    assert (code, row["cow_copies"], row["cow_large_alloc"], row["cow_large_pages"]) == (0, 16, blocks, 16 * blocks)
+
+
 def test_simulate_prints_a_table(trace, capsys):
     code, out, _ = run(capsys, "simulate", str(trace), "-p", "none", "-p", "around:8")
     assert code == 0 and "around:8" in out and "predicted" in out

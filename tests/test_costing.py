@@ -29,7 +29,7 @@ def counters() -> Counters:
                     ahead_copies=6, ahead_reuses=8, ahead_batches=7, ahead_hits=22, ahead_waste=23,
                     extra_pages=24, extra_pages_peak=25, extra_pages_final=26, resident=27, resident_peak=28,
                     zero_fill_pages=29, cow_copy_pages=30, reuse_pages=31, thp_fault_alloc=32, mthp_fault_alloc=33,
-                    huge_zero_page=34, thp_split_pmd=35, thp_collapse_alloc=36)
+                    huge_zero_page=34, thp_split_pmd=35, thp_collapse_alloc=36, cow_large_alloc=37, cow_large_pages=38)
 
 
 # ----- counters ----------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def test_as_dict_holds_every_field_but_the_live_gauges_and_adds_faults():
         "ahead_copies": 6, "ahead_reuses": 8, "ahead_batches": 7, "ahead_hits": 22, "ahead_waste": 23,
         "extra_pages_peak": 25, "extra_pages_final": 26, "resident_peak": 28, "zero_fill_pages": 29,
         "cow_copy_pages": 30, "reuse_pages": 31, "thp_fault_alloc": 32, "mthp_fault_alloc": 33, "huge_zero_page": 34,
-        "thp_split_pmd": 35, "thp_collapse_alloc": 36, "faults": 15}
+        "thp_split_pmd": 35, "thp_collapse_alloc": 36, "cow_large_alloc": 37, "cow_large_pages": 38, "faults": 15}
 
 
 # ----- the cost model ------------------------------------------------------------------------
@@ -90,6 +90,8 @@ def test_predict_us_of_nothing_is_zero_and_unpriced_counters_cost_nothing():
     assert DIGITS.predict_us(Counters(events=5, outside_vma=6, ahead_hits=7, ahead_waste=8, extra_pages=9,
                                       extra_pages_peak=10, extra_pages_final=11, resident=12,
                                       resident_peak=13)) == 0
+    # large destinations: their pages are priced as cow_copy and ahead_copies already are, not again
+    assert DIGITS.predict_us(Counters(cow_large_alloc=14, cow_large_pages=15)) == 0
 
 
 def test_predict_us_with_fractional_constants():
@@ -121,7 +123,7 @@ def test_result_row_has_every_key_worked_out_by_hand():
         "events": 20, "zero_fill": 2, "zero_page": 3, "map": 4, "cow_copy": 1, "reuse": 5, "outside_vma": 21,
         "ahead_reuses": 8, "ahead_batches": 7, "extra_pages_final": 26, "resident_peak": 28, "zero_fill_pages": 29,
         "cow_copy_pages": 30, "reuse_pages": 31, "thp_fault_alloc": 32, "mthp_fault_alloc": 33, "huge_zero_page": 34,
-        "thp_split_pmd": 35, "thp_collapse_alloc": 36}
+        "thp_split_pmd": 35, "thp_collapse_alloc": 36, "cow_large_alloc": 37, "cow_large_pages": 38}
     assert list(row)[:11] == ["policy", "faults", "cow_copies", "ahead_copies", "ahead_hits", "ahead_waste",
                               "zero_fills", "reuses", "extra_pages_peak", "predicted_us", "pages_copied"]
 

@@ -5,7 +5,8 @@ the huge zero page splits it, MADV_DONTNEED frees no page table; 6.18: all three
 Differential tests on random folio streams (streams.folio_streams, also with mappings of every kind) per
 folio setting and kernel, test_engine.py's streams under each folio setting, the hand-written scenarios of
 tests/test_model_folios.py, every generator's folio variants, a sparse page space, small chunks (the
-pools grow mid-trace) and the fault log.
+pools grow mid-trace) and the fault log; and with large destinations (model/large_destination.py) on, random
+streams under each setting with an mTHP size (tests/test_large_destinations.py has the hand-written ones).
 """
 
 from __future__ import annotations
@@ -86,6 +87,21 @@ def test_engine_equals_model_on_the_4k_streams_under_folio_settings(stream, chun
     blocks) under each folio setting, in small chunks, with its longer policy list."""
     trace = stream.trace(thp, kernel)
     assert_engine_equals_model(trace, ENGINE_POLICIES, chunk_rows=chunk_rows)
+
+
+# The settings with an mTHP size below 2 MiB: where large destinations (model/large_destination.py) can be.
+LARGE_SETTINGS = [thp for thp in FOLIO_SETTINGS if thp and any(k.startswith("hugepages-") and "2048" not in k
+                                                               for k in thp)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("thp", LARGE_SETTINGS, ids=[SETTING_IDS[FOLIO_SETTINGS.index(t)] for t in LARGE_SETTINGS])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.one_of(folio_streams(), folio_streams(mixed=True), event_streams()))
+def test_engine_equals_model_with_large_destinations(stream, thp, kernel):
+    """Random streams (folio streams, with every VMA kind, and the 4 KiB streams) under each setting with an
+    mTHP size, large destinations on: every counter, the batch histogram and the samples of every policy."""
+    assert_engine_equals_model(stream.trace(thp, kernel, large_destinations=True))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,5 @@
-"""Breaking COW on a page and on a range: the model's ``wp_page_copy`` and ``break_cow_ahead``.
+"""Breaking COW on a page and on a range: the model's ``wp_page_copy`` and ``break_cow_ahead``, and a block's
+copy into a large destination folio (``copy_to_large_folio``).
 
 The ``_large`` versions are the same where a frame may be a large folio's (a reuse by the folio's rules,
 a copy that drops one mapping of the folio) and a window may reach into a PMD-mapped 2 MiB (which has no
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import (ANON, BLK_PMD, C_AHEAD_COPIES, C_AHEAD_REUSES, C_EXTRA_PAGES, C_EXTRA_PAGES_PEAK,
-                     C_RESIDENT, C_RESIDENT_PEAK, FRAME_SHIFT, HPAGE_PMD_ORDER, MAPPED, PENDING, PRESENT,
-                     SC_FRAMES_FREE, V_ANON, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
-from .mm import alloc_frame, can_reuse_any, map_frame, put_frame, put_frame_any, wp_can_reuse
+from .layout import (ANON, BLK_PMD, C_AHEAD_COPIES, C_AHEAD_REUSES, C_COW_LARGE_ALLOC, C_COW_LARGE_PAGES,
+                     C_EXTRA_PAGES, C_EXTRA_PAGES_PEAK, C_RESIDENT, C_RESIDENT_PEAK, DIRTY, FRAME_SHIFT,
+                     HPAGE_PMD_ORDER, MAPPED, PENDING, PRESENT, SC_FRAMES_FREE, V_ANON, V_DHI, V_DLO, WRITABLE,
+                     ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+from .mm import (alloc_folio, alloc_frame, can_reuse_any, folio_add, map_frame, put_frame, put_frame_any,
+                 wp_can_reuse)
 
 
 @jit_inline
@@ -125,3 +128,41 @@ def break_cow_range_large(st, s, v, lo, hi):
         c[C_AHEAD_COPIES] += copies
     c[C_AHEAD_REUSES] += reuses
     return copies + reuses
+
+
+# ----- large destinations (model/large_destination.py) --------------------------------
+
+
+@jit_inline
+def would_copy_large(st, s, v, q):
+    """LargeDestinations.would_copy: would breaking COW on dense page ``q`` of VMA ``v`` copy it?"""
+    if q < st.vmas[v, V_DLO] or q >= st.vmas[v, V_DHI] or not breakable_large(st, s, q):
+        return False
+    f = frame_of(st.ptes[s, q])
+    return f != ZERO_FRAME and not can_reuse_any(st, s, f)
+
+
+@jit
+def copy_to_large_folio(st, s, v, base, order, d):
+    """LargeDestinations.copy_to_large_folio: the block of 2**order pages at ``base`` into one new folio,
+    mapped writable by slot ``s`` alone; the faulting page ``d`` dirty, the others clean and copied ahead.
+    How many were copied ahead."""
+    c = st.counters
+    n = np.int64(1) << order
+    f = alloc_folio(st, order)
+    folio_add(st, f, s, n)  # as n single mappings: the first takes slot 0 of the new folio
+    st.vmas[v, V_ANON] = 1
+    c[C_COW_LARGE_ALLOC] += 1
+    c[C_COW_LARGE_PAGES] += n
+    ahead = 0
+    for q in range(base, base + n):
+        put_frame_any(st, s, frame_of(st.ptes[s, q]))
+        if q == d:
+            st.ptes[s, q] = (f << FRAME_SHIFT) | PRESENT | WRITABLE | DIRTY
+        else:
+            st.ptes[s, q] = (f << FRAME_SHIFT) | PRESENT | WRITABLE | PENDING  # clean, so the next fault can tell
+            ahead += 1
+    c[C_AHEAD_COPIES] += ahead
+    c[C_EXTRA_PAGES] += ahead
+    c[C_EXTRA_PAGES_PEAK] = max(c[C_EXTRA_PAGES_PEAK], c[C_EXTRA_PAGES])
+    return ahead

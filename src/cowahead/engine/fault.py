@@ -20,7 +20,9 @@ from .layout import (ANON, BLK_PMD, BLK_TABLE, B_DLO, B_SEG, C_AHEAD_COPIES, C_A
                      C_COW_COPY, C_COW_COPY_PAGES, C_EXTRA_PAGES, C_MAP, C_MTHP_FAULT_ALLOC, C_OUTSIDE_VMA, C_REUSE,
                      C_REUSE_PAGES, C_ZERO_FILL, C_ZERO_FILL_PAGES, C_ZERO_PAGE, DIRTY, FILE, FRAME_SHIFT, F_ORDER,
                      HIT, HPAGE_PMD_ORDER, LARGE, PENDING, PP_KIND, PRESENT, PRIVATE_ANON, SC_LOG_LEN, SHARED_ANON,
-                     SHMEM, V_ANON, V_BACKING, V_KIND, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline, pte_at)
+                     SHMEM, TH_LARGE_DEST, V_ANON, V_BACKING, V_KIND, WRITABLE, ZERO_FRAME, frame_of, jit, jit_inline,
+                     pte_at)
+from .large_destination import cow_ahead_large_dest
 from .mm import alloc_folio, alloc_frame, backing_frame, can_reuse_any, find_vma, folio_add, map_frame, wp_can_reuse
 from .windows import POL_NONE, cow_ahead, cow_ahead_large
 
@@ -163,11 +165,19 @@ def do_wp_page_large(st, s, v, d, pid, now):
     c[C_COW_COPY_PAGES] += 1
     old = frame_of(fl)  # vmf.folio: the folio copied from, which the copy may free (folio's window asks)
     order = st.folios[old, F_ORDER] if old != ZERO_FRAME and st.frame_kind[old] == LARGE else 0
-    wp_page_copy_large(st, s, v, d)
-    if st.policy[PP_KIND] != POL_NONE and old != ZERO_FRAME:  # no COW-ahead after a copy from the zero page
-        copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
-        if cow_ahead_large(st, s, v, d, pid, now, old, order):
-            count_batch(st, copies, reuses)
+    if st.policy[PP_KIND] == POL_NONE or old == ZERO_FRAME:  # no COW-ahead after a copy from the zero page
+        wp_page_copy_large(st, s, v, d)
+        return
+    copies, reuses = c[C_AHEAD_COPIES], c[C_AHEAD_REUSES]
+    # Large destinations: the orders below PMD's this VMA allows, if the option is on (else none: 4 KiB copies).
+    allowed = thp_vma_allowable_orders(st, s, v) & ((1 << HPAGE_PMD_ORDER) - 1) if st.thp[TH_LARGE_DEST] else 0
+    if allowed:
+        done = cow_ahead_large_dest(st, s, v, d, pid, now, old, order, allowed)
+    else:
+        wp_page_copy_large(st, s, v, d)
+        done = cow_ahead_large(st, s, v, d, pid, now, old, order)
+    if done:
+        count_batch(st, copies, reuses)
 
 
 # ----- the access ------------------------------------------------------------------------

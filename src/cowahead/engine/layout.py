@@ -112,6 +112,7 @@ C_ZERO_FILL_PAGES, C_COW_COPY_PAGES, C_REUSE_PAGES = (_COUNTER[name] for name in
 C_THP_FAULT_ALLOC, C_MTHP_FAULT_ALLOC, C_HUGE_ZERO_PAGE, C_THP_SPLIT_PMD, C_THP_COLLAPSE_ALLOC = (
     _COUNTER[name] for name in ("thp_fault_alloc", "mthp_fault_alloc", "huge_zero_page", "thp_split_pmd",
                                 "thp_collapse_alloc"))
+C_COW_LARGE_ALLOC, C_COW_LARGE_PAGES = (_COUNTER[name] for name in ("cow_large_alloc", "cow_large_pages"))
 N_COUNTERS = len(FIELD_NAMES)
 
 # The policy's fields (state.policy): its engine kind (windows.py's POL_*), window pages (N, MAX, ccow's
@@ -142,9 +143,11 @@ F_ORDER, F_REF, F_ENTIRE, F_MM0, F_N0, F_MM1, F_N1, F_SHARED = range(8)
 N_FOLIO_FIELDS = 8
 # state.thp: the folio settings (model/folio.py FolioSettings): the orders a fault may allocate as bit
 # masks (bit k: order k) outside and inside a VM_HUGEPAGE VMA, use_zero_page, and the rules that differ
-# by kernel version (reuses_large_folios, huge_zero_write_allocates, reclaims_page_tables).
-TH_ORDERS, TH_ORDERS_HUGEPAGE, TH_ZERO_PAGE, TH_REUSE_LARGE, TH_ZERO_WRITE_ALLOC, TH_RECLAIM_PT = range(6)
-N_THP = 6
+# by kernel version (reuses_large_folios, huge_zero_write_allocates, reclaims_page_tables), and whether
+# COW-ahead copies into large destination folios (large_destinations).
+(TH_ORDERS, TH_ORDERS_HUGEPAGE, TH_ZERO_PAGE, TH_REUSE_LARGE, TH_ZERO_WRITE_ALLOC, TH_RECLAIM_PT,
+ TH_LARGE_DEST) = range(7)
+N_THP = 7
 
 # Backing object fields: users, dense range of its first mapping, frame segment.
 B_USERS, B_DLO, B_DHI, B_SEG = range(4)

@@ -76,7 +76,8 @@ def thp_params(folios: FolioSettings) -> np.ndarray:
         return sum(1 << order for order in orders)
     return np.array([mask(folios.anon_orders(hugepage=False)), mask(folios.anon_orders(hugepage=True)),
                      int(folios.use_zero_page), int(folios.reuses_large_folios),
-                     int(folios.huge_zero_write_allocates), int(folios.reclaims_page_tables)], np.int64)
+                     int(folios.huge_zero_write_allocates), int(folios.reclaims_page_tables),
+                     int(folios.large_destinations)], np.int64)
 
 
 def _free_stack(capacity: int, first: int = 0, dtype=np.int64) -> np.ndarray:

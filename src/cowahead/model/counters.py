@@ -33,6 +33,11 @@ class Counters:
     huge_zero_page: int = 0   # read faults that mapped the huge zero page by PMD
     thp_split_pmd: int = 0    # PMD mappings split into 512 PTEs (vmstat thp_split_pmd)
     thp_collapse_alloc: int = 0  # THPs MADV_COLLAPSE made of 4 KiB pages (vmstat thp_collapse_alloc)
+    # Large destinations (model/large_destination.py): the folios a COW fault's copy allocated for aligned
+    # blocks of shared pages, and the pages copied into them, the faulting page's included where its block
+    # was one. Those pages are in cow_copy_pages (the faulting page) and ahead_copies (the rest) too.
+    cow_large_alloc: int = 0
+    cow_large_pages: int = 0
 
     @property
     def faults(self) -> int:

@@ -10,10 +10,10 @@ kernel version, since versions differ (``Kernel.wp_can_reuse``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import CowaheadError
-from ..trace.events import HPAGE_PMD_ORDER
+from ..trace.events import HPAGE_PMD_ORDER, LARGE_DESTINATIONS_KEY
 
 MODES = ("always", "inherit", "madvise", "never")
 TOP_MODES = ("always", "madvise", "never")
@@ -37,15 +37,19 @@ def kernel_version(release: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class FolioSettings:
-    """THP's top-level ``enabled``, each folio order's ``hugepages-*/enabled``, ``use_zero_page``, the kernel.
+    """THP's top-level ``enabled``, each folio order's ``hugepages-*/enabled``, ``use_zero_page``, the kernel,
+    and whether that kernel's COW-ahead copies into large destination folios.
 
     The default is a kernel allocating 4 KiB pages only (THP ``never``): what every generated trace and
-    every version-1 trace without settings replays under.
+    every version-1 trace without settings replays under. ``large_destinations`` is the patched kernel's
+    option (model/large_destination.py has the rule), off by default; a trace's metadata turns it on with
+    ``LARGE_DESTINATIONS_KEY`` beside its ``thp`` words and its ``kernel``, as the kernel version is given.
     """
     enabled: str = "never"
     orders: dict[int, str] = field(default_factory=lambda: {HPAGE_PMD_ORDER: "inherit"})
     use_zero_page: bool = True
     kernel: tuple[int, int] = DEFAULT_KERNEL
+    large_destinations: bool = False
 
     def __post_init__(self) -> None:
         if self.enabled not in TOP_MODES:
@@ -67,10 +71,12 @@ class FolioSettings:
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "FolioSettings":
-        """A trace's settings: its ``thp`` words (absent: 4 KiB only) and its ``kernel`` release."""
+        """A trace's settings: its ``thp`` words (absent: 4 KiB only), its ``kernel`` release and whether that
+        kernel's COW-ahead has large destinations (``LARGE_DESTINATIONS_KEY``, absent: off)."""
         thp = metadata.get("thp")
         kernel = str(metadata.get("kernel", ""))
-        return cls.from_thp(thp, kernel) if isinstance(thp, dict) else cls(kernel=kernel_version(kernel))
+        settings = cls.from_thp(thp, kernel) if isinstance(thp, dict) else cls(kernel=kernel_version(kernel))
+        return replace(settings, large_destinations=metadata.get(LARGE_DESTINATIONS_KEY) is True)
 
     def as_thp(self) -> dict[str, str]:
         """The inverse of ``from_thp``: the words a trace's metadata keeps."""

@@ -4,10 +4,12 @@ One ``Kernel`` replays events for all processes of a trace. The fault path
 reads as in ``mm/memory.c``: ``handle_mm_fault`` dispatches to
 ``do_anonymous_page``, ``do_shared_fault``, ``do_read_fault``,
 ``do_cow_fault`` or ``do_wp_page``, and ``do_wp_page`` to
-``wp_page_reuse`` or ``wp_page_copy``. After a COW copy on demand the
-policy names more pages and ``cow_ahead`` breaks COW on them. Large folios
-follow the trace's folio settings (folio.py); the PMD paths are
-huge_memory.py's.
+``wp_page_reuse`` or ``wp_page_copy``. At a COW copy on demand the
+policy names more pages and ``cow_ahead`` breaks COW on them, after the
+faulting page's copy; with large destinations (large_destination.py) aligned
+blocks of them, the faulting page's among them, are copied into large folios
+first. Large folios follow the trace's folio settings (folio.py); the PMD
+paths are huge_memory.py's.
 
 This model is the reference the fast engine is held equal to.
 """
@@ -24,6 +26,7 @@ from .counters import Counters, batch_bin
 from .fault import VmFault
 from .folio import Folio, FolioSettings
 from .huge_memory import HPAGE_PMD_NR, HugeMemory, folio_base
+from .large_destination import LargeDestinations
 from .memory import Ahead, Backing, Frame, FrameKind, Mm, Pmd, Pte, Vma, pmd_index
 
 ZERO_PFN = 0
@@ -43,7 +46,7 @@ def file_content(backing: Backing, offset: int) -> int:
 PAGES_OF = {"zero_fill": "zero_fill_pages", "cow_copy": "cow_copy_pages", "reuse": "reuse_pages"}
 
 
-class Kernel(HugeMemory):
+class Kernel(HugeMemory, LargeDestinations):
     def __init__(self, policy, log_faults: bool = False, folios: FolioSettings | None = None) -> None:
         """``policy`` answers ``window(vmf)``, ``on_fork(mm)`` and ``prepare(trace)`` (cowahead.policies);
         ``folios``: the THP settings and kernel version (None: the trace's own, from its metadata)."""
@@ -472,12 +475,19 @@ class Kernel(HugeMemory):
             return self.wp_page_reuse(vmf)
         self._count(vmf, "cow_copy")
         vmf.folio = vmf.pte.frame.folio
-        from_zero_page = vmf.pte.frame is self.zero_page
-        vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
         c = self.counters
         copies, reuses = c.ahead_copies, c.ahead_reuses
-        if not from_zero_page:  # a first write to a read page, not a broken share: no COW-ahead (as the patch)
-            self.cow_ahead(vmf)
+        if vmf.pte.frame is self.zero_page:  # a first write to a read page, not a broken share: no COW-ahead
+            vmf.pte = self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
+        else:
+            # The window before the copy, so that the faulting page may go into a large destination with it
+            # (no window reads what that copy changes: the same pages as asked after it).
+            window = list(self.policy.window(vmf))
+            blocks = self.large_destination_blocks(vmf, window)
+            self.wp_page_copy_with_blocks(vmf, blocks)
+            self.cow_ahead(vmf, window)
+            if c.ahead_copies + c.ahead_reuses > copies + reuses:
+                c.ahead_batches += 1
         self.cow_batches[batch_bin(c.ahead_copies - copies), batch_bin(c.ahead_reuses - reuses)] += 1
 
     def wp_can_reuse(self, mm: Mm, frame: Frame) -> bool:
@@ -502,23 +512,39 @@ class Kernel(HugeMemory):
 
     # ----- COW-ahead ------------------------------------------------------------------------
 
-    def cow_ahead(self, vmf: VmFault) -> None:
-        """Break COW on the policy's window; each page passes the same exclusivity check."""
-        done = 0
-        for ahead in self.policy.window(vmf):
-            done += self.break_cow_ahead(vmf.pid, vmf.mm, vmf.vma, ahead)
-        if done:
-            self.counters.ahead_batches += 1
+    def wp_page_copy_with_blocks(self, vmf: VmFault, blocks: list[tuple[int, int]]) -> None:
+        """The faulting page's copy: into the large destination of its block if it is in one (and the other
+        blocks' after it, in address order), else into a 4 KiB page as wp_page_copy."""
+        own = [block for block in blocks if block[0] <= vmf.page < block[0] + (1 << block[1])]
+        if own:
+            self.copy_to_large_folio(vmf, *own[0])
+        else:
+            self.wp_page_copy(vmf.mm, vmf.vma, vmf.page, vmf.pte)
+        for block in blocks:
+            if block not in own:
+                self.copy_to_large_folio(vmf, *block)
+        vmf.pte = vmf.mm.ptes[vmf.page]
+
+    def cow_ahead(self, vmf: VmFault, window: list[int]) -> None:
+        """Break COW on the window's pages that no block took; each passes the faulting page's exclusivity
+        check. (A page a block took is writable now: break_cow_ahead skips it.)"""
+        for ahead in window:
+            self.break_cow_ahead(vmf.pid, vmf.mm, vmf.vma, ahead)
+
+    def breakable_pte(self, mm: Mm, vma: Vma, page: int) -> Pte | None:
+        """The PTE of a page COW-ahead may break: present, write-protected, private and not the zero page
+        (never written, so nothing to break; a copy would grow the process by a page it may never write:
+        the 6.12 patch's cow_ahead_page skips it too). A page under a PMD has no PTE here: None, and the
+        window goes on (the patch skips a missing or huge page table and goes on with the next)."""
+        pte = mm.ptes.get(page)
+        if page not in vma or pte is None or not vma.is_private or pte.writable or pte.frame is self.zero_page:
+            return None
+        return pte
 
     def break_cow_ahead(self, pid: int, mm: Mm, vma: Vma, page: int) -> int:
-        """One page of a batch: skipped unless present, write-protected, private and not the zero page (never
-        written, so nothing to break; a copy would grow the process by a page it may never write: the 6.12
-        patch's cow_ahead_page skips it too). A page under a PMD has no PTE here: skipped, the window goes on
-        (the patch skips a missing or huge page table and goes on with the next)."""
-        if page not in vma or page not in mm.ptes or not vma.is_private:
-            return 0
-        pte = mm.ptes[page]
-        if pte.writable or pte.frame is self.zero_page:
+        """One page of a batch: skipped unless breakable, reused if exclusive, else copied into a 4 KiB page."""
+        pte = self.breakable_pte(mm, vma, page)
+        if pte is None:
             return 0
         c = self.counters
         if self.wp_can_reuse(mm, pte.frame):

@@ -31,6 +31,10 @@ PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 PTRS_PER_PTE = 512  # entries of one x86-64 page table: 2 MiB of 4 KiB pages
 HPAGE_PMD_ORDER = 9  # a PMD THP: 2**9 pages
+# The trace metadata key that replays a trace under a kernel whose COW-ahead copies into large destination
+# folios (model/folio.py FolioSettings.large_destinations): true, or absent. Not a THP knob, so not among the
+# ``thp`` words, which a guest writes into /sys/kernel/mm/transparent_hugepage.
+LARGE_DESTINATIONS_KEY = "cow_ahead_large_destinations"
 
 
 class EventKind(IntEnum):

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CowaheadError
-from .events import COLUMNS, PAGE_SIZE, Advice, EventKind, VmaKind
+from .events import COLUMNS, LARGE_DESTINATIONS_KEY, PAGE_SIZE, Advice, EventKind, VmaKind
 from .trace import Trace
 
 BASE = 0x7F0000000000  # 2 MiB aligned, so regions and page tables line up with the mapping
@@ -206,8 +206,10 @@ def _madvise_hugepage(builder: TraceBuilder) -> TraceBuilder:
     return out
 
 
-def generate(spec: str, pages: int = DEFAULT_PAGES, seed: int = 0) -> Trace:
-    """Build the named pattern's trace (``PATTERN[:ARG][+VARIANT]``); bad names or arguments raise CowaheadError."""
+def generate(spec: str, pages: int = DEFAULT_PAGES, seed: int = 0, large_destinations: bool = False) -> Trace:
+    """Build the named pattern's trace (``PATTERN[:ARG][+VARIANT]``); bad names or arguments raise CowaheadError.
+    ``large_destinations``: replayed under a kernel whose COW-ahead copies into large folios
+    (LARGE_DESTINATIONS_KEY), as the variant's ``thp`` words say which folios it may allocate."""
     spec, _, variant = spec.partition("+")
     if variant and variant not in FOLIO_VARIANTS:
         raise CowaheadError(f"unknown folio variant '+{variant}'; variants are {', '.join(FOLIO_VARIANTS)}")
@@ -232,6 +234,8 @@ def generate(spec: str, pages: int = DEFAULT_PAGES, seed: int = 0) -> Trace:
         builder = _madvise_hugepage(builder) if madvise else builder
         name = f"{name}+{variant}"
         metadata.update(pattern=name, thp=thp)
+    if large_destinations:
+        metadata[LARGE_DESTINATIONS_KEY] = True
     return builder.trace({"source": f"generate:{name}", **metadata})
 
 
