@@ -124,6 +124,12 @@ def _future(path: str, mtime_ns: int):
     return future(_source(path, mtime_ns), _page_space(path, mtime_ns), decoded=_decoded(path, mtime_ns))
 
 
+# The final states of the group this worker replayed last, and their trace: the next group's states of that
+# trace are made in their arrays (engine.replay_states' reuse), which the process already holds. Memory stays
+# one group's states.
+_SPARE_STATES: dict[str, list] = {}
+
+
 def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
     """One task of the pool: the engine's counters for a group of policies on one trace file (each with its
     COW batch histogram under ``cow_batches`` and what its Sampling measured), and, with ``heatmap`` and
@@ -132,12 +138,15 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
     log = ("none",) if heatmap else ()
     plan = _sampling(*_key(path))
     oracles = any(isinstance(p, OraclePolicy) for p in policies)
+    spare = _SPARE_STATES.pop(path, [])
+    _SPARE_STATES.clear()  # another trace's: a page space of other shapes
     try:
         states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
                                decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=plan.points,
-                               oracle_future=_future(*_key(path)) if oracles else None)
+                               oracle_future=_future(*_key(path)) if oracles else None, reuse=spare)
     except EngineUnsupported:
         return replay_group_reference(path, policies, heatmap)
+    _SPARE_STATES[path] = states
     counters = [{**asdict(to_counters(st)), "cow_batches": batches_to_json(cow_batches(st)),
                  **plan.measure(samples(st))} for st in states]
     logged = [st for p, st in zip(policies, states) if p.name in log]
@@ -271,6 +280,7 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     for cache in (_source, _page_space, _decoded, _folios, _future, _sampling):  # a sweep starts from what it is given
         cache.cache_clear()
     _IN_MEMORY.clear()
+    _SPARE_STATES.clear()
     _IN_MEMORY.update({str(path): trace for path, trace in (in_memory or {}).items()})
     pool = pool or LocalPool(jobs)
     rows: dict[tuple[str, str], dict] = {}
