@@ -224,24 +224,27 @@ def test_more_live_address_spaces_than_a_frames_counts_hold_is_a_clear_error(mon
 
 @pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
 def test_prefetching_changes_no_count(pattern):
-    """Replay prefetches PTEs and frames only when a chunk's pages jump about in a state bigger than the
-    caches (here forced, the state is small); a hint, never a result."""
+    """Replay prefetches PTEs and frames (and an oracle's future) only when a chunk's pages jump about in a
+    state bigger than the caches (here forced, the state is small); a hint, never a result."""
     from dataclasses import replace
 
     from cowahead.engine import replay_chunk, to_counters
     from cowahead.engine.layout import SC_PREFETCH_MIN_BYTES
-    from cowahead.engine.prepass import decode, iter_chunks
+    from cowahead.engine.prepass import decode, future, iter_chunks
     from cowahead.engine.replay import finish
     from cowahead.engine.state import new_state
     from cowahead.policies import parse_policy
 
     trace = generate(pattern, pages=2048, seed=1)
     space = page_space(trace)
+    kept = future(trace, space)
+    # the oracle's prefetching stage needs the rank table; forkexec's many pids leave its keys sparse
+    assert (len(kept.rank) > 0) == (pattern != "forkexec")
 
     def replay(scattered):
         out = []
-        for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1"]:
-            st, first = new_state(space, parse_policy(policy), None), 0
+        for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1", "oracle:16"]:
+            st, first = new_state(space, parse_policy(policy), kept), 0
             st.sc[SC_PREFETCH_MIN_BYTES] = 0 if scattered else 1 << 62
             for chunk in iter_chunks(trace, rows=997):
                 d = replace(decode(chunk, space), scattered=scattered)
@@ -252,7 +255,7 @@ def test_prefetching_changes_no_count(pattern):
         return out
 
     assert replay(True) == replay(False)
-    assert replay(True)[0].cow_copy > 0
+    assert replay(True)[0].cow_copy > 0 and replay(True)[4].ahead_copies > 0
 
 
 def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
