@@ -3,9 +3,11 @@
 ``fixed:1..512`` stands for fixed:1, fixed:2, fixed:4, … fixed:512: every
 power of two in the range. Each worker replays a group of one trace's
 policies with the engine, so the trace is streamed once per group; the
-page-space pre-pass, a small trace's decoded chunks and the oracle's future
-are cached per worker and trace, shared by every group (and every
-``oracle:N``) it replays. The pool is this
+page-space pre-pass, a small trace's decoded chunks, its sample points and
+the oracle's future are cached per process and trace, shared by every group
+(and every ``oracle:N``) it replays; the local pool makes them in the parent,
+so its forked workers share one of each, and each worker makes a group's
+states in the arrays of its group before. The pool is this
 machine's processes (LocalPool) or a Dask cluster (cluster.py, imported only
 when a scheduler is named): both take the same tasks, and one loop here
 assembles the same document from either.
