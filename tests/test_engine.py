@@ -224,24 +224,27 @@ def test_more_live_address_spaces_than_a_frames_counts_hold_is_a_clear_error(mon
 
 @pytest.mark.parametrize("pattern", ["random", "sequential", "forkexec"])
 def test_prefetching_changes_no_count(pattern):
-    """Replay prefetches PTEs and frames only when a chunk's pages jump about in a state bigger than the
-    caches (here forced, the state is small); a hint, never a result."""
+    """Replay prefetches PTEs and frames (and an oracle's future) only when a chunk's pages jump about in a
+    state bigger than the caches (here forced, the state is small); a hint, never a result."""
     from dataclasses import replace
 
     from cowahead.engine import replay_chunk, to_counters
     from cowahead.engine.layout import SC_PREFETCH_MIN_BYTES
-    from cowahead.engine.prepass import decode, iter_chunks
+    from cowahead.engine.prepass import decode, future, iter_chunks
     from cowahead.engine.replay import finish
     from cowahead.engine.state import new_state
     from cowahead.policies import parse_policy
 
     trace = generate(pattern, pages=2048, seed=1)
     space = page_space(trace)
+    kept = future(trace, space)
+    # the oracle's prefetching stage needs the rank table; forkexec's many pids leave its keys sparse
+    assert (len(kept.rank) > 0) == (pattern != "forkexec")
 
     def replay(scattered):
         out = []
-        for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1"]:
-            st, first = new_state(space, parse_policy(policy), None), 0
+        for policy in ["none", "fixed:16", "adaptive", "ccow:16,0.1", "oracle:16"]:
+            st, first = new_state(space, parse_policy(policy), kept), 0
             st.sc[SC_PREFETCH_MIN_BYTES] = 0 if scattered else 1 << 62
             for chunk in iter_chunks(trace, rows=997):
                 d = replace(decode(chunk, space), scattered=scattered)
@@ -252,7 +255,7 @@ def test_prefetching_changes_no_count(pattern):
         return out
 
     assert replay(True) == replay(False)
-    assert replay(True)[0].cow_copy > 0
+    assert replay(True)[0].cow_copy > 0 and replay(True)[4].ahead_copies > 0
 
 
 def test_engine_benchmark_runs_and_judges_every_target(tmp_path):
@@ -444,3 +447,38 @@ def test_a_future_made_once_replays_every_oracle_as_its_own(stream, chunk_rows):
         (alone,) = replay_states(trace, [policy], chunk_rows=chunk_rows, sample_points=points)
         assert to_counters(st_) == to_counters(alone), policy
         assert cow_batches(st_) == cow_batches(alone) and samples(st_) == samples(alone), policy
+
+
+@SETTINGS
+@given(st.one_of(event_streams(), snapshot_streams(), rough_streams()), st.integers(1, 64))
+def test_states_made_in_an_earlier_replays_arrays_count_as_the_model(stream, chunk_rows):
+    """A sweep's worker makes each group's states in the arrays of the group before (replay_states' reuse):
+    what those held (other policies' PTEs, frames and free stack, in any order) must leave no trace."""
+    trace = stream.trace()
+    space = page_space(trace, chunk_rows)
+    earlier = replay_states(trace, ["fixed:512", "oracle:16", "none", "ccow:16,0.1"], space, chunk_rows)
+    policies = ["none", "oracle:4", "around:16", "adaptive"]
+    points = sample_points(len(trace), 5)
+    spare = list(earlier)
+    reused = replay_states(trace, policies, space, chunk_rows, sample_points=points, reuse=spare)
+    assert spare == []  # each taken as used, none held through the replay
+    for policy, st_ in zip(policies, reused):
+        kernel = Kernel(parse_policy(policy))
+        assert to_counters(st_) == kernel.replay(trace, sample_points=points), policy
+        assert cow_batches(st_) == kernel.cow_batches and samples(st_) == kernel.samples, policy
+
+
+def test_a_reused_state_holds_its_arrays_anew():
+    """The reuse is real (the same memory), and the arrays hold what a fresh state's hold."""
+    import numpy as np
+
+    from cowahead.engine.state import new_state
+
+    trace = generate("random", pages=64, seed=1)
+    space = page_space(trace)
+    (old,) = replay_states(trace, ["fixed:16"], space)
+    fresh = new_state(space, parse_policy("none"), None)
+    made = new_state(space, parse_policy("none"), None, reuse=old)
+    assert made.ptes is old.ptes and made.frames is old.frames and made.frame_free is old.frame_free
+    for name in ("ptes", "frames", "frame_kind", "frame_free", "oracle_cursor"):
+        assert np.array_equal(getattr(made, name), getattr(fresh, name)), name

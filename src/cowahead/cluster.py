@@ -98,6 +98,9 @@ class DaskPool:
         self._submitted += futures.values()
         return {path: future.result() for path, future in futures.items()}
 
+    def prepare(self, tasks: list[tuple[str, list[Policy]]]) -> None:
+        """Nothing: each worker makes its own decoded chunks, sample points and futures (sweep's caches)."""
+
     def submit(self, path: str, group: list[Policy], heatmaps: bool, first: bool) -> Future:
         future = self.client.submit(replay_remote, path, self._data(path), group, heatmaps, pure=False,
                                     priority=1 if first else 0)  # every trace's baseline first, as locally

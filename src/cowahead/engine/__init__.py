@@ -58,7 +58,7 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
                   chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
                   log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None,
                   folios: FolioSettings | None = None, sample_points: Sequence[int] = (),
-                  oracle_future: Future | None = None) -> list[State]:
+                  oracle_future: Future | None = None, reuse: list[State] | None = None) -> list[State]:
     """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
@@ -70,7 +70,9 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     (by default read from the trace's metadata); ``sample_points``: ascending event counts after which each
     state's counters are kept (``State.samples``, one row per point: memory over time, as the model's
     ``Kernel.samples``); ``oracle_future``: the trace's future (``prepass.future`` for this ``space``), kept
-    by a caller that replays oracles of the same trace again. A ``space`` made for settings under which large folios
+    by a caller that replays oracles of the same trace again; ``reuse``: final states of an earlier replay of the same
+    space that the caller no longer reads: each new state is made in one's big arrays (new_state), taken
+    (popped) from the list, so that none is held past its use. A ``space`` made for settings under which large folios
     were possible and are not, or the reverse (a page space of bare columns knows no settings), is made
     anew for these, and the chunks decoded anew with it (and the future with them).
 
@@ -92,7 +94,10 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
             decoded = list(decoded_chunks(source, space, chunk_rows))
         oracle_future = future(source, space, chunk_rows, decoded)
     points = [p for p in sample_points if p > 0]
-    states = [new_state(space, p, oracle_future, p.name in log_faults, len(points)) for p in parsed]
+    reuse = reuse if reuse is not None else []
+    states = [new_state(space, p, oracle_future, p.name in log_faults, len(points), reuse.pop() if reuse else None)
+              for p in parsed]
+    reuse.clear()  # any left over: not held through the replay
     logging = any(len(st.fault_log) for st in states)
     first_index, taken = 0, 0
     chunks = decoded_chunks(source, space, chunk_rows, decoded)

@@ -167,8 +167,12 @@ N_SCALARS = 19
 # rather than 16: hotcold none 61M → 65M events/s, random unchanged (touched state).
 PTE_AHEAD, FRAME_AHEAD = 32, 8
 # What the replay loop prefetches: nothing, PTEs only (a chunk after one where few events faulted),
-# or PTEs and the frames they map.
-PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES = 0, 1, 2
+# PTEs and the frames they map, or (an oracle whose future has a rank table) those and the future's
+# entries its window reads first. Each mode prefetches what the one before it does, and more.
+PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES, PREFETCH_WITH_FUTURE = 0, 1, 2, 3
+# Events ahead whose next write of the page after the access's the oracle's stage prefetches (its
+# rank entry PTE_AHEAD on, its pair's key and cursor FRAME_AHEAD on, then the write itself).
+FUTURE_AHEAD = 4
 NEAR_PAGES = 8  # an access this close to the last one is "in order": the hardware prefetcher follows it
 ZAP_AHEAD = 32  # PTEs ahead whose frame fork's copy and exit's zap prefetch: each step is short
 # Below this much PTE and frame memory the state stays in cache and prefetching is pure overhead.

@@ -9,7 +9,7 @@ from .fork import do_fork
 from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_COW_COPY_PAGES, C_EVENTS, C_EXTRA_PAGES, C_EXTRA_PAGES_FINAL,
                      C_MAP, C_REUSE, C_REUSE_PAGES, C_ZERO_FILL, C_ZERO_FILL_PAGES, C_ZERO_PAGE, DONTNEED, EXEC,
                      EXIT, FORK, FRAME_AHEAD, HPAGE_PMD_NR, HPAGE_PMD_ORDER, MADVISE, MADV_COLLAPSE, MMAP, MUNMAP,
-                     PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES, PRESENT, PTE_AHEAD, READ,
+                     PREFETCH_NONE, PREFETCH_PTES, PREFETCH_PTES_AND_FRAMES, PREFETCH_WITH_FUTURE, PRESENT, PTE_AHEAD, READ,
                      SC_BACKINGS_FREE, SC_BK_BUMP, SC_BK_LIVE_FRAMES, SC_COV_BUMP, SC_FEW_FAULTS, SC_FRAMES_FREE,
                      SC_NEED_BACKINGS, SC_NEED_BK_FRAMES, SC_NEED_COV, SC_NEED_FRAMES, SC_NEED_PSTATES,
                      SC_NEED_SLOTS, SC_NEED_VMAS, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_VMAS_FREE, S_NVMAS,
@@ -18,7 +18,7 @@ from .layout import (C_AHEAD_WASTE, C_COW_COPY, C_COW_COPY_PAGES, C_EVENTS, C_EX
 from .mm import far_state, mm_of
 from .mmap import do_exec, do_exit, madvise, madvise_dontneed, mmap, munmap
 from .prefetch import prefetch, prefetch_item
-from .windows import keeps_regions, window_worst
+from .windows import keeps_regions, prefetch_future, prefetches_future, window_worst
 
 
 @jit_inline
@@ -88,7 +88,8 @@ def _ahead(st, kind, pid, j):
 @jit_inline
 def prefetch_ahead(st, kind, pid, dlo, i, what):
     """Two stages, the second reading what the first asked for: the PTE of an access PTE_AHEAD events
-    on; its frame FRAME_AHEAD on (unless ``what`` is PREFETCH_PTES). No stage tests the flags for
+    on; its frame FRAME_AHEAD on (unless ``what`` is PREFETCH_PTES); with PREFETCH_WITH_FUTURE, the
+    oracle's own stages (windows.prefetch_future). No stage tests the flags for
     whether a fault is coming: where faults and hits mix at random, that branch mispredicted about
     once an event, and a needless prefetch costs less (random over 50K pages with prefetching on:
     32M → 37M events/s; over 5M pages no change). Indexed unsigned, as in replay_accesses: the
@@ -97,12 +98,14 @@ def prefetch_ahead(st, kind, pid, dlo, i, what):
     s = _ahead(st, kind, pid, j)
     if s >= 0:
         prefetch(st.ptes, s, dlo[np.uintp(j)])
-    if what != PREFETCH_PTES_AND_FRAMES:
+    if what == PREFETCH_PTES:
         return
     j = i + FRAME_AHEAD
     s = _ahead(st, kind, pid, j)
     if s >= 0:
         prefetch_item(st.frames, frame_of(st.ptes[pte_at(s, dlo[np.uintp(j)])]))
+    if what == PREFETCH_WITH_FUTURE:
+        prefetch_future(st, kind, pid, dlo, i)
 
 
 @jit
@@ -171,6 +174,8 @@ def replay_chunk(st, kind, pid, arg, address, length, dlo, dhi, first_index, res
         prefetching = PREFETCH_NONE
     elif sc[SC_FEW_FAULTS]:
         prefetching = PREFETCH_PTES
+    elif prefetches_future(st):
+        prefetching = PREFETCH_WITH_FUTURE
     else:
         prefetching = PREFETCH_PTES_AND_FRAMES
     faults_before = faults(c)
