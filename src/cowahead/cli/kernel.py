@@ -54,18 +54,22 @@ def build_command(build_dir: Path | None, version: str, patch: Path | None, stoc
 @source_option
 @click.option("--cow-ahead", type=int, default=None, help="vm.cow_ahead_pages to set first (0 … 512).")
 @click.option("--policy", type=click.Choice(POLICIES), default=None, help="vm.cow_ahead_policy to set first.")
+@click.option("--large-destinations", is_flag=True, default=None,
+              help="vm.cow_ahead_large_destinations=1 first (issue 23: COW-ahead into large folios).")
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
 @thp_off_option
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
-def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None, icount: bool,
-                memory: str, timeout: float, thp_off: bool, cmd: tuple[str, ...]) -> None:
+def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None,
+                large_destinations: bool | None, icount: bool, memory: str, timeout: float, thp_off: bool,
+                cmd: tuple[str, ...]) -> None:
     """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
     kernel = kernel or built_kernel(build_dir, source_of(version, thp_off)) or stock_kernel()
     if kernel is None:
         raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
-    result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
+    result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout,
+                          large_destinations=large_destinations or None)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.dmesg_problems and result.returncode == 0:
