@@ -109,11 +109,14 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
 @source_option
 @click.option("--stock", is_flag=True, help="The kernel has no COW-ahead: run each case once, nothing set.")
 @click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
+@click.option("--large-destinations", is_flag=True,
+              help="vm.cow_ahead_large_destinations=1 and 16+64 KiB mTHP in every run (issue 23).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
 @thp_off_option
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
-                      cases: tuple[str, ...], out_dir: Path | None, thp_off: bool) -> None:
+                      cases: tuple[str, ...], large_destinations: bool, out_dir: Path | None,
+                      thp_off: bool) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
     source = source_of(version, thp_off)
     unknown = sorted(set(cases) - set(repro.CASES))
@@ -122,8 +125,12 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
     kernel = kernel or (stock_built(build_dir, source) if stock else built_kernel(build_dir, source))
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
-    doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None)
-    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "")
+    if stock and large_destinations:
+        raise CowaheadError("--large-destinations needs the patched kernel, not --stock")
+    doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None,
+                          large_destinations=large_destinations)
+    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "") + (
+        "-large-destinations" if large_destinations else "")
     path = repro.write_results(doc, out_dir or RESULTS_DIR, name)
     for run in doc["runs"]:
         setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"
