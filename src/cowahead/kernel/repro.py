@@ -29,6 +29,9 @@ CASES = {
     "soft_dirty_copy": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "soft_dirty_reuse": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "oom": (4, [("fixed", 0), ("fixed", 512)]),
+    # Issue 23: the same under the THP knobs (no MADV_NOHUGEPAGE): with large destinations the window's
+    # blocks ask for large folios the limit refuses; they fall back (cow_large_fallback), never OOM-kill.
+    "oom_large": (4, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "ksm": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "zero_page": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "adaptive_munmap": (6, [("adaptive", 0), ("adaptive", 64)]),
