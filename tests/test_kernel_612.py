@@ -52,6 +52,22 @@ def test_the_612_patch_states_the_reviewer_rules():
     assert "pmd_trans_unstable" not in added  # the 6.1 check that is constant 0 without THP
 
 
+def test_the_612_patch_has_large_destinations_off_by_default():
+    """Issue 23: a sysctl, off unless set; a block's folio of an order alloc_anon_folio would take, allocated
+    and charged as optional memory, one rmap and LRU addition, its PTEs set together, every old page's
+    mapping dropped after the ranged flush; counted in /proc/cow_ahead_stat."""
+    added = "\n".join(line[1:] for line in patch_text().splitlines() if line.startswith("+"))
+    for needle in ('"cow_ahead_large_destinations"', "static int sysctl_cow_ahead_large_destinations __read_mostly;",
+                   "TVA_IN_PF | TVA_ENFORCE_SYSFS", "userfaultfd_armed(vma)",
+                   "vma_alloc_folio(GFP_HIGHUSER_MOVABLE | gfp, order, vma, base, true)",
+                   "mem_cgroup_charge(folio, mm, GFP_KERNEL | gfp)",
+                   "folio_add_new_anon_rmap(folio, vma, base, RMAP_EXCLUSIVE)", "folio_add_lru_vma(folio, vma)",
+                   "set_ptes(mm, addr,", "flush_tlb_range(vma, start, end)",
+                   "folio_remove_rmap_ptes(old, runs[i].page, runs[i].nr, vma)",
+                   '"cow_large_alloc"', '"cow_large_pages"', '"cow_large_fallback"'):
+        assert needle in added, needle
+
+
 @requires(str(SOURCE.tarball), "linux-source-6.12")
 def test_612_patch_applies_without_fuzz(tmp_path):
     files = kbuild.patched_files(patch_text())

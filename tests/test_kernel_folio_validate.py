@@ -195,3 +195,42 @@ def test_inguest_reads_the_bracketed_thp_word(tmp_path, monkeypatch):
     monkeypatch.setattr(inguest, "THP", tmp_path)
     assert inguest.thp_word("enabled") == "madvise"
     assert inguest.thp_word("khugepaged/scan_sleep_millisecs") == "10000"
+
+
+def test_large_destination_workloads_run_with_the_option_on_both_sides(tmp_path):
+    """Issue 23: an ld- workload is its pattern under 64 KiB mTHP (ld16-: 16 and 64 KiB) with the kernel's
+    vm.cow_ahead_large_destinations on and the model's large destinations on (the trace's key). By hand:
+    the parent's 2048 writes make 128 folios of 16 pages; the child writes every page in order; at fixed:16
+    each fault is at a 16-aligned page and its span p … p+15 is one whole shared folio, so one order-4
+    block per fault: 128 faults, 128 large folios of 2048 pages, 1920 pages copied ahead."""
+    w = workload("ld-mthp-sequential", 2048, 0)
+    assert (w.config, w.large_destinations) == ("mthp-64k", True)
+    assert workload("ld16-mthp-holes", 2048, 0).config == "mthp-16-64"
+    trace, _ = w.trace()
+    assert FolioSettings.from_metadata(trace.metadata).large_destinations
+    model = model_workload(w, "fixed:16")
+    assert (model["cow_fault_copy"], model["cow_ahead_copy"]) == (128, 1920)
+    assert (model["cow_large_alloc"], model["cow_large_pages"]) == (128, 2048)
+    assert model_workload(workload("mthp-sequential", 2048, 0), "fixed:16")["cow_large_alloc"] == 0
+    programs = {"cow_workload": tmp_path / "cow_workload", "vmsplice_leak": tmp_path / "vmsplice_leak"}
+    plan = make_plan(tmp_path, programs, patterns=("mthp-sequential", "ld-mthp-sequential"), leak=False, repeats=1)
+    assert {(r["pattern"], r["large_destinations"]) for r in plan.runs} == {("mthp-sequential", 0),
+                                                                            ("ld-mthp-sequential", 1)}
+
+
+def test_inguest_sets_large_destinations_and_a_kernel_without_it_fails_the_run(tmp_path, monkeypatch):
+    for name in ("pages", "policy"):
+        (tmp_path / name).write_text("0\n")
+    monkeypatch.setattr(inguest, "SYSCTL_PAGES", tmp_path / "pages")
+    monkeypatch.setattr(inguest, "SYSCTL_POLICY", tmp_path / "policy")
+    monkeypatch.setattr(inguest, "SYSCTL_LARGE", tmp_path / "absent" / "large")
+    inguest.set_cow_ahead("fixed", 16, 0)  # off, on a kernel without the sysctl: nothing to write
+    try:
+        inguest.set_cow_ahead("fixed", 16, 1)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("asking a kernel without the sysctl for large destinations must fail")
+    monkeypatch.setattr(inguest, "SYSCTL_LARGE", tmp_path / "large")
+    inguest.set_cow_ahead("fixed", 16, 1)
+    assert (tmp_path / "large").read_text() == "1" and (tmp_path / "pages").read_text() == "16"

@@ -54,18 +54,22 @@ def build_command(build_dir: Path | None, version: str, patch: Path | None, stoc
 @source_option
 @click.option("--cow-ahead", type=int, default=None, help="vm.cow_ahead_pages to set first (0 … 512).")
 @click.option("--policy", type=click.Choice(POLICIES), default=None, help="vm.cow_ahead_policy to set first.")
+@click.option("--large-destinations", is_flag=True, default=None,
+              help="vm.cow_ahead_large_destinations=1 first (issue 23: COW-ahead into large folios).")
 @click.option("--icount", is_flag=True, help="QEMU -icount shift=0: guest ns count instructions (1 vCPU).")
 @click.option("--memory", default="1G", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for one boot (retried once).")
 @thp_off_option
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
-def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None, icount: bool,
-                memory: str, timeout: float, thp_off: bool, cmd: tuple[str, ...]) -> None:
+def run_command(kernel: Path | None, build_dir: Path | None, version: str, cow_ahead: int | None, policy: str | None,
+                large_destinations: bool | None, icount: bool, memory: str, timeout: float, thp_off: bool,
+                cmd: tuple[str, ...]) -> None:
     """Boot a kernel and run CMD in it (after --); print its output and exit with its status."""
     kernel = kernel or built_kernel(build_dir, source_of(version, thp_off)) or stock_kernel()
     if kernel is None:
         raise CowaheadError("no kernel: build one (cowahead kernel build) or install linux-image-amd64")
-    result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout)
+    result = run_in_guest(kernel, list(cmd), cow_ahead, policy, icount=icount, memory=memory, timeout=timeout,
+                          large_destinations=large_destinations or None)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.dmesg_problems and result.returncode == 0:
@@ -105,11 +109,14 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
 @source_option
 @click.option("--stock", is_flag=True, help="The kernel has no COW-ahead: run each case once, nothing set.")
 @click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
+@click.option("--large-destinations", is_flag=True,
+              help="vm.cow_ahead_large_destinations=1 and 16+64 KiB mTHP in every run (issue 23).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
 @thp_off_option
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
-                      cases: tuple[str, ...], out_dir: Path | None, thp_off: bool) -> None:
+                      cases: tuple[str, ...], large_destinations: bool, out_dir: Path | None,
+                      thp_off: bool) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
     source = source_of(version, thp_off)
     unknown = sorted(set(cases) - set(repro.CASES))
@@ -118,8 +125,12 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
     kernel = kernel or (stock_built(build_dir, source) if stock else built_kernel(build_dir, source))
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build" + (" --stock" if stock else ""))
-    doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None)
-    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "")
+    if stock and large_destinations:
+        raise CowaheadError("--large-destinations needs the patched kernel, not --stock")
+    doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None,
+                          large_destinations=large_destinations)
+    name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "") + (
+        "-large-destinations" if large_destinations else "")
     path = repro.write_results(doc, out_dir or RESULTS_DIR, name)
     for run in doc["runs"]:
         setting = "unset" if run["window"] is None else f"{run['policy']}:{run['window']}"

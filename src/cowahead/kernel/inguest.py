@@ -16,6 +16,7 @@ from pathlib import Path
 
 SYSCTL_PAGES = Path("/proc/sys/vm/cow_ahead_pages")
 SYSCTL_POLICY = Path("/proc/sys/vm/cow_ahead_policy")
+SYSCTL_LARGE = Path("/proc/sys/vm/cow_ahead_large_destinations")  # issue 23; absent before it
 THP = Path("/sys/kernel/mm/transparent_hugepage")
 MARK = "RESULT "
 STDOUT_KEPT = 200_000
@@ -32,9 +33,12 @@ def dmesg_new_problems() -> list[str]:
     return [line for line in done.stdout.splitlines() if DMESG_PROBLEM.search(line)]
 
 
-def set_cow_ahead(policy: str | None, pages: int | None) -> None:
+def set_cow_ahead(policy: str | None, pages: int | None, large: int | None = None) -> None:
+    """``large``: vm.cow_ahead_large_destinations; a run that asks for 1 on a kernel without it fails."""
     if policy is not None:
         SYSCTL_POLICY.write_text(policy)
+    if large is not None and (large or SYSCTL_LARGE.exists()):
+        SYSCTL_LARGE.write_text(str(large))
     if pages is not None:
         SYSCTL_PAGES.write_text(str(pages))
 
@@ -80,7 +84,7 @@ def run_one(run: dict, accepted: list[str] | None = None) -> dict:
         if run.get("thp"):  # this run's THP knobs, restored after it
             saved = {key: thp_word(key) for key in run["thp"]}
             out["thp_set"] = set_thp(run["thp"])
-        set_cow_ahead(run.get("policy"), run.get("window"))
+        set_cow_ahead(run.get("policy"), run.get("window"), run.get("large_destinations"))
     except OSError as e:
         out.update(error=f"cannot set COW-ahead sysctls or THP knobs: {e}")
         if saved:
@@ -99,6 +103,8 @@ def run_one(run: dict, accepted: list[str] | None = None) -> dict:
     finally:
         if SYSCTL_PAGES.exists():
             SYSCTL_PAGES.write_text("0")
+        if SYSCTL_LARGE.exists():
+            SYSCTL_LARGE.write_text("0")
         if saved:
             set_thp(saved)
         out["seconds"] = round(time.monotonic() - start, 1)

@@ -29,6 +29,9 @@ CASES = {
     "soft_dirty_copy": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "soft_dirty_reuse": (3, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "oom": (4, [("fixed", 0), ("fixed", 512)]),
+    # Issue 23: the same under the THP knobs (no MADV_NOHUGEPAGE): with large destinations the window's
+    # blocks ask for large folios the limit refuses; they fall back (cow_large_fallback), never OOM-kill.
+    "oom_large": (4, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "ksm": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "zero_page": (5, [("fixed", 0), ("fixed", 16), ("fixed", 512)]),
     "adaptive_munmap": (6, [("adaptive", 0), ("adaptive", 64)]),
@@ -36,13 +39,23 @@ CASES = {
 }
 
 
-def make_runs(binary: Path, patched: bool = True, cases=None) -> list[dict]:
+# Issue 23: the reproducers with vm.cow_ahead_large_destinations=1, under THP knobs that give it orders to use
+# (16 and 64 KiB mTHP always, PMD THP as the guest's default, so thp_tail still has its THP); window 0 runs
+# under the same knobs, the control.
+LARGE_DESTINATIONS_THP = {"enabled": "always", "hugepages-2048kB/enabled": "inherit",
+                          "hugepages-64kB/enabled": "always", "hugepages-16kB/enabled": "always"}
+
+
+def make_runs(binary: Path, patched: bool = True, cases=None, large_destinations: bool = False) -> list[dict]:
     runs = []
     for case in cases or CASES:
         finding, settings = CASES[case]
         for policy, window in (settings if patched else [(None, None)]):
-            runs.append({"kind": "repro", "case": case, "finding": finding, "policy": policy, "window": window,
-                         "argv": [str(binary), case], "timeout": 300})
+            run = {"kind": "repro", "case": case, "finding": finding, "policy": policy, "window": window,
+                   "argv": [str(binary), case], "timeout": 300}
+            if large_destinations:
+                run.update(large_destinations=1, thp=LARGE_DESTINATIONS_THP)
+            runs.append(run)
     return runs
 
 
@@ -63,13 +76,15 @@ def outcome(row: dict) -> dict:
             "skip_reason": output.get("reason") if skipped else None}
 
 
-def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, cases=None) -> dict:
+def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, cases=None,
+              large_destinations: bool = False) -> dict:
     work = Path(work or tempfile.mkdtemp(prefix="cowahead-issue19-"))
     programs = compile_programs(work / "bin")
-    runs = make_runs(programs["issue19"], patched, cases)
+    runs = make_runs(programs["issue19"], patched, cases, large_destinations)
     rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
     out = [outcome(r) for r in rows if r.get("kind") == "repro"]
-    return {"kernel_image": str(kernel), "patched": patched, "runs": out,
+    return {"kernel_image": str(kernel), "patched": patched, "large_destinations": large_destinations,
+            "thp": LARGE_DESTINATIONS_THP if large_destinations else None, "runs": out,
             "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out),
                         "skipped": sum(r["status"] == "skip" for r in out),
                         "failed": sum(r["status"] == "fail" for r in out), "planned": len(runs)},

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ from ..model.folio import FolioSettings
 from ..model.kernel import Kernel
 from ..model.memory import Mm
 from ..policies import parse_policy
-from ..trace.events import HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE, Advice, EventKind
+from ..trace.events import HPAGE_PMD_ORDER, LARGE_DESTINATIONS_KEY, PAGE_SHIFT, PAGE_SIZE, Advice, EventKind
 from ..trace.generators import BASE, PARENT, TraceBuilder, generate
 from ..trace.trace import Trace
 from .guestprogs import INGUEST, INTEGRITY, compile_programs
@@ -144,6 +144,9 @@ THP_CONFIGS = {
     "always": GUEST_THP,
     "madvise": {**GUEST_THP, "enabled": "madvise"},
     "mthp-64k": {**GUEST_THP, "hugepages-2048kB/enabled": "never", "hugepages-64kB/enabled": "always"},
+    # 16 and 64 KiB mTHP (16 KiB where a 64 KiB folio does not fit), PMD THP never.
+    "mthp-16-64": {**GUEST_THP, "hugepages-2048kB/enabled": "never", "hugepages-64kB/enabled": "always",
+                   "hugepages-16kB/enabled": "always"},
 }
 # khugepaged stays asleep during a plan (a collapse in the middle of a run is not in the trace).
 KHUGEPAGED_SLEEP_MS = 24 * 3600 * 1000
@@ -160,10 +163,14 @@ class Workload:
     child: list[int]
     parent: list[int] | None
     pages: int
+    # Issue 23: the kernel's vm.cow_ahead_large_destinations for the run, the model's
+    # FolioSettings.large_destinations (the trace's LARGE_DESTINATIONS_KEY).
+    large_destinations: bool = False
 
     @property
     def folios(self) -> FolioSettings:
-        return FolioSettings.from_thp(THP_CONFIGS[self.config], GUEST_KERNEL)
+        return replace(FolioSettings.from_thp(THP_CONFIGS[self.config], GUEST_KERNEL),
+                       large_destinations=self.large_destinations)
 
     def setup_text(self) -> str:
         return "".join(" ".join(map(str, op)) + "\n" for op in self.setup)
@@ -190,8 +197,11 @@ class Workload:
         marks["parent"] = len(b.rows["pid"])
         b.exit(PARENT + 1)
         b.exit(PARENT)
-        return b.trace({"source": f"kernel-validate:{self.name}", "pattern": self.name, "pages": self.pages,
-                        "thp": self.folios.as_thp(), "kernel": GUEST_KERNEL}), marks
+        metadata = {"source": f"kernel-validate:{self.name}", "pattern": self.name, "pages": self.pages,
+                    "thp": self.folios.as_thp(), "kernel": GUEST_KERNEL}
+        if self.large_destinations:
+            metadata[LARGE_DESTINATIONS_KEY] = True
+        return b.trace(metadata), marks
 
 
 def _writes(pages) -> list[tuple]:
@@ -228,11 +238,19 @@ def large_workload(name: str, pages: int, seed: int) -> Workload:
 
 
 LARGE_PATTERNS = ("thp-sequential", "thp-random2", "thp-split", "holes-4k", "zero", "mthp-sequential", "mthp-holes")
-PATTERNS = PATTERNS_4K + LARGE_PATTERNS
+# Issue 23, large destination folios: "ld-" + a pattern above, run with vm.cow_ahead_large_destinations=1
+# (the model with large destinations), under 64 KiB mTHP ("ld-") or 16 and 64 KiB ("ld16-").
+LD_PATTERNS = {"ld-mthp-sequential": ("mthp-sequential", "mthp-64k"), "ld-mthp-holes": ("mthp-holes", "mthp-64k"),
+               "ld16-mthp-sequential": ("mthp-sequential", "mthp-16-64"),
+               "ld16-mthp-holes": ("mthp-holes", "mthp-16-64")}
+PATTERNS = PATTERNS_4K + LARGE_PATTERNS + tuple(LD_PATTERNS)
 
 
 def workload(pattern: str, pages: int, seed: int) -> Workload:
     """Any pattern as a Workload: a 4 KiB one is MADV_NOHUGEPAGE over the region, then every page written."""
+    if pattern in LD_PATTERNS:
+        base, config = LD_PATTERNS[pattern]
+        return replace(large_workload(base, pages, seed), name=pattern, config=config, large_destinations=True)
     if pattern in LARGE_PATTERNS:
         return large_workload(pattern, pages, seed)
     _, child, parent = workload_streams(pattern, pages, seed)
@@ -263,7 +281,11 @@ def region_layout(kernel: Kernel, mm: Mm, pages: int) -> dict[str, int]:
 
 # Kernel key -> model Counters field, over the writes after fork ("during") and over the setup.
 DURING_FIELDS = {"cow_fault_copy": "cow_copy", "cow_ahead_copy": "ahead_copies", "cow_ahead_reuse": "ahead_reuses",
-                 "pgreuse": "reuse", "thp_fault_alloc": "thp_fault_alloc", "thp_split_pmd": "thp_split_pmd"}
+                 "pgreuse": "reuse", "thp_fault_alloc": "thp_fault_alloc", "thp_split_pmd": "thp_split_pmd",
+                 "cow_large_alloc": "cow_large_alloc", "cow_large_pages": "cow_large_pages"}
+# Kernel counters kept per run beside the comparison: a large destination's allocation that failed (the model
+# allocates every folio, so a run with one is not comparable and says so).
+KERNEL_ONLY = ("cow_large_fallback",)
 SETUP_FIELDS = {"thp_fault_alloc": "thp_fault_alloc", "thp_split_pmd": "thp_split_pmd"}
 # Counters kept beside the comparison, not in it (none now). pgreuse was, while a guest run read one more
 # than the model in 55 of 143 settings: the child's first now_ns() inside the snapshot wrote a stack page (a
@@ -301,7 +323,7 @@ def model_workload(w: Workload, policy: str) -> dict[str, int]:
 def workload_counters(output: dict) -> dict[str, int]:
     """The guest's report of a ``-s`` run, flat: the writes' deltas, the setup's, the three layouts; a
     value of -1 (a counter this kernel lacks, a layout it could not read) is left out."""
-    out = {key: output["during"][key] for key in DURING_FIELDS}
+    out = {key: output["during"].get(key, -1) for key in DURING_FIELDS}
     out.update({f"setup_{key}": output["setup"][key] for key in SETUP_FIELDS})
     for key in LAYOUTS:
         out.update({f"{key}_{k}": v for k, v in output[key].items()})
@@ -336,7 +358,7 @@ def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies
                 for repeat in range(repeats):
                     runs.append({"kind": "workload", "pattern": pattern, "policy": policy, "window": window,
                                  "repeat": repeat, "pages": pages, "argv": argv, "thp": THP_CONFIGS[w.config],
-                                 "thp_config": w.config})
+                                 "thp_config": w.config, "large_destinations": int(w.large_destinations)})
     if leak:
         for policy in policies:
             for window in windows:
@@ -381,6 +403,8 @@ def compare(rows: list[dict], traces: dict[str, Trace]) -> list[dict]:
                 model = model_workload(w, name)
                 item["thp_config"] = w.config
                 item["thp_set"] = done[0].get("thp_set")
+                item["large_destinations"] = w.large_destinations
+                item["kernel_only"] = {k: [r["output"]["during"].get(k, -1) for r in done] for k in KERNEL_ONLY}
             else:
                 kernel_runs = [kernel_counters(r["output"]) for r in done]
                 model = model_counters(w, name)

@@ -28,6 +28,7 @@ from ..errors import CowaheadError
 POLICIES = ("fixed", "around", "adaptive", "folio")  # vm.cow_ahead_policy of the 6.12 patch (folio: not in the 6.1 one)
 SYSCTL_PAGES = "/proc/sys/vm/cow_ahead_pages"
 SYSCTL_POLICY = "/proc/sys/vm/cow_ahead_policy"
+SYSCTL_LARGE = "/proc/sys/vm/cow_ahead_large_destinations"  # issue 23
 DEFAULT_TIMEOUT_S = 600
 BOOT_RETRIES = 1
 # vng's status when QEMU ended without the guest command's status (a panic, a killed QEMU): the
@@ -84,9 +85,12 @@ def stock_kernel() -> Path | None:
     return Path(images[-1]) if images else None
 
 
-def guest_script(command: list[str], cow_ahead: int | None, policy: str | None) -> str:
+def guest_script(command: list[str], cow_ahead: int | None, policy: str | None,
+                 large_destinations: bool | None = None) -> str:
     """The shell line the guest runs: set the COW-ahead sysctls, run the command, check dmesg, keep its status."""
     sets = []
+    if large_destinations is not None:
+        sets.append(f"echo {int(large_destinations)} > {SYSCTL_LARGE}")
     if policy is not None:
         if policy not in POLICIES:
             raise CowaheadError(f"kernel policy '{policy}' is not one of {', '.join(POLICIES)}")
@@ -120,7 +124,7 @@ def vng_command(kernel: Path, script: str, icount: bool = False, cpus: int = 1, 
 
 def run_in_guest(kernel: Path, command: list[str], cow_ahead: int | None = None, policy: str | None = None,
                  icount: bool = False, cpus: int = 1, memory: str = "1G",
-                 timeout: float = DEFAULT_TIMEOUT_S) -> GuestResult:
+                 timeout: float = DEFAULT_TIMEOUT_S, large_destinations: bool | None = None) -> GuestResult:
     """Boot ``kernel`` under TCG, run ``command`` as root in the guest and return its output and status.
 
     ``cow_ahead`` and ``policy`` set vm.cow_ahead_pages and vm.cow_ahead_policy first (patched kernels
@@ -133,7 +137,7 @@ def run_in_guest(kernel: Path, command: list[str], cow_ahead: int | None = None,
         raise CowaheadError("qemu-system-x86_64 is not installed; run scripts/setup")
     if not command:
         raise CowaheadError("no command to run in the guest (give it after --)")
-    script = guest_script(command, cow_ahead, policy)
+    script = guest_script(command, cow_ahead, policy, large_destinations)
     env = dict(os.environ)
     # vng runs its helpers (virtme-configkernel, virtme-ng-init) from PATH.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"

@@ -56,6 +56,7 @@ static inline char *isolated_region(unsigned long pages)
 static const char *const counter_names[] = {
 	"cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse", "cow_ahead_unused",
 	"pgfault", "pgreuse", "thp_fault_alloc", "thp_fault_fallback", "thp_split_pmd",
+	"cow_large_alloc", "cow_large_pages", "cow_large_fallback",
 };
 #define NCOUNTERS (sizeof(counter_names) / sizeof(counter_names[0]))
 

@@ -293,13 +293,16 @@ static long long cgroup_key(const char *path, const char *key)
  * 512-page window would need 2 MiB more than the limit allows.  Ok when
  * nobody is OOM-killed (memory.events oom_kill stays 0) and the child
  * exits normally; cow_ahead_alloc_fail tells whether the window did hit
- * the limit.
+ * the limit.  @large (oom_large, issue 23): the region without
+ * MADV_NOHUGEPAGE, so that the THP knobs make its folios and, with
+ * vm.cow_ahead_large_destinations, the window's blocks large destination
+ * folios that the limit refuses (cow_large_fallback counts them).
  */
-static int oom(void)
+static int oom(int large)
 {
 	const unsigned long pages = 2304;	/* 9 MiB */
 	char dir[64], path[128], pid_text[32];
-	long long kills, fails;
+	long long kills, fails, fallbacks, allocs;
 	unsigned long i;
 	char *base;
 	int status;
@@ -319,10 +322,12 @@ static int oom(void)
 	snprintf(pid_text, sizeof(pid_text), "%d", getpid());
 	write_text(path, pid_text);
 
-	base = isolated_region(pages);
+	base = isolated_region_thp(pages, !large);
 	for (i = 0; i < pages; i++)
 		base[i * PAGE] = 1;
 	fails = counter("cow_ahead_alloc_fail");
+	fallbacks = counter("cow_large_fallback");
+	allocs = counter("cow_large_alloc");
 	pid = fork();
 	if (pid == 0) {
 		base[1536 * PAGE] = 2;
@@ -330,13 +335,17 @@ static int oom(void)
 	}
 	status = wait_child(pid);
 	fails = fails < 0 ? -1 : counter("cow_ahead_alloc_fail") - fails;
+	fallbacks = fallbacks < 0 ? -1 : counter("cow_large_fallback") - fallbacks;
+	allocs = allocs < 0 ? -1 : counter("cow_large_alloc") - allocs;
 	snprintf(path, sizeof(path), "%s/memory.events", dir);
 	kills = cgroup_key(path, "oom_kill");
 	munmap(base, pages * PAGE);
 	write_text("/sys/fs/cgroup/cgroup.procs", pid_text);
 	rmdir(dir);
-	printf("{\"case\": \"oom\", \"ok\": %s, \"oom_kills\": %lld, \"child_status\": %d, "
-	       "\"ahead_alloc_failures\": %lld}\n", kills == 0 && status == 0 ? "true" : "false", kills, status, fails);
+	printf("{\"case\": \"%s\", \"ok\": %s, \"oom_kills\": %lld, \"child_status\": %d, "
+	       "\"ahead_alloc_failures\": %lld, \"large_allocs\": %lld, \"large_fallbacks\": %lld}\n",
+	       large ? "oom_large" : "oom", kills == 0 && status == 0 ? "true" : "false", kills, status, fails,
+	       allocs, fallbacks);
 	return !(kills == 0 && status == 0);
 }
 
@@ -510,7 +519,9 @@ int main(int argc, char **argv)
 	if (!strcmp(name, "soft_dirty_reuse"))
 		return soft_dirty(1);
 	if (!strcmp(name, "oom"))
-		return oom();
+		return oom(0);
+	if (!strcmp(name, "oom_large"))
+		return oom(1);
 	if (!strcmp(name, "ksm"))
 		return ksm();
 	if (!strcmp(name, "zero_page"))
@@ -519,7 +530,7 @@ int main(int argc, char **argv)
 		return adaptive_split(0);
 	if (!strcmp(name, "adaptive_mremap"))
 		return adaptive_split(1);
-	fprintf(stderr, "usage: issue19 missing_table|thp_tail|soft_dirty_copy|soft_dirty_reuse|oom|ksm|zero_page|"
+	fprintf(stderr, "usage: issue19 missing_table|thp_tail|soft_dirty_copy|soft_dirty_reuse|oom|oom_large|ksm|zero_page|"
 		"adaptive_munmap|adaptive_mremap\n");
 	return 2;
 }
