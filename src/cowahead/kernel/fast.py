@@ -74,7 +74,8 @@ def run_fast(source: Source = SOURCES["6.12"], build_dir: Path | None = None, lo
     work = Path(tempfile.mkdtemp(prefix="cowahead-fast-"))
     plan = fast_plan(work, binaries["cow"])
     log(f"one boot of {kernel['image']}: {len(plan.runs)} runs …")
-    disk_before = free_gib(Path(tempfile.gettempdir()), build_dir)
+    disk = (Path(tempfile.gettempdir()), build_dir)
+    disk_before = free_gib(*disk)
     rows, result = run_plan(kernel["image"], plan, work, cpus=2, timeout=GUEST_TIMEOUT_S)
     doc = {"kernel": {k: str(v) if isinstance(v, Path) else v for k, v in kernel.items()},
            "planned": len(plan.runs), "rows_back": sum(r.get("kind") != "boot-dmesg" for r in rows),
@@ -82,7 +83,7 @@ def run_fast(source: Source = SOURCES["6.12"], build_dir: Path | None = None, lo
            "cow": [record(r) for r in rows if r.get("kind") == "selftest"],
            "reproducers": [outcome(r) for r in rows if r.get("kind") == "repro"],
            "guest": {**guest_summary(rows, result), "disk_free_gib_before": disk_before,
-                     "disk_free_gib_after": free_gib(Path(tempfile.gettempdir()), build_dir)}}
+                     "disk_free_gib_after": free_gib(*disk)}}
     doc["seconds"] = round(time.monotonic() - start, 1)
     # The last run's document beside the build (outside the clone): what CI saw and how long it took.
     (build_dir / "fast-suite.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
