@@ -234,3 +234,31 @@ def test_a_boot_that_ends_with_no_status_is_repeated_once_with_the_console(tmp_p
     monkeypatch.setattr(vm.subprocess, "run", lambda args, **kw: calls.append(args) or
                         subprocess.CompletedProcess(args, 3, "", ""))
     assert vm.run_in_guest(kernel, ["false"]).returncode == 3 and len(calls) == 1
+
+
+def _group(name: str, lines: list[str]) -> str:
+    body = "\n".join(f" 0)   cow_wor-90   | {line}" for line in lines)
+    return (f"GROUP {name}\n{{\"child_ns\": 1}}\nOVERRUN overrun:0 commitoverrun:0\nTRACE\n"
+            f" 0)   cow_wor-88   |   9.000 us    |  handle_mm_fault();\n{body}\nENDTRACE\n")
+
+
+def test_ftrace_account_splits_the_untraced_total_into_steps():
+    """Two pages broken (a fault and an ahead copy), 20,000 kernel instructions untraced: the steps come
+    from the traced functions less the calibrated tracer overhead (10 per call, _raw_spin_unlock's least)."""
+    from cowahead.kernel.ftrace import parse_setting
+    report = ('{"child_ns": 30000, "rewrite_ns": 10000, "during": {"cow_fault_copy": 1, "cow_ahead_copy": 1, '
+              '"cow_ahead_reuse": 0, "pgfault": 1, "cow_large_alloc": 0}}')
+    chunk = ('{"pattern": "p", "policy": "fixed", "window": 16}\nUNTRACED\n' + report + "\nENDUNTRACED\n"
+             + _group("root", ["  8.000 us    |  handle_mm_fault();"] * 2)
+             + _group("copy", ["              |  handle_mm_fault() {", "  4.110 us    |    copy_mc_to_kernel();",
+                               "  4.110 us    |    copy_mc_to_kernel();", "+ 20.000 us   |  } /* handle_mm_fault */"])
+             + _group("alloc", ["  0.510 us    |  vma_alloc_folio_noprof();"] * 2)
+             + _group("small", ["  0.010 us    |  _raw_spin_unlock();", "  0.030 us    |  _raw_spin_unlock();"]))
+    s = parse_setting(chunk, {})
+    assert s["cow_broken_pages"] == 2 and s["tracer_inner_overhead_per_call"] == 10
+    assert s["kernel_instructions_per_page_untraced"] == 10000
+    a = s["account"]
+    # handle_mm_fault: (16,000 − 2 × 10) / 2 = 7,990; the copy (8,220 − 20) / 2 = 4,100; alloc (1,020 − 20) / 2
+    assert (a["trap"], a["copy"], a["alloc"], a["charge"], a["flush"]) == (2010, 4100, 500, 0, 0)
+    assert a["rest"] == 7990 - 4100 - 500 and a["overhead"] == 10000 - 4100
+    assert "handle_mm_fault" not in {f for f, v in s["per_page"].items() if v["group"] == "copy"}

@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from ..errors import CowaheadError
-from ..kernel.check import RESULTS_DIR, check
+from ..kernel.check import RESULTS_DIR, check, metadata, write_measurement
 from ..kernel.costs import kernel_profile
 from ..kernel import repro, selftests
 from ..kernel.kbuild import VERSIONS, build, built_kernel, source_of, stock_built, tree_of
+from ..kernel.validate import MEASURE_LARGE_SETTINGS, measure
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
 from ..output import output_file, write_atomically
 
@@ -99,6 +100,36 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
                      skip_reproducers=skip_reproducers, skip_selftests=skip_selftests)
     except FileNotFoundError as e:
         raise CowaheadError(str(e)) from None
+    click.echo(str(path))
+
+
+@command.command("measure")
+@build_dir_option
+@source_option
+@click.option("--kernel", "kernel", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The patched image; default BUILD_DIR/bzImage-cow-ahead.")
+@click.option("--large-destinations", is_flag=True,
+              help="Issue 23's settings: 64 KiB mTHP sources, large destinations off and on, sequential "
+                   "(fixed 0/16/64/512) and random writes (fixed 0/16, adaptive 16/32/64).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for kernel-6.12-icount[-large-destinations]-<date>.json; default benchmarks/results.")
+def measure_command(build_dir: Path | None, version: str, kernel: Path | None, large_destinations: bool,
+                    out_dir: Path | None) -> None:
+    """Instructions per COW-broken page under -icount shift=0, and predicted µs per page (one boot)."""
+    source = source_of(version)
+    kernel = kernel or built_kernel(build_dir, source)
+    if kernel is None:
+        raise CowaheadError("no kernel built: cowahead kernel build")
+    doc = measure(kernel, settings=MEASURE_LARGE_SETTINGS if large_destinations else None)
+    name = f"kernel-{source.name}-icount" + ("-large-destinations" if large_destinations else "")
+    path = write_measurement({**metadata(kernel, source.patch), "source": source.version, **doc},
+                             out_dir or RESULTS_DIR, name)
+    for r in doc["predicted"]["rows"]:
+        click.echo(f"{r['pattern']:22} {r['policy']}:{r['window']:<4} faults/page {r['faults_per_page']:.4f}  "
+                   f"instructions x{r['instructions_ratio']:.3f}  predicted {r['predicted_us_per_page']:.3f} µs "
+                   f"({r['vs_window_0']:+.1%} vs window 0)")
+    if not doc["guest"]["dmesg_clean"]:
+        raise CowaheadError(f"the kernel log has problems: {doc['guest']['dmesg'][:3]}")
     click.echo(str(path))
 
 

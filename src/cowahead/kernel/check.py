@@ -112,3 +112,14 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
     path = out_dir / f"{prefix}-{dt.date.today().isoformat()}.json"
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path
+
+
+def write_measurement(doc: dict, out_dir: Path, name: str) -> Path:
+    """``cowahead kernel measure``'s file: NAME-<date>.json, never over an earlier one of the day (-2, -3 …)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, n = out_dir / f"{name}-{dt.date.today().isoformat()}.json", 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{name}-{dt.date.today().isoformat()}-{n}.json"
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    return path

@@ -1,13 +1,18 @@
 """Where a COW fault's instructions go: ftrace's function_graph in the guest, under -icount shift=0.
 
-``python -m cowahead.kernel.ftrace [--window N --policy P --depth D]`` boots the built kernel once
-per setting, traces ``handle_mm_fault`` and what it calls down to ``--depth`` levels while
-``cow_workload`` runs the sequential pattern, and prints instructions per COW-broken page per call
-path, for the workload's child only. Under icount the trace clock counts instructions, so a
-function's duration is the instructions it ran, *including the tracer's own entry/exit code for
-every traced function below it*: the overhead per traced call is measured (traced minus untraced
-child instructions over traced calls) and reported, and every figure is inclusive of it. Read the
-figures as shares and differences between settings, not as exact costs.
+``python -m cowahead.kernel.ftrace [--source 6.12] [--pattern P] [--window N …] [--large-destinations]``
+boots the built kernel once and, for every setting (pattern × window, with and without large
+destinations), traces ``handle_mm_fault`` and chosen functions below it while ``cow_workload`` runs
+the pattern (validate.workload: the same setup, streams and THP knobs as the page-for-page check),
+and prints instructions per COW-broken page per function, for the workload's child only. Under
+icount the trace clock counts instructions, so a function's duration is the instructions it ran,
+*including the tracer's own entry/exit code for every traced function below it*: each group traces
+functions none of which calls another, so each duration holds the tracer's in-bracket overhead once,
+calibrated on ``_raw_spin_unlock`` (a handful of instructions) and subtracted. The untraced run of
+the same setting gives the real total; ``account`` splits it into steps (issue 23): the trap (what
+is outside handle_mm_fault), allocation, charge, the copy, rmap/LRU, the TLB flush, and the rest
+(page-table walk, PTE lock and set, checks: inlined code no function boundary separates), with
+``overhead`` = everything but the copy.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from .guestprogs import compile_programs
-from .kbuild import DEFAULT_BUILD_DIR, built_kernel
-from .validate import DEFAULT_PAGES, workload_streams
-from .vm import run_in_guest
+from .kbuild import SOURCES, built_kernel
+from .validate import DEFAULT_PAGES, KHUGEPAGED_SLEEP_MS, THP_CONFIGS, workload
+from .vm import SYSCTL_LARGE, run_in_guest
 
 ROOT = "handle_mm_fault"
 LINE = re.compile(r"^\s*\d+\)\s+(?P<proc>\S+)\s+\|\s*(?:[+!#*@$]\s*)?(?P<dur>[\d.]+ us)?\s*\|\s(?P<body>.*)$")
@@ -31,39 +36,83 @@ LINE = re.compile(r"^\s*\d+\)\s+(?P<proc>\S+)\s+\|\s*(?:[+!#*@$]\s*)?(?P<dur>[\d
 # group function calls another, so each one's duration is its own instructions plus the tracer's
 # in-bracket overhead once (calibrated on _raw_spin_unlock, a handful of instructions).
 GROUPS = {
-    "fault": ["do_wp_page"],
-    "wp": ["wp_page_copy", "cow_ahead"],
-    "ahead": ["cow_ahead_collect", "cow_ahead_prepare", "cow_ahead_install"],
-    "alloc": ["vma_alloc_folio"],
-    "copy": ["copy_mc_to_kernel"],
-    "clear": ["ptep_clear_flush"],
-    "install": ["flush_tlb_mm_range", "page_add_new_anon_rmap", "lru_cache_add_inactive_or_unevictable",
-                "page_remove_rmap", "free_swap_cache", "vm_normal_page", "lru_add_drain"],
-    "small": ["__cond_resched", "_raw_spin_lock", "_raw_spin_unlock"],
+    "6.1": {
+        "fault": ["do_wp_page"],
+        "wp": ["wp_page_copy", "cow_ahead"],
+        "ahead": ["cow_ahead_collect", "cow_ahead_prepare", "cow_ahead_install"],
+        "alloc": ["vma_alloc_folio"],
+        "copy": ["copy_mc_to_kernel"],
+        "clear": ["ptep_clear_flush"],
+        "install": ["flush_tlb_mm_range", "page_add_new_anon_rmap", "lru_cache_add_inactive_or_unevictable",
+                    "page_remove_rmap", "free_swap_cache", "vm_normal_page", "lru_add_drain"],
+        "small": ["__cond_resched", "_raw_spin_lock", "_raw_spin_unlock"],
+    },
+    # 6.12: the patch's noinline steps; allocation under memory-allocation profiling is *_noprof.
+    "6.12": {
+        "fault": ["do_wp_page"],
+        "wp": ["wp_page_copy"],
+        "ahead": ["cow_ahead_plan", "cow_ahead_fault_block", "cow_ahead_run"],
+        "alloc": ["vma_alloc_folio_noprof"],
+        "charge": ["__mem_cgroup_charge"],
+        "copy": ["copy_mc_to_kernel"],
+        "clear": ["ptep_clear_flush"],
+        "install": ["flush_tlb_mm_range", "folio_add_new_anon_rmap", "folio_add_lru_vma",
+                    "folio_remove_rmap_ptes", "free_swap_cache", "vm_normal_page"],
+        "small": ["__cond_resched", "_raw_spin_lock", "_raw_spin_unlock"],
+    },
 }
 CALIBRATE = "_raw_spin_unlock"
+# Issue 23's steps: function(s) whose per-page instructions make each one. The flush counts every
+# flush_tlb_mm_range, the one inside the fault's ptep_clear_flush too; "rest" is handle_mm_fault
+# less the named steps, "trap" the untraced total less handle_mm_fault.
+STEPS = {"alloc": ["vma_alloc_folio_noprof", "vma_alloc_folio"], "charge": ["__mem_cgroup_charge"],
+         "copy": ["copy_mc_to_kernel"],
+         "rmap_lru": ["folio_add_new_anon_rmap", "folio_add_lru_vma", "folio_remove_rmap_ptes",
+                      "page_add_new_anon_rmap", "lru_cache_add_inactive_or_unevictable", "page_remove_rmap",
+                      "free_swap_cache"],
+         "flush": ["flush_tlb_mm_range"]}
+THP = "/sys/kernel/mm/transparent_hugepage"
 
 
-def guest_script(workload: list[str], policy: str, window: int, root: str = ROOT) -> str:
+def tracer_lines(workload_cmd: str, groups: dict[str, list[str]], root: str = ROOT) -> list[str]:
+    """One traced run of the workload per group, each printing GROUP, its report, OVERRUN and the trace."""
     t = "/sys/kernel/tracing"
-    w = " ".join(workload)
-    lines = [
-        f"mountpoint -q {t} || mount -t tracefs nodev {t}",
-        f"echo {policy} > /proc/sys/vm/cow_ahead_policy", f"echo {window} > /proc/sys/vm/cow_ahead_pages",
-        f"echo UNTRACED; {w}",  # the same run with the tracer off: what tracing adds
-        f"echo 0 > {t}/tracing_on", f"echo 65536 > {t}/buffer_size_kb",
-        f"echo {root} > {t}/set_graph_function",
-    ]
-    for name, funcs in {"root": [], **GROUPS}.items():
+    lines = [f"echo 0 > {t}/tracing_on", f"echo 65536 > {t}/buffer_size_kb", f"echo {root} > {t}/set_graph_function"]
+    for name, funcs in {"root": [], **groups}.items():
         lines += [f"echo nop > {t}/current_tracer", f"echo {root} > {t}/set_ftrace_filter"]
         lines += [f"echo {f} >> {t}/set_ftrace_filter 2>/dev/null || echo MISSING {f}" for f in funcs]
         lines += [f"echo function_graph > {t}/current_tracer",  # its options exist only while it is current
                   f"echo funcgraph-proc > {t}/trace_options", f"echo funcgraph-tail > {t}/trace_options",
                   f"echo nofuncgraph-irqs > {t}/trace_options",
                   f"echo > {t}/trace", f"echo 1 > {t}/tracing_on",
-                  f"echo GROUP {name}", w, f"echo 0 > {t}/tracing_on",
+                  f"echo GROUP {name}", workload_cmd, f"echo 0 > {t}/tracing_on",
                   f"echo OVERRUN $(grep -h overrun {t}/per_cpu/cpu*/stats | tr -d ' ' | tr '\\n' ' ')",
                   "echo TRACE", f"cat {t}/trace", "echo ENDTRACE"]
+    return lines + [f"echo nop > {t}/current_tracer"]
+
+
+def setting_lines(setting: dict, workload_cmd: str, groups: dict[str, list[str]]) -> list[str]:
+    """Knobs for one setting, its untraced run, then the traced runs; knobs back to off after."""
+    lines = [f"echo SETTING {json.dumps(setting)}"]
+    lines += [f"echo {value} > {THP}/{key}" for key, value in setting["thp"].items()]
+    if setting["large_destinations"]:
+        lines.append(f"echo 1 > {SYSCTL_LARGE}")
+    lines += [f"echo {setting['policy']} > /proc/sys/vm/cow_ahead_policy",
+              f"echo {setting['window']} > /proc/sys/vm/cow_ahead_pages",
+              "echo UNTRACED", workload_cmd, "echo ENDUNTRACED"]  # what tracing adds is measured against it
+    lines += tracer_lines(workload_cmd, groups)
+    lines += ["echo 0 > /proc/sys/vm/cow_ahead_pages"]
+    if setting["large_destinations"]:
+        lines.append(f"echo 0 > {SYSCTL_LARGE}")
+    return lines
+
+
+def guest_script(settings: list[tuple[dict, str]], groups: dict[str, list[str]]) -> str:
+    t = "/sys/kernel/tracing"
+    lines = [f"mountpoint -q {t} || mount -t tracefs nodev {t}",
+             f"echo {KHUGEPAGED_SLEEP_MS} > {THP}/khugepaged/scan_sleep_millisecs"]  # no collapse mid-run
+    for setting, workload_cmd in settings:
+        lines += setting_lines(setting, workload_cmd, groups)
     return "\n".join(lines)
 
 
@@ -107,37 +156,56 @@ def child_of(per_proc: dict) -> str | None:
     return max(procs, key=lambda p: int(p.rsplit("-", 1)[1])) if procs else None
 
 
-def breakdown(kernel: Path, policy: str, window: int, pages: int = DEFAULT_PAGES, work: Path | None = None) -> dict:
-    work = Path(work or tempfile.mkdtemp(prefix="cowahead-ftrace-"))
-    programs = compile_programs(work / "bin")
-    _, stream, _ = workload_streams("sequential", pages, 0)
-    (work / "stream.txt").write_text("\n".join(map(str, stream)) + "\n")
-    workload = [str(programs["cow_workload"]), str(pages), str(work / "stream.txt")]
-    script = work / "trace.sh"  # a file: vng passes the command on the kernel command line, which is short
-    script.write_text(guest_script(workload, policy, window) + "\n")
-    result = run_in_guest(kernel, ["sh", str(script)], icount=True, memory="2G")
-    text = result.stdout
-    if "ENDTRACE" not in text:
-        raise RuntimeError(f"guest run failed ({result.returncode}): {text[-1500:]} {result.stderr[-1500:]}")
-    untraced = json.loads(text.split("UNTRACED\n", 1)[1].split("\n")[0])
-    broken = sum(untraced["during"][k] for k in ("cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse"))
-    groups = {}
-    for chunk in text.split("GROUP ")[1:]:
-        name, rest = chunk.split("\n", 1)
-        traced = json.loads(rest.split("\n", 1)[0])
-        overrun = rest.split("OVERRUN", 1)[1].split("\n")[0].strip()
-        per_proc = parse(rest.split("\nTRACE\n", 1)[1].split("ENDTRACE")[0])
+def thp_knobs(config: str) -> dict[str, str]:
+    """The configuration's knobs, every mTHP size any configuration sets included (never if it does not
+    say), so that a setting never inherits the one before it."""
+    keys = {key for knobs in THP_CONFIGS.values() for key in knobs}
+    return {key: THP_CONFIGS[config].get(key, "never") for key in sorted(keys)}
+
+
+def workload_command(work: Path, programs: dict[str, Path], pattern: str, pages: int) -> tuple[str, dict]:
+    """``cow_workload -s`` for the pattern, as validate.make_plan runs it; and its THP configuration."""
+    w = workload(pattern, pages, 0)
+    setup = work / f"setup-{pattern}.txt"
+    setup.write_text(w.setup_text())
+    argv = [str(programs["cow_workload"]), "-s", str(setup), str(pages)]
+    for who, stream in (("child", w.child), ("parent", w.parent)):
+        if stream is not None:
+            path = work / f"stream-{pattern}-{who}.txt"
+            path.write_text("\n".join(map(str, stream)) + "\n")
+            argv.append(str(path))
+    return " ".join(argv), {"thp_config": w.config, "thp": thp_knobs(w.config),
+                            "large_destinations": int(w.large_destinations), "pages_written": len(set(w.child))}
+
+
+def report_line(text: str) -> dict:
+    """The workload's JSON report: its last line that starts with '{'."""
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def parse_setting(chunk: str, groups: dict[str, list[str]]) -> dict:
+    """One setting's output: the untraced report, then each group's report and trace."""
+    setting = json.loads(chunk.split("\n", 1)[0])
+    untraced = report_line(chunk.split("UNTRACED\n", 1)[1].split("ENDUNTRACED")[0])
+    during = untraced["during"]
+    broken = sum(during[k] for k in ("cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse"))
+    out_groups = {}
+    for part in chunk.split("GROUP ")[1:]:
+        name, rest = part.split("\n", 1)
+        before, trace = rest.split("\nTRACE\n", 1)
+        traced = report_line(before.split("OVERRUN", 1)[0])
+        per_proc = parse(trace.split("ENDTRACE")[0])
         child = child_of(per_proc)
         funcs = per_proc.get(child, {})
-        groups[name] = {"child_process": child, "ring_buffer_overrun": overrun,
-                        "child_instructions_traced": traced["child_ns"],
-                        "functions": {f: {"calls": int(v[0]), "measured_total": round(v[1]),
-                                          "measured_min": round(v[2], 1), "nested_traced_calls": int(v[3])}
-                                      for f, v in funcs.items()}}
-    mins = [g["functions"][CALIBRATE]["measured_min"] for g in groups.values() if CALIBRATE in g["functions"]]
+        out_groups[name] = {"child_process": child, "ring_buffer_overrun": before.split("OVERRUN", 1)[1].split("\n")[0].strip(),
+                            "child_instructions_traced": traced["child_ns"],
+                            "functions": {f: {"calls": int(v[0]), "measured_total": round(v[1]),
+                                              "measured_min": round(v[2], 1), "nested_traced_calls": int(v[3])}
+                                          for f, v in funcs.items()}}
+    mins = [g["functions"][CALIBRATE]["measured_min"] for g in out_groups.values() if CALIBRATE in g["functions"]]
     inner = min(mins) if mins else 0.0
     table = {}
-    for gname, g in groups.items():
+    for gname, g in out_groups.items():
         for f, v in g["functions"].items():
             if f == ROOT and gname != "root":
                 continue  # its duration holds the traced functions below it
@@ -145,32 +213,78 @@ def breakdown(kernel: Path, policy: str, window: int, pages: int = DEFAULT_PAGES
                 continue  # holds another traced function's overhead: not comparable
             table[f] = {"group": gname, "calls_per_page": round(v["calls"] / broken, 3),
                         "instructions_per_page": round((v["measured_total"] - v["calls"] * inner) / broken, 1)}
-    missing = sorted({line.split()[1] for line in text.splitlines() if line.startswith("MISSING ")})
-    return {"policy": policy, "window": window, "pages": pages, "cow_broken_pages": broken,
-            "faults": untraced["during"]["pgfault"],
-            "kernel_instructions_per_page_untraced": round((untraced["child_ns"] - untraced["rewrite_ns"]) / broken, 1),
+    missing = sorted({line.split()[1] for line in chunk.splitlines() if line.startswith("MISSING ")})
+    total = (untraced["child_ns"] - untraced["rewrite_ns"]) / broken
+    return {**setting, "cow_broken_pages": broken, "faults": during["pgfault"],
+            "cow_fault_copy": during["cow_fault_copy"], "cow_ahead_copy": during["cow_ahead_copy"],
+            "cow_large_alloc": during.get("cow_large_alloc"),
+            "kernel_instructions_per_page_untraced": round(total, 1),
             "tracer_inner_overhead_per_call": inner, "not_traceable": missing,
-            "per_page": table, "groups": groups,
-            "guest_returncode": result.returncode, "stderr_tail": result.stderr[-1500:]}
+            "per_page": table, "account": account(total, table), "groups": out_groups}
+
+
+def account(total: float, table: dict) -> dict:
+    """Issue 23's per-page steps from the untraced total and the traced functions (instructions per page)."""
+    steps = {name: round(sum(table[f]["instructions_per_page"] for f in funcs if f in table), 1)
+             for name, funcs in STEPS.items()}
+    inside = table.get(ROOT, {}).get("instructions_per_page")
+    out = {"total": round(total, 1), "trap": round(total - inside, 1) if inside is not None else None, **steps}
+    if inside is not None:
+        out["rest"] = round(inside - sum(steps.values()), 1)
+    out["overhead"] = round(total - steps["copy"], 1)  # everything but the copy itself
+    return out
+
+
+def breakdown(kernel: Path, source: str, patterns: list[str], windows: list[int], policy: str = "fixed",
+              pages: int = DEFAULT_PAGES, work: Path | None = None) -> dict:
+    """Every pattern × window in one boot; a JSON-ready dict with ``settings``."""
+    groups = GROUPS[source]
+    work = Path(work or tempfile.mkdtemp(prefix="cowahead-ftrace-"))
+    programs = compile_programs(work / "bin")
+    settings = []
+    for pattern in patterns:
+        cmd, knobs = workload_command(work, programs, pattern, pages)
+        for window in windows:
+            settings.append(({"pattern": pattern, "policy": policy, "window": window, "pages": pages, **knobs}, cmd))
+    script = work / "trace.sh"  # a file: vng passes the command on the kernel command line, which is short
+    script.write_text(guest_script(settings, groups) + "\n")
+    result = run_in_guest(kernel, ["sh", str(script)], icount=True, memory="2G", timeout=3 * 3600)
+    text = result.stdout
+    chunks = text.split("SETTING ")[1:]
+    if len(chunks) != len(settings) or "ENDTRACE" not in chunks[-1].rsplit("GROUP ", 1)[-1]:
+        raise RuntimeError(f"guest run failed ({result.returncode}): {text[-1500:]} {result.stderr[-1500:]}")
+    return {"kernel_image": str(kernel), "source": source, "icount": "shift=0", "root": ROOT, "groups": groups,
+            "steps": STEPS, "settings": [parse_setting(c, groups) for c in chunks],
+            "guest_returncode": result.returncode, "dmesg": result.dmesg_problems,
+            "stderr_tail": result.stderr[-1500:]}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
+    ap.add_argument("--source", choices=sorted(GROUPS), default="6.12")
+    ap.add_argument("--build-dir", type=Path, default=None)
     ap.add_argument("--policy", default="fixed")
-    ap.add_argument("--window", type=int, action="append", help="repeatable; default 0 and 16")
+    ap.add_argument("--pattern", action="append", help="repeatable; default sequential (6.1), "
+                    "mthp-sequential and ld-mthp-sequential (6.12: 64 KiB mTHP, large destinations off, on)")
+    ap.add_argument("--window", type=int, action="append", help="repeatable; default 0 and 16 (6.1), "
+                    "0, 16, 64 and 512 (6.12)")
+    ap.add_argument("--pages", type=int, default=DEFAULT_PAGES)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    kernel = built_kernel(args.build_dir)
+    source = SOURCES[args.source]
+    kernel = built_kernel(args.build_dir or source.build_dir, source)
     if kernel is None:
-        print(f"no built kernel in {args.build_dir}", file=sys.stderr)
+        print(f"no built kernel in {args.build_dir or source.build_dir}", file=sys.stderr)
         return 1
-    doc = {"kernel_image": str(kernel), "icount": "shift=0", "root": ROOT, "groups": GROUPS,
-           "settings": [breakdown(kernel, args.policy, w) for w in (args.window or [0, 16])]}
+    six = args.source == "6.12"
+    patterns = args.pattern or (["mthp-sequential", "ld-mthp-sequential"] if six else ["sequential"])
+    windows = args.window or ([0, 16, 64, 512] if six else [0, 16])
+    doc = breakdown(kernel, args.source, patterns, windows, args.policy, args.pages)
     text = json.dumps(doc, indent=2) + "\n"
     if args.out:
         args.out.write_text(text)
-    print(text)
+    for s in doc["settings"]:
+        print(f"{s['pattern']:22} {s['policy']}:{s['window']:<4} " + "  ".join(f"{k} {v}" for k, v in s["account"].items()))
     return 0
 
 

@@ -461,7 +461,9 @@ def measure_rows(rows: list[dict]) -> list[dict]:
                 "pages": row["pages"], "child_instructions": output["child_ns"],
                 "user_instructions": output["rewrite_ns"], "cow_broken_pages": broken,
                 "faults": during["pgfault"], "cow_fault_copy": during["cow_fault_copy"],
-                "kernel_instructions_per_cow_page": round(kernel / broken, 1) if broken else None}
+                "kernel_instructions_per_cow_page": round(kernel / broken, 1) if broken else None,
+                "large_destinations": row.get("large_destinations", 0),
+                "cow_large_alloc": during.get("cow_large_alloc", -1)}
         written = row.get("pages_written")
         if written:
             # Distinct pages the child writes: what it needed broken. Ahead copies it never writes
@@ -559,6 +561,12 @@ def guest_summary(rows: list[dict], result: GuestResult) -> dict:
 # fixed:16 (what a policy costs where nothing is ahead to copy).
 MEASURE_SETTINGS = (("sequential", "fixed", WINDOWS), ("random", "fixed", (0, 16)),
                     ("random", "adaptive", (16, 32, 64)))
+# Issue 23: 64 KiB mTHP sources, large destinations off ("mthp-") and on ("ld-", window 0 the control
+# under the same knobs): sequential under fixed, random writes (mthp-holes) under adaptive and fixed:16.
+MEASURE_LARGE_SETTINGS = tuple((f"{ld}{pattern}", policy, windows) for ld in ("", "ld-")
+                               for pattern, policy, windows in (("mthp-sequential", "fixed", (0, 16, 64, 512)),
+                                                                ("mthp-holes", "fixed", (0, 16)),
+                                                                ("mthp-holes", "adaptive", (16, 32, 64))))
 
 
 def measure(kernel: Path, work: Path | None = None, pages: int = DEFAULT_PAGES, windows=WINDOWS,
@@ -572,11 +580,12 @@ def measure(kernel: Path, work: Path | None = None, pages: int = DEFAULT_PAGES, 
     for pattern, policy, wins in settings:
         plan = make_plan(work, programs, patterns=(pattern,), policies=(policy,), windows=wins, pages=pages,
                          leak=False, repeats=1)  # icount makes a run deterministic
-        trace, stream, _ = workload_streams(pattern, pages, 0)
+        w = plan.traces[pattern]  # the Workload the guest runs: its setup, streams and THP knobs
+        trace, _ = w.trace()
         for run in plan.runs:
-            run["pages_written"] = len(set(stream))
-            run["model_ahead_batches"] = Kernel(parse_policy(model_policy(policy, run["window"]))).replay(
-                trace).as_dict()["ahead_batches"]
+            run["pages_written"] = len(set(w.child))
+            model = Kernel(parse_policy(model_policy(policy, run["window"])), folios=w.folios)
+            run["model_ahead_batches"] = model.replay(trace).as_dict()["ahead_batches"]
         runs += plan.runs
     rows, result = run_plan(kernel, Plan(runs, {}), work, icount=True)
     measured = measure_rows(rows)
