@@ -212,6 +212,23 @@ def test_the_thp_off_variant_turns_thp_off_last_and_keeps_the_debug_options():
         kbuild.source_of("6.1", thp_off=True)
 
 
+def test_the_no_debug_variant_turns_each_debug_option_off_after_the_distro_config():
+    """Issue 23's cost runs: the distro config with every debug option disabled after it was enabled, THP and
+    the interfaces kept; its own build directory and results name."""
+    nodebug = kbuild.source_of("6.12", no_debug=True)
+    flags = list(nodebug.config)
+    for option in ("DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING", "DEBUG_ATOMIC_SLEEP"):
+        last = max(i for i in range(len(flags) - 1) if flags[i + 1] == option)
+        assert flags[last] == "--disable", option
+    assert {"DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING"} <= set(nodebug.absent)
+    assert {"TRANSPARENT_HUGEPAGE", "KSM", "MEMCG", "USERFAULTFD"} <= set(nodebug.required)
+    assert not {"DEBUG_VM", "PROVE_LOCKING"} & set(nodebug.required)
+    assert nodebug.build_dir not in (SOURCE.build_dir, kbuild.source_of("6.12", thp_off=True).build_dir)
+    assert nodebug.name == "6.12-nodebug"
+    with pytest.raises(Exception, match="choose one"):
+        kbuild.source_of("6.12", thp_off=True, no_debug=True)
+
+
 def test_unwanted_config_names_an_option_still_on():
     config = "CONFIG_TRANSPARENT_HUGEPAGE=y\n# CONFIG_KSM is not set\nCONFIG_FOO=m\n"
     assert kbuild.unwanted_config(config, ("TRANSPARENT_HUGEPAGE", "KSM", "FOO")) == ["TRANSPARENT_HUGEPAGE", "FOO"]

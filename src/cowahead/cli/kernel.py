@@ -27,6 +27,10 @@ thp_off_option = click.option("--thp-off", is_flag=True,
                               help="6.12 with CONFIG_TRANSPARENT_HUGEPAGE off (debug options kept), in its own "
                                    "build directory, default ~/.cache/cowahead/kernel-6.12-nothp.")
 
+no_debug_option = click.option("--no-debug", is_flag=True,
+                               help="6.12 without the debug options (DEBUG_VM, PAGE_TABLE_CHECK, lockdep): "
+                                    "costs as a distribution kernel has them, ~/.cache/cowahead/kernel-6.12-nodebug.")
+
 
 @click.group("kernel")
 def command() -> None:
@@ -41,10 +45,11 @@ def command() -> None:
 @click.option("--stock", is_flag=True, help="Build the same tree and config without the patch (bzImage-stock).")
 @click.option("--jobs", "-j", type=int, default=None, help="make -j; default: every CPU (run under nice -n 19).")
 @thp_off_option
+@no_debug_option
 def build_command(build_dir: Path | None, version: str, patch: Path | None, stock: bool, jobs: int | None,
-                  thp_off: bool) -> None:
+                  thp_off: bool, no_debug: bool) -> None:
     """Extract, patch, configure (vng --kconfig) and build bzImage; incremental."""
-    result = build(build_dir, patch, jobs, source=source_of(version, thp_off), stock=stock)
+    result = build(build_dir, patch, jobs, source=source_of(version, thp_off, no_debug), stock=stock)
     click.echo(f"{result.bzimage}  ({result.seconds:.0f} s, {len(result.warnings)} warnings, log {result.log})")
 
 
@@ -112,11 +117,13 @@ def check_command(build_dir: Path | None, version: str, skip_build: bool, skip_m
               help="Issue 23's settings: 64 KiB mTHP sources, large destinations off and on, sequential "
                    "(fixed 0/16/64/512) and random writes (fixed 0/16, adaptive 16/32/64).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for kernel-6.12-icount[-large-destinations]-<date>.json; default benchmarks/results.")
+              help="Directory for kernel-6.12[-nodebug]-icount[-large-destinations]-<date>.json; "
+                   "default benchmarks/results.")
+@no_debug_option
 def measure_command(build_dir: Path | None, version: str, kernel: Path | None, large_destinations: bool,
-                    out_dir: Path | None) -> None:
+                    out_dir: Path | None, no_debug: bool) -> None:
     """Instructions per COW-broken page under -icount shift=0, and predicted µs per page (one boot)."""
-    source = source_of(version)
+    source = source_of(version, no_debug=no_debug)
     kernel = kernel or built_kernel(build_dir, source)
     if kernel is None:
         raise CowaheadError("no kernel built: cowahead kernel build")

@@ -262,6 +262,7 @@ def breakdown(kernel: Path, source: str, patterns: list[str], windows: list[int]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", choices=sorted(GROUPS), default="6.12")
+    ap.add_argument("--no-debug", action="store_true", help="the 6.12 build without the debug options")
     ap.add_argument("--build-dir", type=Path, default=None)
     ap.add_argument("--policy", default="fixed")
     ap.add_argument("--pattern", action="append", help="repeatable; default sequential (6.1), "
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=DEFAULT_PAGES)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    source = SOURCES[args.source]
+    source = SOURCES[f"{args.source}-nodebug" if args.no_debug else args.source]
     kernel = built_kernel(args.build_dir or source.build_dir, source)
     if kernel is None:
         print(f"no built kernel in {args.build_dir or source.build_dir}", file=sys.stderr)

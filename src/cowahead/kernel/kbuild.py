@@ -101,6 +101,17 @@ SOURCES["6.12-nothp"] = Source(
     Path(os.environ.get("COWAHEAD_KBUILD_612_NOTHP", Path.home() / ".cache" / "cowahead" / "kernel-6.12-nothp")),
     (*DISTRO_DEBUG_CONFIG, *THP_OFF_CONFIG), tuple(o for o in DISTRO_DEBUG_REQUIRED if o != "TRANSPARENT_HUGEPAGE"),
     absent=("TRANSPARENT_HUGEPAGE",), variant="nothp")
+# Issue 23: instruction counts on the debug config are inflated where it adds work per lock and per page
+# (lockdep, DEBUG_VM, PAGE_TABLE_CHECK), so costs are also measured on the same config without the debug
+# options (the distribution config as shipped). Its own build directory: the change rebuilds everything.
+DEBUG_OPTIONS = ("DEBUG_VM", "PAGE_TABLE_CHECK", "PAGE_TABLE_CHECK_ENFORCED", "PROVE_LOCKING", "DEBUG_SPINLOCK",
+                 "DEBUG_ATOMIC_SLEEP", "DEBUG_LOCK_ALLOC", "LOCKDEP")
+NO_DEBUG_CONFIG = tuple(arg for option in DEBUG_OPTIONS for arg in ("--disable", option))
+SOURCES["6.12-nodebug"] = Source(
+    "6.12", SOURCES["6.12"].tarball, SOURCES["6.12"].tree_name, SOURCES["6.12"].patch,
+    Path(os.environ.get("COWAHEAD_KBUILD_612_NODEBUG", Path.home() / ".cache" / "cowahead" / "kernel-6.12-nodebug")),
+    (*DISTRO_DEBUG_CONFIG, *NO_DEBUG_CONFIG), tuple(o for o in DISTRO_DEBUG_REQUIRED if o not in DEBUG_OPTIONS),
+    absent=("DEBUG_VM", "PAGE_TABLE_CHECK", "PROVE_LOCKING"), variant="nodebug")
 PATCHED_IMAGE = "bzImage-cow-ahead"
 STOCK_IMAGE = "bzImage-stock"
 
@@ -116,9 +127,15 @@ class BuildResult:
     warnings: list[str]  # compiler warning lines in this build's log
 
 
-def source_of(version: str, thp_off: bool = False) -> Source:
+def source_of(version: str, thp_off: bool = False, no_debug: bool = False) -> Source:
     if version not in SOURCES or SOURCES[version].variant:
         raise CowaheadError(f"kernel source '{version}' is not one of {', '.join(VERSIONS)}")
+    if thp_off and no_debug:
+        raise CowaheadError("--thp-off and --no-debug are separate configurations; choose one")
+    if no_debug:
+        if f"{version}-nodebug" not in SOURCES:
+            raise CowaheadError("--no-debug is for 6.12 only")
+        return SOURCES[f"{version}-nodebug"]
     if thp_off:
         if f"{version}-nothp" not in SOURCES:
             raise CowaheadError("--thp-off is for 6.12 only (6.1's config has THP off already)")
