@@ -47,7 +47,10 @@ def test_the_612_patch_states_the_reviewer_rules():
                    "fatal_signal_pending(current)", "pte_uffd_wp(pte)", "folio_test_ksm(folio)",
                    "is_zero_pfn(pte_pfn(pte))", "pte_protnone(pte)", "folio_remove_rmap_pte(page_folio(p->old), p->old, vma)",
                    "vma_soft_dirty_enabled(vma)", "mmu_notifier_invalidate_range_start",
-                   "userfaultfd_wp(vma)", "char name[16] = \"\""):
+                   "userfaultfd_wp(vma)", "char name[16] = \"\"",
+                   # a window never takes a memory cgroup's last window of headroom below memory.max
+                   "if (!cow_ahead_room(w, n))", "if (cow_ahead_room(w, nr))",
+                   "page_counter_read(&c->memory) + nr + reserve > READ_ONCE(c->memory.max)"):
         assert needle in added, needle
     assert "pmd_trans_unstable" not in added  # the 6.1 check that is constant 0 without THP
 
