@@ -410,3 +410,87 @@ def test_kernel_check_runs_the_reproducers_and_the_selftests_and_says_why_not(tm
                                      source=SOURCE, skip_measure=True).read_text())
     assert calls == [(kbuild.STOCK_IMAGE, False), (kbuild.PATCHED_IMAGE, True)]
     assert doc["selftests"]["summary"]["equal_to_stock"] == 1 and doc["selftests"]["table"][0]["verdict"] == "= stock"
+
+
+def _fake_guest(monkeypatch, stdout=lambda run: "ok 1 x\n"):
+    """run_plan without a guest: every run exits 0 printing ``stdout(run)``; returns the plans it was given."""
+    plans = []
+
+    def fake_run_plan(kernel, plan, work, cpus, timeout, probe_policies):
+        plans.append(plan.runs)
+        rows = [{**r, "returncode": 0, "stdout": stdout(r), "seconds": 1.0, "dmesg": []} for r in plan.runs]
+        return rows, GuestResult([], 0, "", "", 1.0)
+
+    monkeypatch.setattr(selftests, "run_plan", fake_run_plan)
+    monkeypatch.setattr(selftests, "guest_summary", lambda rows, result: {})
+    return plans
+
+
+def test_stock_repeats_are_cells_of_their_own_and_run_1_keeps_its_name(tmp_path, monkeypatch):
+    plans = _fake_guest(monkeypatch)
+    image = tmp_path / "bzImage-stock"
+    image.write_bytes(b"stock")
+    bins = {"mremap_test": tmp_path / "mremap_test"}
+    cache = tmp_path / "c"
+    got = selftests.run_selftests(image, bins, False, ["mremap_test"], cache=cache, repeats=2)
+    assert [(r["test"], r["repeat"]) for r in plans[0]] == [("mremap_test", 1), ("mremap_test", 2)]  # one boot
+    assert [r["repeat"] for r in got["runs"]] == [1, 2]
+    key = selftests.image_key(image)
+    assert sorted(p.name for p in (cache / key).iterdir()) == ["mremap_test@None:None#2.json",
+                                                               "mremap_test@None:None.json"]
+    selftests.run_selftests(image, bins, False, ["mremap_test"], cache=cache, repeats=3)
+    assert len(plans) == 2 and [r["repeat"] for r in plans[1]] == [3]  # only the missing repeat boots
+
+
+MREMAP_015 = "5MB mremap - Source 1MB-aligned, Dest 1MB-aligned with 40MB Preamble"
+
+
+def _mremap(statuses: dict[str, str], **kw) -> dict:
+    """A mremap_test run whose TAP gives case N the status statuses[N] (cases 001, 002 and 015)."""
+    tap = "".join(f"{'not ok' if status == 'fail' else 'ok'} {n} {name}\n"
+                  for n, name in ((1, "a"), (2, "b"), (15, MREMAP_015)) for status in [statuses[f"{n:03d}"]])
+    return _run(test="mremap_test", cases=tap, returncode=1, **kw)
+
+
+def test_a_case_flaky_in_stock_is_no_difference_but_one_failing_in_every_stock_run_is():
+    stock = {"runs": [_mremap({"001": "pass", "002": "fail", "015": "fail"}, policy=None, window=None, repeat=1),
+                      _mremap({"001": "pass", "002": "fail", "015": "pass"}, policy=None, window=None, repeat=2)]}
+    passes_015 = _mremap({"001": "pass", "002": "fail", "015": "pass"})
+    fails_015 = _mremap({"001": "pass", "002": "fail", "015": "fail"}, window=512)
+    passes_002 = _mremap({"001": "pass", "002": "pass", "015": "pass"}, policy="around")  # fails in every stock run
+    fails_001 = _mremap({"001": "fail", "002": "fail", "015": "pass"}, policy="adaptive")  # passes in every one
+    rows = table(stock, {"runs": [passes_015, fails_015, passes_002, fails_001]})
+    flaky = "015 NMB mremap - Source NMB-aligned, Dest NMB-aligned with NMB Preamble"
+    assert [r["verdict"] for r in rows] == ["= stock", "= stock", "differs", "differs"]
+    assert all(r["flaky_in_stock"] == [flaky] and r["stock_runs"] == 2 for r in rows)
+    assert rows[2]["differs_from_stock"] == ["002 b: stock fail, patched pass"]
+    assert rows[3]["differs_from_stock"] == ["001 a: stock pass, patched fail"]
+    md = selftests.markdown(stock, rows)
+    assert "| mremap_test | 1/2/0, 2/1/0 (exit 1) | = stock (flaky: 015) | = stock (flaky: 015) | DIFFERS" in md
+
+
+def test_a_flaky_stock_outcome_lets_either_outcome_equal_stock():
+    stock = {"runs": [_run(returncode=0, repeat=1), _run(error="timed out", repeat=2)]}
+    rows = table(stock, {"runs": [_run(returncode=0), _run(error="timed out"), _run(returncode=1)]})
+    assert [r["verdict"] for r in rows] == ["= stock", "= stock", "differs"]
+    assert rows[0]["flaky_in_stock"] == ["outcome"] and rows[0]["stock_outcome"] == "exit 0 or timeout"
+    assert rows[2]["differs_from_stock"] == ["outcome: stock exit 0 or timeout, patched exit 1"]
+
+
+def test_one_stock_run_gives_the_table_from_before_repeats():
+    """The rows and the markdown as they were before --stock-runs, written out by hand."""
+    stock = {"runs": [_mremap({"001": "pass", "002": "fail", "015": "fail"}, policy=None, window=None)]}
+    patched = _mremap({"001": "pass", "002": "fail", "015": "pass"}, seconds=3.5)
+    same = _mremap({"001": "pass", "002": "fail", "015": "fail"}, window=512)
+    rows = table(stock, {"runs": [patched, same]})
+    common = {"test": "mremap_test", "policy": "fixed", "outcome": "exit 1", "stock_outcome": "exit 1",
+              "returncode": 1, "stock_returncode": 1, "dmesg_lines": 0}
+    assert rows == [
+        {**common, "window": 16, "pass": 2, "fail": 1, "skip": 0, "seconds": 3.5,
+         "differs_from_stock": ["015 NMB mremap - Source NMB-aligned, Dest NMB-aligned with NMB Preamble: "
+                                "stock fail, patched pass"], "equal_to_stock": False, "verdict": "differs"},
+        {**common, "window": 512, "pass": 1, "fail": 2, "skip": 0, "seconds": None,
+         "differs_from_stock": [], "equal_to_stock": True, "verdict": "= stock"}]
+    assert selftests.markdown(stock, rows) == (
+        "| test | stock p/f/s (outcome) | fixed:16 | fixed:512 |\n| --- | --- | --- | --- |\n"
+        "| mremap_test | 1/2/0 (exit 1) | DIFFERS (2/1/0, exit 1) | = stock |\n")
