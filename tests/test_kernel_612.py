@@ -494,3 +494,56 @@ def test_one_stock_run_gives_the_table_from_before_repeats():
     assert selftests.markdown(stock, rows) == (
         "| test | stock p/f/s (outcome) | fixed:16 | fixed:512 |\n| --- | --- | --- | --- |\n"
         "| mremap_test | 1/2/0 (exit 1) | DIFFERS (2/1/0, exit 1) | = stock |\n")
+
+
+def test_large_destinations_cells_are_cached_apart_and_both_kernels_get_the_knobs(tmp_path, monkeypatch):
+    """Issue 23: the same THP knobs on stock and patched (else stock is no reference), the sysctl on patched
+    only, at window 0 too; the default cells keep their names and are not reused for the variant."""
+    from cowahead.kernel.repro import LARGE_DESTINATIONS_THP
+    plans = _fake_guest(monkeypatch)
+    stock_image, patched_image = tmp_path / "bzImage-stock", tmp_path / "bzImage-cow-ahead"
+    stock_image.write_bytes(b"stock")
+    patched_image.write_bytes(b"patched")
+    bins, cache = {"mkdirty": tmp_path / "mkdirty"}, tmp_path / "c"
+    settings = {"policies": ("fixed",), "windows": (0, 16)}
+    ld = selftests.LARGE_DESTINATIONS
+    selftests.run_selftests(stock_image, bins, False, ["mkdirty"], cache=cache)
+    selftests.run_selftests(patched_image, bins, True, ["mkdirty"], cache=cache, **settings)
+    stock = selftests.run_selftests(stock_image, bins, False, ["mkdirty"], cache=cache, variant=ld)
+    patched = selftests.run_selftests(patched_image, bins, True, ["mkdirty"], cache=cache, variant=ld, **settings)
+    assert len(plans) == 4  # the variant booted although the default cells were cached
+    assert all("thp" not in r and "large_destinations" not in r for plan in plans[:2] for r in plan)
+    assert [(r["thp"], "large_destinations" in r) for r in plans[2]] == [(LARGE_DESTINATIONS_THP, False)]
+    assert [(r["window"], r["thp"], r["large_destinations"]) for r in plans[3]] == \
+        [(0, LARGE_DESTINATIONS_THP, 1), (16, LARGE_DESTINATIONS_THP, 1)]
+    assert stock["runs"][0]["thp"] == LARGE_DESTINATIONS_THP and patched["runs"][0]["large_destinations"] == 1
+    assert stock["variant"] == patched["variant"] == "large-destinations"
+    names = {str(p.relative_to(cache)) for p in cache.rglob("*.json")}
+    key_s, key_p = selftests.image_key(stock_image), selftests.image_key(patched_image)
+    assert names == {f"{key_s}/mkdirty@None:None.json", f"{key_s}/mkdirty@None:None+ld.json",
+                     f"{key_p}/mkdirty@fixed:0.json", f"{key_p}/mkdirty@fixed:16.json",
+                     f"{key_p}/mkdirty@fixed:0+ld.json", f"{key_p}/mkdirty@fixed:16+ld.json"}
+    assert selftests.cell_path(cache, "k", "cow", None, None, 2, ld).name == "cow@None:None+ld#2.json"
+
+
+def test_seeding_takes_only_cells_of_the_same_variant(tmp_path):
+    stock_image, patched_image = tmp_path / "bzImage-stock", tmp_path / "bzImage-cow-ahead"
+    stock_image.write_bytes(b"stock")
+    patched_image.write_bytes(b"patched")
+    images = {"stock": stock_image, "patched": patched_image}
+    doc = {"stock": {"runs": [_run(test="cow", policy=None, window=None, returncode=0)]},
+           "patched": {"runs": [_run(test="cow", returncode=0)]}}
+    before_variants = tmp_path / "old.json"
+    before_variants.write_text(json.dumps(doc))
+    large = tmp_path / "ld.json"
+    large.write_text(json.dumps({**doc, "variant": "large-destinations"}))
+    cache = tmp_path / "c"
+    with pytest.raises(Exception, match="large-destinations variant, not default"):
+        selftests.seed_cache(large, cache, images, ["cow"])
+    with pytest.raises(Exception, match="default variant, not large-destinations"):
+        selftests.seed_cache(before_variants, cache, images, ["cow"], selftests.LARGE_DESTINATIONS)
+    assert not cache.exists()
+    assert selftests.seed_cache(large, cache, images, ["cow"], selftests.LARGE_DESTINATIONS) == 2
+    assert selftests.seed_cache(before_variants, cache, images, ["cow"]) == 2
+    assert sorted(p.name for p in cache.rglob("*.json")) == ["cow@None:None+ld.json", "cow@None:None.json",
+                                                             "cow@fixed:16+ld.json", "cow@fixed:16.json"]

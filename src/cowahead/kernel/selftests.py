@@ -17,11 +17,13 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CowaheadError
 from ..output import write_atomically
 from ..results.header import header
+from .repro import LARGE_DESTINATIONS_THP
 from .validate import Plan, guest_summary, run_plan
 from .vm import POLICIES
 
@@ -50,6 +52,28 @@ UFFD = re.compile(r"^Testing (.+?)\.\.\. (done|skipped|fail\w*)")
 # green (32) passed, red (31) failed, yellow (33) skipped.
 KHUGEPAGED_TEST = re.compile(r"^Run test: (\S+) \((\S+)\)")
 KHUGEPAGED_CHECK = re.compile(r"^(.*?)\s*\x1b\[(3[123])m(.*?)\x1b\[0m")
+
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What every run of a matrix gets besides its policy and window. Both kernels run under the same THP
+    knobs (stock under other knobs would be no reference); the patched kernel's sysctls come on top, at
+    window 0 too (the control under identical knobs). Its cells are cached apart (``cell_suffix``)."""
+    name: str
+    cell_suffix: str = ""
+    thp: dict[str, str] | None = None
+    patched_sysctls: dict[str, int] = field(default_factory=dict)  # inguest.run_one's keys
+
+    def run_fields(self, patched: bool) -> dict:
+        """The keys a run of this kernel gets (inguest.run_one sets them, and restores the knobs after it)."""
+        return {**({"thp": self.thp} if self.thp else {}), **(self.patched_sysctls if patched else {})}
+
+
+DEFAULT = Variant("default")
+# Issue 23: vm.cow_ahead_large_destinations=1, with 16 and 64 KiB mTHP always so that it has orders to use.
+LARGE_DESTINATIONS = Variant("large-destinations", "+ld", LARGE_DESTINATIONS_THP, {"large_destinations": 1})
+VARIANTS = {v.name: v for v in (DEFAULT, LARGE_DESTINATIONS)}
 
 
 def build_selftests(tree: Path, out_dir: Path, tests=TESTS) -> dict[str, Path]:
@@ -133,7 +157,7 @@ def settings_for(patched: bool, policies=CANDIDATE_POLICIES, windows=WINDOWS):
 
 
 def make_runs(binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: float | None = None,
-              settings=None, repeat: int = 1) -> list[dict]:
+              settings=None, repeat: int = 1, variant: Variant = DEFAULT) -> list[dict]:
     """One run per test × (policy, window); ``repeat``: which run of these cells on this kernel (1 = the first)."""
     runs = []
     for test in tests:
@@ -141,7 +165,8 @@ def make_runs(binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: fl
             runs.append({"kind": "selftest", "test": test, "policy": policy, "window": window, "repeat": repeat,
                          "timeout": timeout or TIMEOUTS[test],
                          "argv": [str(binaries[test]), *ARGS.get(test, [])], "raw_stdout": True,
-                         "cwd": "/tmp"})  # some tests make files in their directory; /tmp is writable
+                         "cwd": "/tmp",  # some tests make files in their directory; /tmp is writable
+                         **variant.run_fields(patched)})
     return runs
 
 
@@ -162,7 +187,9 @@ def record(r: dict) -> dict:
            "timeout": r.get("timeout"),
            "returncode": r.get("returncode"), "error": r.get("error"), "seconds": r.get("seconds"),
            "cases": parse_output(r["test"], r.get("stdout", "")), "dmesg": r.get("dmesg", []),
-           "stdout_tail": r.get("stdout", "")[-1500:], "stderr_tail": r.get("stderr", "")[-1500:]}
+           "stdout_tail": r.get("stdout", "")[-1500:], "stderr_tail": r.get("stderr", "")[-1500:],
+           # a variant's knobs as asked and as the guest read them back (absent in the default variant)
+           **{k: r[k] for k in ("thp", "thp_set", "large_destinations") if k in r}}
     out["outcome"] = outcome_of(out)
     return out
 
@@ -171,9 +198,12 @@ def image_key(kernel: Path) -> str:
     return hashlib.sha256(Path(kernel).read_bytes()).hexdigest()[:16]
 
 
-def cell_path(cache: Path, kernel_key: str, test: str, policy, window, repeat: int = 1) -> Path:
-    """One cell's file; a repeat after the first is "#N" (run 1 keeps the name cells had before repeats)."""
-    return cache / kernel_key / f"{test}@{policy}:{window}{f'#{repeat}' if repeat > 1 else ''}.json"
+def cell_path(cache: Path, kernel_key: str, test: str, policy, window, repeat: int = 1,
+              variant: Variant = DEFAULT) -> Path:
+    """One cell's file: "TEST@POLICY:WINDOW", the variant's suffix, "#N" for a repeat after the first; the
+    default variant's first run keeps the name cells had before variants and repeats (old caches still count)."""
+    again = f"#{repeat}" if repeat > 1 else ""
+    return cache / kernel_key / f"{test}@{policy}:{window}{variant.cell_suffix}{again}.json"
 
 
 def not_run(test: str, policy, window, repeat: int, error: str = "not run (no row from the guest)",
@@ -185,7 +215,7 @@ def not_run(test: str, policy, window, repeat: int, error: str = "not run (no ro
 
 def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: float | None = None,
                   cache: Path | None = None, log=lambda message: None, boot: bool = True, repeats: int = 1,
-                  **settings) -> dict:
+                  variant: Variant = DEFAULT, **settings) -> dict:
     """Every test × setting, ``repeats`` times each, one boot per test for the cells the cache does not have yet.
 
     Cells are cached per kernel image (its sha256) in ``cache``, one file each, as soon as their boot
@@ -193,18 +223,20 @@ def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=
     finish records an error for its cells and caches nothing, so the next call tries them again.
     ``boot=False``: no guest at all, the table of what the cache has (the rest "not run"). ``repeats``
     is for the stock kernel, whose flaky tests need more than one sample (table()); each repeat is a
-    cell of its own, in the same boot.
+    cell of its own, in the same boot. ``variant``: the THP knobs and sysctls of every run (Variant).
     """
     cache = Path(cache or tempfile.mkdtemp(prefix="cowahead-selftests-cache-"))
     key = image_key(kernel)
     cells = [(t, p, w, n) for t in tests for p, w in settings_for(patched, **settings) for n in range(1, repeats + 1)]
     runs, boots = [], []
     for test in tests:
-        wanted = [(p, w, n) for t, p, w, n in cells if t == test and not cell_path(cache, key, t, p, w, n).exists()]
+        wanted = [(p, w, n) for t, p, w, n in cells
+                  if t == test and not cell_path(cache, key, t, p, w, n, variant).exists()]
         if not wanted or not boot:
             continue
         plan = [run for n in sorted({n for _, _, n in wanted})
-                for run in make_runs(binaries, patched, [test], timeout, [(p, w) for p, w, m in wanted if m == n], n)]
+                for run in make_runs(binaries, patched, [test], timeout, [(p, w) for p, w, m in wanted if m == n], n,
+                                     variant)]
         limit = sum(r["timeout"] for r in plan) + 900  # the boot, dmesg and a margin
         log(f"{test}: {len(plan)} run(s) in one boot (at most {limit:.0f} s)")
         work = Path(tempfile.mkdtemp(prefix="cowahead-selftests-"))
@@ -220,33 +252,43 @@ def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=
         for r in rows:
             if r.get("kind") == "selftest":
                 rec = record(r)
-                path = cell_path(cache, key, r["test"], r["policy"], r["window"], rec["repeat"])
+                path = cell_path(cache, key, r["test"], r["policy"], r["window"], rec["repeat"], variant)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1) + "\n")
     for t, p, w, n in cells:
-        path = cell_path(cache, key, t, p, w, n)
+        path = cell_path(cache, key, t, p, w, n, variant)
         if path.exists():
             runs.append(json.loads(path.read_text()))
         elif not any((r["test"], r["policy"], r["window"], r.get("repeat", 1)) == (t, p, w, n) for r in runs):
             runs.append(not_run(t, p, w, n))
-    return {"kernel_image": str(kernel), "kernel_sha256_16": key, "patched": patched, "runs": runs,
+    return {"kernel_image": str(kernel), "kernel_sha256_16": key, "patched": patched, "variant": variant.name,
+            "runs": runs,
             "planned": len(cells), "boots": boots, "cache": str(cache)}
 
 
-def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests) -> int:
+def results_variant(doc: dict) -> str:
+    """The variant a results file is of; files from before variants are the default's."""
+    return doc.get("variant", DEFAULT.name)
+
+
+def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, variant: Variant = DEFAULT) -> int:
     """Copy rows of an earlier results file into the cache, for images of the same sha256 and tests run as now.
 
     ``images``: "stock"/"patched" → the image those rows came from (the caller says they are the same
-    files). Each seeded row says where it came from. Returns how many were seeded.
+    files). Each seeded row says where it came from. Returns how many were seeded. A file of another
+    variant is refused: its rows ran under other knobs, and would pass for this variant's cells.
     """
     doc = json.loads(Path(results_file).read_text())
+    if results_variant(doc) != variant.name:
+        raise CowaheadError(f"{results_file} is of the {results_variant(doc)} variant, not {variant.name}: "
+                            "its cells ran under other knobs")
     n = 0
     for side, kernel in images.items():
         key = image_key(kernel)
         for r in doc[side]["runs"]:
             if r["test"] not in tests:
                 continue
-            path = cell_path(cache, key, r["test"], r["policy"], r["window"], r.get("repeat", 1))
+            path = cell_path(cache, key, r["test"], r["policy"], r["window"], r.get("repeat", 1), variant)
             if path.exists():
                 continue
             rec = {**r, "seeded_from": Path(results_file).name}
