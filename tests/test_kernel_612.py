@@ -547,3 +547,38 @@ def test_seeding_takes_only_cells_of_the_same_variant(tmp_path):
     assert selftests.seed_cache(before_variants, cache, images, ["cow"]) == 2
     assert sorted(p.name for p in cache.rglob("*.json")) == ["cow@None:None+ld.json", "cow@None:None.json",
                                                              "cow@fixed:16+ld.json", "cow@fixed:16.json"]
+
+
+def test_the_selftests_verb_names_and_describes_the_variant_and_the_stock_runs(tmp_path, monkeypatch):
+    """`kernel selftests --large-destinations --stock-runs 2`, no guest: mremap_test's case 015 fails in one
+    stock run and passes in the other and patched, so the patched cell is "= stock (flaky: 015)"."""
+    import datetime as dt
+    from click.testing import CliRunner
+    from cowahead.cli.kernel import command
+    from cowahead.kernel.repro import LARGE_DESTINATIONS_THP
+
+    def tap(run):
+        status = "not ok" if run["policy"] is None and run["repeat"] == 1 else "ok"
+        return f"ok 1 a\n{status} 15 {MREMAP_015}\n"
+
+    plans = _fake_guest(monkeypatch, tap)
+    monkeypatch.setattr(selftests, "build_selftests", lambda tree, out, tests: {t: out / t for t in tests})
+    for name in ("stock", "patched"):
+        (tmp_path / name).write_bytes(name.encode())
+    common = ["selftests", "--build-dir", str(tmp_path), "--kernel", str(tmp_path / "patched"), "--stock-kernel",
+              str(tmp_path / "stock"), "--test", "mremap_test", "--policy", "fixed", "--window", "16",
+              "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    done = CliRunner().invoke(command, [*common, "--large-destinations", "--stock-runs", "2"])
+    assert done.exit_code == 0, done.output
+    path = tmp_path / "out" / f"kernel-6.12-selftests-large-destinations-{dt.date.today().isoformat()}.json"
+    doc = json.loads(path.read_text())
+    assert (doc["variant"], doc["thp"], doc["stock_runs"]) == ("large-destinations", LARGE_DESTINATIONS_THP, 2)
+    assert doc["patched_sysctls"] == {"vm.cow_ahead_large_destinations": 1}
+    assert [r["verdict"] for r in doc["table"]] == ["= stock"]
+    assert "| = stock (flaky: 015) |" in path.with_suffix(".md").read_text()
+    assert len(plans) == 2
+    done = CliRunner().invoke(command, [*common, "--cached-only"])  # the default variant: none of those cells
+    assert done.exit_code == 0, done.output
+    doc = json.loads((tmp_path / "out" / f"kernel-6.12-selftests-{dt.date.today().isoformat()}.json").read_text())
+    assert doc["variant"] == "default" and doc["thp"] is None and doc["patched_sysctls"] == {}
+    assert [r["verdict"] for r in doc["table"]] == ["not run"] and len(plans) == 2

@@ -69,6 +69,14 @@ class Variant:
         """The keys a run of this kernel gets (inguest.run_one sets them, and restores the knobs after it)."""
         return {**({"thp": self.thp} if self.thp else {}), **(self.patched_sysctls if patched else {})}
 
+    def describe(self) -> dict:
+        """What a results file records at top level, so that a reader (and --seed-from) knows the variant."""
+        return {"variant": self.name, "thp": self.thp,
+                "patched_sysctls": {SYSCTL_NAMES[k]: v for k, v in self.patched_sysctls.items()}}
+
+
+SYSCTL_NAMES = {"large_destinations": "vm.cow_ahead_large_destinations"}  # run_one's key → the sysctl it sets
+
 
 DEFAULT = Variant("default")
 # Issue 23: vm.cow_ahead_large_destinations=1, with 16 and 64 KiB mTHP always so that it has orders to use.
