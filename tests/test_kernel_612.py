@@ -582,3 +582,17 @@ def test_the_selftests_verb_names_and_describes_the_variant_and_the_stock_runs(t
     doc = json.loads((tmp_path / "out" / f"kernel-6.12-selftests-{dt.date.today().isoformat()}.json").read_text())
     assert doc["variant"] == "default" and doc["thp"] is None and doc["patched_sysctls"] == {}
     assert [r["verdict"] for r in doc["table"]] == ["not run"] and len(plans) == 2
+
+
+def test_seeding_skips_rows_of_cells_that_never_ran(tmp_path):
+    """A results file keeps "not run" rows for cells it had no time for; seeded, they would never boot."""
+    image = tmp_path / "bzImage-stock"
+    image.write_bytes(b"stock")
+    never = selftests.not_run("mkdirty", None, None, 1)
+    failed_boot = selftests.not_run("cow", None, None, 1, "boot: no QEMU", "error: no QEMU")
+    timed_out = _run(test="soft-dirty", policy=None, window=None, error="timed out")
+    results = tmp_path / "old.json"
+    results.write_text(json.dumps({"stock": {"runs": [never, failed_boot, timed_out]}}))
+    cache = tmp_path / "c"
+    assert selftests.seed_cache(results, cache, {"stock": image}, ["mkdirty", "cow", "soft-dirty"]) == 1
+    assert [p.name for p in cache.rglob("*.json")] == ["soft-dirty@None:None.json"]

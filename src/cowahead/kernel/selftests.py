@@ -279,6 +279,12 @@ def results_variant(doc: dict) -> str:
     return doc.get("variant", DEFAULT.name)
 
 
+def has_result(run: dict) -> bool:
+    """False for a results file's row of a cell that never ran (not booted, or its boot failed): seeded, it
+    would be cached as a result and never booted again."""
+    return not str(run.get("error") or "").startswith(("not run", "boot:"))
+
+
 def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, variant: Variant = DEFAULT) -> int:
     """Copy rows of an earlier results file into the cache, for images of the same sha256 and tests run as now.
 
@@ -294,7 +300,7 @@ def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, 
     for side, kernel in images.items():
         key = image_key(kernel)
         for r in doc[side]["runs"]:
-            if r["test"] not in tests:
+            if r["test"] not in tests or not has_result(r):
                 continue
             path = cell_path(cache, key, r["test"], r["policy"], r["window"], r.get("repeat", 1), variant)
             if path.exists():
