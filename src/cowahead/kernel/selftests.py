@@ -54,7 +54,6 @@ KHUGEPAGED_TEST = re.compile(r"^Run test: (\S+) \((\S+)\)")
 KHUGEPAGED_CHECK = re.compile(r"^(.*?)\s*\x1b\[(3[123])m(.*?)\x1b\[0m")
 
 
-
 @dataclass(frozen=True)
 class Variant:
     """What every run of a matrix gets besides its policy and window. Both kernels run under the same THP
@@ -364,8 +363,9 @@ def table(stock: dict, patched: dict) -> list[dict]:
     side is "absent", a status like any other. With one stock run this is "stock's outcome and stock's
     statuses". With several (``--stock-runs``), a case or the outcome the stock runs disagree on is flaky
     in stock: listed in the row's ``flaky_in_stock`` (with ``stock_runs`` and ``stock_outcomes``, keys
-    only rows of a test run more than once on stock have), and a patched status equal to any of them is
-    no difference; a case failing in every stock run and passing patched (or the reverse) still differs.
+    only rows of a test run more than once on stock have; ``stock_returncode`` is the first run's), and a
+    patched status equal to any of them is no difference; a case failing in every stock run and passing
+    patched (or the reverse) still differs.
     A policy the kernel does not have gives a row with ``equal_to_stock`` None; so does a test with a stock
     run missing ("not run")."""
     base: dict[str, list[dict]] = {}
