@@ -430,3 +430,189 @@ def test_kernel_check_runs_the_reproducers_and_the_selftests_and_says_why_not(tm
                                      source=SOURCE, skip_measure=True).read_text())
     assert calls == [(kbuild.STOCK_IMAGE, False), (kbuild.PATCHED_IMAGE, True)]
     assert doc["selftests"]["summary"]["equal_to_stock"] == 1 and doc["selftests"]["table"][0]["verdict"] == "= stock"
+
+
+def _fake_guest(monkeypatch, stdout=lambda run: "ok 1 x\n"):
+    """run_plan without a guest: every run exits 0 printing ``stdout(run)``; returns the plans it was given."""
+    plans = []
+
+    def fake_run_plan(kernel, plan, work, cpus, timeout, probe_policies):
+        plans.append(plan.runs)
+        rows = [{**r, "returncode": 0, "stdout": stdout(r), "seconds": 1.0, "dmesg": []} for r in plan.runs]
+        return rows, GuestResult([], 0, "", "", 1.0)
+
+    monkeypatch.setattr(selftests, "run_plan", fake_run_plan)
+    monkeypatch.setattr(selftests, "guest_summary", lambda rows, result: {})
+    return plans
+
+
+def test_stock_repeats_are_cells_of_their_own_and_run_1_keeps_its_name(tmp_path, monkeypatch):
+    plans = _fake_guest(monkeypatch)
+    image = tmp_path / "bzImage-stock"
+    image.write_bytes(b"stock")
+    bins = {"mremap_test": tmp_path / "mremap_test"}
+    cache = tmp_path / "c"
+    got = selftests.run_selftests(image, bins, False, ["mremap_test"], cache=cache, repeats=2)
+    assert [(r["test"], r["repeat"]) for r in plans[0]] == [("mremap_test", 1), ("mremap_test", 2)]  # one boot
+    assert [r["repeat"] for r in got["runs"]] == [1, 2]
+    key = selftests.image_key(image)
+    assert sorted(p.name for p in (cache / key).iterdir()) == ["mremap_test@None:None#2.json",
+                                                               "mremap_test@None:None.json"]
+    selftests.run_selftests(image, bins, False, ["mremap_test"], cache=cache, repeats=3)
+    assert len(plans) == 2 and [r["repeat"] for r in plans[1]] == [3]  # only the missing repeat boots
+
+
+MREMAP_015 = "5MB mremap - Source 1MB-aligned, Dest 1MB-aligned with 40MB Preamble"
+
+
+def _mremap(statuses: dict[str, str], **kw) -> dict:
+    """A mremap_test run whose TAP gives case N the status statuses[N] (cases 001, 002 and 015)."""
+    tap = "".join(f"{'not ok' if status == 'fail' else 'ok'} {n} {name}\n"
+                  for n, name in ((1, "a"), (2, "b"), (15, MREMAP_015)) for status in [statuses[f"{n:03d}"]])
+    return _run(test="mremap_test", cases=tap, returncode=1, **kw)
+
+
+def test_a_case_flaky_in_stock_is_no_difference_but_one_failing_in_every_stock_run_is():
+    stock = {"runs": [_mremap({"001": "pass", "002": "fail", "015": "fail"}, policy=None, window=None, repeat=1),
+                      _mremap({"001": "pass", "002": "fail", "015": "pass"}, policy=None, window=None, repeat=2)]}
+    passes_015 = _mremap({"001": "pass", "002": "fail", "015": "pass"})
+    fails_015 = _mremap({"001": "pass", "002": "fail", "015": "fail"}, window=512)
+    passes_002 = _mremap({"001": "pass", "002": "pass", "015": "pass"}, policy="around")  # fails in every stock run
+    fails_001 = _mremap({"001": "fail", "002": "fail", "015": "pass"}, policy="adaptive")  # passes in every one
+    rows = table(stock, {"runs": [passes_015, fails_015, passes_002, fails_001]})
+    flaky = "015 NMB mremap - Source NMB-aligned, Dest NMB-aligned with NMB Preamble"
+    assert [r["verdict"] for r in rows] == ["= stock", "= stock", "differs", "differs"]
+    assert all(r["flaky_in_stock"] == [flaky] and r["stock_runs"] == 2 for r in rows)
+    assert rows[2]["differs_from_stock"] == ["002 b: stock fail, patched pass"]
+    assert rows[3]["differs_from_stock"] == ["001 a: stock pass, patched fail"]
+    md = selftests.markdown(stock, rows)
+    assert "| mremap_test | 1/2/0, 2/1/0 (exit 1) | = stock (flaky: 015) | = stock (flaky: 015) | DIFFERS" in md
+
+
+def test_a_flaky_stock_outcome_lets_either_outcome_equal_stock():
+    stock = {"runs": [_run(returncode=0, repeat=1), _run(error="timed out", repeat=2)]}
+    rows = table(stock, {"runs": [_run(returncode=0), _run(error="timed out"), _run(returncode=1)]})
+    assert [r["verdict"] for r in rows] == ["= stock", "= stock", "differs"]
+    assert rows[0]["flaky_in_stock"] == ["outcome"] and rows[0]["stock_outcome"] == "exit 0 or timeout"
+    assert rows[2]["differs_from_stock"] == ["outcome: stock exit 0 or timeout, patched exit 1"]
+
+
+def test_one_stock_run_gives_the_table_from_before_repeats():
+    """The rows and the markdown as they were before --stock-runs, written out by hand."""
+    stock = {"runs": [_mremap({"001": "pass", "002": "fail", "015": "fail"}, policy=None, window=None)]}
+    patched = _mremap({"001": "pass", "002": "fail", "015": "pass"}, seconds=3.5)
+    same = _mremap({"001": "pass", "002": "fail", "015": "fail"}, window=512)
+    rows = table(stock, {"runs": [patched, same]})
+    common = {"test": "mremap_test", "policy": "fixed", "outcome": "exit 1", "stock_outcome": "exit 1",
+              "returncode": 1, "stock_returncode": 1, "dmesg_lines": 0}
+    assert rows == [
+        {**common, "window": 16, "pass": 2, "fail": 1, "skip": 0, "seconds": 3.5,
+         "differs_from_stock": ["015 NMB mremap - Source NMB-aligned, Dest NMB-aligned with NMB Preamble: "
+                                "stock fail, patched pass"], "equal_to_stock": False, "verdict": "differs"},
+        {**common, "window": 512, "pass": 1, "fail": 2, "skip": 0, "seconds": None,
+         "differs_from_stock": [], "equal_to_stock": True, "verdict": "= stock"}]
+    assert selftests.markdown(stock, rows) == (
+        "| test | stock p/f/s (outcome) | fixed:16 | fixed:512 |\n| --- | --- | --- | --- |\n"
+        "| mremap_test | 1/2/0 (exit 1) | DIFFERS (2/1/0, exit 1) | = stock |\n")
+
+
+def test_large_destinations_cells_are_cached_apart_and_both_kernels_get_the_knobs(tmp_path, monkeypatch):
+    """Issue 23: the same THP knobs on stock and patched (else stock is no reference), the sysctl on patched
+    only, at window 0 too; the default cells keep their names and are not reused for the variant."""
+    from cowahead.kernel.repro import LARGE_DESTINATIONS_THP
+    plans = _fake_guest(monkeypatch)
+    stock_image, patched_image = tmp_path / "bzImage-stock", tmp_path / "bzImage-cow-ahead"
+    stock_image.write_bytes(b"stock")
+    patched_image.write_bytes(b"patched")
+    bins, cache = {"mkdirty": tmp_path / "mkdirty"}, tmp_path / "c"
+    settings = {"policies": ("fixed",), "windows": (0, 16)}
+    ld = selftests.LARGE_DESTINATIONS
+    selftests.run_selftests(stock_image, bins, False, ["mkdirty"], cache=cache)
+    selftests.run_selftests(patched_image, bins, True, ["mkdirty"], cache=cache, **settings)
+    stock = selftests.run_selftests(stock_image, bins, False, ["mkdirty"], cache=cache, variant=ld)
+    patched = selftests.run_selftests(patched_image, bins, True, ["mkdirty"], cache=cache, variant=ld, **settings)
+    assert len(plans) == 4  # the variant booted although the default cells were cached
+    assert all("thp" not in r and "large_destinations" not in r for plan in plans[:2] for r in plan)
+    assert [(r["thp"], "large_destinations" in r) for r in plans[2]] == [(LARGE_DESTINATIONS_THP, False)]
+    assert [(r["window"], r["thp"], r["large_destinations"]) for r in plans[3]] == \
+        [(0, LARGE_DESTINATIONS_THP, 1), (16, LARGE_DESTINATIONS_THP, 1)]
+    assert stock["runs"][0]["thp"] == LARGE_DESTINATIONS_THP and patched["runs"][0]["large_destinations"] == 1
+    assert stock["variant"] == patched["variant"] == "large-destinations"
+    names = {str(p.relative_to(cache)) for p in cache.rglob("*.json")}
+    key_s, key_p = selftests.image_key(stock_image), selftests.image_key(patched_image)
+    assert names == {f"{key_s}/mkdirty@None:None.json", f"{key_s}/mkdirty@None:None+ld.json",
+                     f"{key_p}/mkdirty@fixed:0.json", f"{key_p}/mkdirty@fixed:16.json",
+                     f"{key_p}/mkdirty@fixed:0+ld.json", f"{key_p}/mkdirty@fixed:16+ld.json"}
+    assert selftests.cell_path(cache, "k", "cow", None, None, 2, ld).name == "cow@None:None+ld#2.json"
+
+
+def test_seeding_takes_only_cells_of_the_same_variant(tmp_path):
+    stock_image, patched_image = tmp_path / "bzImage-stock", tmp_path / "bzImage-cow-ahead"
+    stock_image.write_bytes(b"stock")
+    patched_image.write_bytes(b"patched")
+    images = {"stock": stock_image, "patched": patched_image}
+    doc = {"stock": {"runs": [_run(test="cow", policy=None, window=None, returncode=0)]},
+           "patched": {"runs": [_run(test="cow", returncode=0)]}}
+    before_variants = tmp_path / "old.json"
+    before_variants.write_text(json.dumps(doc))
+    large = tmp_path / "ld.json"
+    large.write_text(json.dumps({**doc, "variant": "large-destinations"}))
+    cache = tmp_path / "c"
+    with pytest.raises(Exception, match="large-destinations variant, not default"):
+        selftests.seed_cache(large, cache, images, ["cow"])
+    with pytest.raises(Exception, match="default variant, not large-destinations"):
+        selftests.seed_cache(before_variants, cache, images, ["cow"], selftests.LARGE_DESTINATIONS)
+    assert not cache.exists()
+    assert selftests.seed_cache(large, cache, images, ["cow"], selftests.LARGE_DESTINATIONS) == 2
+    assert selftests.seed_cache(before_variants, cache, images, ["cow"]) == 2
+    assert sorted(p.name for p in cache.rglob("*.json")) == ["cow@None:None+ld.json", "cow@None:None.json",
+                                                             "cow@fixed:16+ld.json", "cow@fixed:16.json"]
+
+
+def test_the_selftests_verb_names_and_describes_the_variant_and_the_stock_runs(tmp_path, monkeypatch):
+    """`kernel selftests --large-destinations --stock-runs 2`, no guest: mremap_test's case 015 fails in one
+    stock run and passes in the other and patched, so the patched cell is "= stock (flaky: 015)"."""
+    import datetime as dt
+    from click.testing import CliRunner
+    from cowahead.cli.kernel import command
+    from cowahead.kernel.repro import LARGE_DESTINATIONS_THP
+
+    def tap(run):
+        status = "not ok" if run["policy"] is None and run["repeat"] == 1 else "ok"
+        return f"ok 1 a\n{status} 15 {MREMAP_015}\n"
+
+    plans = _fake_guest(monkeypatch, tap)
+    monkeypatch.setattr(selftests, "build_selftests", lambda tree, out, tests: {t: out / t for t in tests})
+    for name in ("stock", "patched"):
+        (tmp_path / name).write_bytes(name.encode())
+    common = ["selftests", "--build-dir", str(tmp_path), "--kernel", str(tmp_path / "patched"), "--stock-kernel",
+              str(tmp_path / "stock"), "--test", "mremap_test", "--policy", "fixed", "--window", "16",
+              "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    done = CliRunner().invoke(command, [*common, "--large-destinations", "--stock-runs", "2"])
+    assert done.exit_code == 0, done.output
+    path = tmp_path / "out" / f"kernel-6.12-selftests-large-destinations-{dt.date.today().isoformat()}.json"
+    doc = json.loads(path.read_text())
+    assert (doc["variant"], doc["thp"], doc["stock_runs"]) == ("large-destinations", LARGE_DESTINATIONS_THP, 2)
+    assert doc["patched_sysctls"] == {"vm.cow_ahead_large_destinations": 1}
+    assert [r["verdict"] for r in doc["table"]] == ["= stock"]
+    assert "| = stock (flaky: 015) |" in path.with_suffix(".md").read_text()
+    assert len(plans) == 2
+    done = CliRunner().invoke(command, [*common, "--cached-only"])  # the default variant: none of those cells
+    assert done.exit_code == 0, done.output
+    doc = json.loads((tmp_path / "out" / f"kernel-6.12-selftests-{dt.date.today().isoformat()}.json").read_text())
+    assert doc["variant"] == "default" and doc["thp"] is None and doc["patched_sysctls"] == {}
+    assert [r["verdict"] for r in doc["table"]] == ["not run"] and len(plans) == 2
+
+
+def test_seeding_skips_rows_of_cells_that_never_ran(tmp_path):
+    """A results file keeps "not run" rows for cells it had no time for; seeded, they would never boot."""
+    image = tmp_path / "bzImage-stock"
+    image.write_bytes(b"stock")
+    never = selftests.not_run("mkdirty", None, None, 1)
+    failed_boot = selftests.not_run("cow", None, None, 1, "boot: no QEMU", "error: no QEMU")
+    timed_out = _run(test="soft-dirty", policy=None, window=None, error="timed out")
+    results = tmp_path / "old.json"
+    results.write_text(json.dumps({"stock": {"runs": [never, failed_boot, timed_out]}}))
+    cache = tmp_path / "c"
+    assert selftests.seed_cache(results, cache, {"stock": image}, ["mkdirty", "cow", "soft-dirty"]) == 1
+    assert [p.name for p in cache.rglob("*.json")] == ["soft-dirty@None:None.json"]

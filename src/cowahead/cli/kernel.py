@@ -201,13 +201,24 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
               help="Per-run cache, keyed by image sha256 (a re-run boots only what is missing); "
                    "default BUILD_DIR/selftests-cache.")
 @click.option("--cached-only", is_flag=True, help="Boot nothing: the table of what the cache has.")
+@click.option("--large-destinations", is_flag=True,
+              help="Issue 23: both kernels under 16+64 KiB mTHP always (repro.LARGE_DESTINATIONS_THP), the patched "
+                   "one with vm.cow_ahead_large_destinations=1 (window 0 too); cells cached apart, results in "
+                   "kernel-6.12-selftests-large-destinations-<date>.json.")
+@click.option("--stock-runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs of each test on stock (same boot): a patched case equals stock when its status is one "
+                   "any stock run gave; cases the stock runs disagree on are listed as flaky.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-selftests-<date>.json (and .md); default benchmarks/results.")
 def selftests_command(build_dir: Path | None, version: str, thp_off: bool, tests: tuple[str, ...],
                       policies: tuple[str, ...], windows: tuple[int, ...], kernel: Path | None,
                       stock_kernel: Path | None, seed_from: Path | None, seed_tests: tuple[str, ...],
-                      timeout: float | None, cache: Path | None, cached_only: bool, out_dir: Path | None) -> None:
+                      timeout: float | None, cache: Path | None, cached_only: bool, large_destinations: bool,
+                      stock_runs: int, out_dir: Path | None) -> None:
     """Upstream mm selftests on the stock and the patched kernel: test × policy × window against stock."""
+    if large_destinations and thp_off:  # no mTHP knobs to set: every run would fail setting them
+        raise CowaheadError("--large-destinations needs THP (its 16 and 64 KiB mTHP knobs), not --thp-off")
+    variant = selftests.LARGE_DESTINATIONS if large_destinations else selftests.DEFAULT
     source = source_of(version, thp_off)
     build_dir = Path(build_dir or source.build_dir)
     tests = tests or selftests.TESTS
@@ -220,22 +231,26 @@ def selftests_command(build_dir: Path | None, version: str, thp_off: bool, tests
         raise CowaheadError("need both kernels: cowahead kernel build, and cowahead kernel build --stock")
     cache = cache or build_dir / "selftests-cache"
     if seed_from:
-        n = selftests.seed_cache(seed_from, cache, {"stock": stock_image, "patched": patched}, seed_tests)
+        n = selftests.seed_cache(seed_from, cache, {"stock": stock_image, "patched": patched}, seed_tests, variant)
         click.echo(f"{n} rows seeded from {seed_from}", err=True)
     settings = {"policies": policies or selftests.CANDIDATE_POLICIES, "windows": windows or selftests.WINDOWS}
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     click.echo("stock kernel …", err=True)
-    stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout, cache, log, not cached_only)
+    stock = selftests.run_selftests(stock_image, binaries, False, tests, timeout, cache, log, not cached_only,
+                                    repeats=stock_runs, variant=variant)
     click.echo("patched kernel …", err=True)
     result = selftests.run_selftests(patched, binaries, True, tests, timeout, cache, log, not cached_only,
-                                     **settings)
+                                     variant=variant, **settings)
     rows = selftests.table(stock, result)
-    name = f"kernel-{source.name}-selftests"
-    path = selftests.write_results({"stock": stock, "patched": result, "table": rows,
-                                    "summary": selftests.summary(rows)}, out_dir or RESULTS_DIR, name)
+    name = f"kernel-{source.name}-selftests" + ("" if variant is selftests.DEFAULT else f"-{variant.name}")
+    path = selftests.write_results({**variant.describe(), "stock_runs": stock_runs, "stock": stock,
+                                    "patched": result, "table": rows, "summary": selftests.summary(rows)},
+                                   out_dir or RESULTS_DIR, name)
     path.with_suffix(".md").write_text(selftests.markdown(stock, rows))
     for r in rows:
         verdict = r["verdict"] if r["verdict"] != "differs" else "DIFFERS " + str((r["differs_from_stock"] or [])[:3])
+        if r.get("flaky_in_stock"):
+            verdict += f" (flaky in stock: {', '.join(map(selftests.case_label, r['flaky_in_stock']))})"
         click.echo(f"{r['test']:22} {r['policy']}:{r['window']:<4} pass {r['pass']:3} fail {r['fail']:3} "
                    f"skip {r['skip']:3} {r['outcome']:10} {verdict}")
     click.echo(str(path))

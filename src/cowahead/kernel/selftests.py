@@ -16,11 +16,14 @@ import json
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CowaheadError
 from ..output import write_atomically
 from ..results.header import header
+from .repro import LARGE_DESTINATIONS_THP
 from .validate import Plan, guest_summary, run_plan
 from .vm import POLICIES
 
@@ -49,6 +52,35 @@ UFFD = re.compile(r"^Testing (.+?)\.\.\. (done|skipped|fail\w*)")
 # green (32) passed, red (31) failed, yellow (33) skipped.
 KHUGEPAGED_TEST = re.compile(r"^Run test: (\S+) \((\S+)\)")
 KHUGEPAGED_CHECK = re.compile(r"^(.*?)\s*\x1b\[(3[123])m(.*?)\x1b\[0m")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What every run of a matrix gets besides its policy and window. Both kernels run under the same THP
+    knobs (stock under other knobs would be no reference); the patched kernel's sysctls come on top, at
+    window 0 too (the control under identical knobs). Its cells are cached apart (``cell_suffix``)."""
+    name: str
+    cell_suffix: str = ""
+    thp: dict[str, str] | None = None
+    patched_sysctls: dict[str, int] = field(default_factory=dict)  # inguest.run_one's keys
+
+    def run_fields(self, patched: bool) -> dict:
+        """The keys a run of this kernel gets (inguest.run_one sets them, and restores the knobs after it)."""
+        return {**({"thp": self.thp} if self.thp else {}), **(self.patched_sysctls if patched else {})}
+
+    def describe(self) -> dict:
+        """What a results file records at top level, so that a reader (and --seed-from) knows the variant."""
+        return {"variant": self.name, "thp": self.thp,
+                "patched_sysctls": {SYSCTL_NAMES[k]: v for k, v in self.patched_sysctls.items()}}
+
+
+SYSCTL_NAMES = {"large_destinations": "vm.cow_ahead_large_destinations"}  # run_one's key → the sysctl it sets
+
+
+DEFAULT = Variant("default")
+# Issue 23: vm.cow_ahead_large_destinations=1, with 16 and 64 KiB mTHP always so that it has orders to use.
+LARGE_DESTINATIONS = Variant("large-destinations", "+ld", LARGE_DESTINATIONS_THP, {"large_destinations": 1})
+VARIANTS = {v.name: v for v in (DEFAULT, LARGE_DESTINATIONS)}
 
 
 def build_selftests(tree: Path, out_dir: Path, tests=TESTS) -> dict[str, Path]:
@@ -132,14 +164,16 @@ def settings_for(patched: bool, policies=CANDIDATE_POLICIES, windows=WINDOWS):
 
 
 def make_runs(binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: float | None = None,
-              settings=None) -> list[dict]:
+              settings=None, repeat: int = 1, variant: Variant = DEFAULT) -> list[dict]:
+    """One run per test × (policy, window); ``repeat``: which run of these cells on this kernel (1 = the first)."""
     runs = []
     for test in tests:
         for policy, window in settings or settings_for(patched):
-            runs.append({"kind": "selftest", "test": test, "policy": policy, "window": window,
+            runs.append({"kind": "selftest", "test": test, "policy": policy, "window": window, "repeat": repeat,
                          "timeout": timeout or TIMEOUTS[test],
                          "argv": [str(binaries[test]), *ARGS.get(test, [])], "raw_stdout": True,
-                         "cwd": "/tmp"})  # some tests make files in their directory; /tmp is writable
+                         "cwd": "/tmp",  # some tests make files in their directory; /tmp is writable
+                         **variant.run_fields(patched)})
     return runs
 
 
@@ -156,10 +190,13 @@ def outcome_of(row: dict) -> str:
 
 def record(r: dict) -> dict:
     """A guest row as the results file keeps it."""
-    out = {"test": r["test"], "policy": r["policy"], "window": r["window"], "timeout": r.get("timeout"),
+    out = {"test": r["test"], "policy": r["policy"], "window": r["window"], "repeat": r.get("repeat", 1),
+           "timeout": r.get("timeout"),
            "returncode": r.get("returncode"), "error": r.get("error"), "seconds": r.get("seconds"),
            "cases": parse_output(r["test"], r.get("stdout", "")), "dmesg": r.get("dmesg", []),
-           "stdout_tail": r.get("stdout", "")[-1500:], "stderr_tail": r.get("stderr", "")[-1500:]}
+           "stdout_tail": r.get("stdout", "")[-1500:], "stderr_tail": r.get("stderr", "")[-1500:],
+           # a variant's knobs as asked and as the guest read them back (absent in the default variant)
+           **{k: r[k] for k in ("thp", "thp_set", "large_destinations") if k in r}}
     out["outcome"] = outcome_of(out)
     return out
 
@@ -168,28 +205,45 @@ def image_key(kernel: Path) -> str:
     return hashlib.sha256(Path(kernel).read_bytes()).hexdigest()[:16]
 
 
-def cell_path(cache: Path, kernel_key: str, test: str, policy, window) -> Path:
-    return cache / kernel_key / f"{test}@{policy}:{window}.json"
+def cell_path(cache: Path, kernel_key: str, test: str, policy, window, repeat: int = 1,
+              variant: Variant = DEFAULT) -> Path:
+    """One cell's file: "TEST@POLICY:WINDOW", the variant's suffix, "#N" for a repeat after the first; the
+    default variant's first run keeps the name cells had before variants and repeats (old caches still count)."""
+    again = f"#{repeat}" if repeat > 1 else ""
+    return cache / kernel_key / f"{test}@{policy}:{window}{variant.cell_suffix}{again}.json"
+
+
+def not_run(test: str, policy, window, repeat: int, error: str = "not run (no row from the guest)",
+            outcome: str = "error: not run") -> dict:
+    """The row of a cell without a result (not booted, or its boot failed)."""
+    return {"test": test, "policy": policy, "window": window, "repeat": repeat, "error": error, "outcome": outcome,
+            "cases": {}, "dmesg": [], "returncode": None}
 
 
 def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=TESTS, timeout: float | None = None,
-                  cache: Path | None = None, log=lambda message: None, boot: bool = True, **settings) -> dict:
-    """Every test × setting, one boot per test for the cells the cache does not have yet.
+                  cache: Path | None = None, log=lambda message: None, boot: bool = True, repeats: int = 1,
+                  variant: Variant = DEFAULT, **settings) -> dict:
+    """Every test × setting, ``repeats`` times each, one boot per test for the cells the cache does not have yet.
 
     Cells are cached per kernel image (its sha256) in ``cache``, one file each, as soon as their boot
     ends: a second call runs only what is missing, a rebuilt image starts afresh. A boot that does not
     finish records an error for its cells and caches nothing, so the next call tries them again.
-    ``boot=False``: no guest at all, the table of what the cache has (the rest "not run").
+    ``boot=False``: no guest at all, the table of what the cache has (the rest "not run"). ``repeats``
+    is for the stock kernel, whose flaky tests need more than one sample (table()); each repeat is a
+    cell of its own, in the same boot. ``variant``: the THP knobs and sysctls of every run (Variant).
     """
     cache = Path(cache or tempfile.mkdtemp(prefix="cowahead-selftests-cache-"))
     key = image_key(kernel)
-    cells = [(t, p, w) for t in tests for p, w in settings_for(patched, **settings)]
+    cells = [(t, p, w, n) for t in tests for p, w in settings_for(patched, **settings) for n in range(1, repeats + 1)]
     runs, boots = [], []
     for test in tests:
-        wanted = [(p, w) for t, p, w in cells if t == test and not cell_path(cache, key, t, p, w).exists()]
+        wanted = [(p, w, n) for t, p, w, n in cells
+                  if t == test and not cell_path(cache, key, t, p, w, n, variant).exists()]
         if not wanted or not boot:
             continue
-        plan = make_runs(binaries, patched, [test], timeout, wanted)
+        plan = [run for n in sorted({n for _, _, n in wanted})
+                for run in make_runs(binaries, patched, [test], timeout, [(p, w) for p, w, m in wanted if m == n], n,
+                                     variant)]
         limit = sum(r["timeout"] for r in plan) + 900  # the boot, dmesg and a margin
         log(f"{test}: {len(plan)} run(s) in one boot (at most {limit:.0f} s)")
         work = Path(tempfile.mkdtemp(prefix="cowahead-selftests-"))
@@ -198,42 +252,56 @@ def run_selftests(kernel: Path, binaries: dict[str, Path], patched: bool, tests=
                                     probe_policies=CANDIDATE_POLICIES if patched else None)
         except CowaheadError as e:
             boots.append({"test": test, "error": str(e)})
-            runs += [{"test": test, "policy": p, "window": w, "error": f"boot: {e}", "outcome": f"error: {e}",
-                      "cases": {}, "dmesg": [], "returncode": None} for p, w in wanted]
+            runs += [not_run(test, p, w, n, f"boot: {e}", f"error: {e}") for p, w, n in wanted]
             continue
         boots.append({"test": test, **guest_summary(rows, result),
                       "policies": next((r for r in rows if r.get("kind") == "policies"), None)})
         for r in rows:
             if r.get("kind") == "selftest":
                 rec = record(r)
-                path = cell_path(cache, key, r["test"], r["policy"], r["window"])
+                path = cell_path(cache, key, r["test"], r["policy"], r["window"], rec["repeat"], variant)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1) + "\n")
-    for t, p, w in cells:
-        path = cell_path(cache, key, t, p, w)
+    for t, p, w, n in cells:
+        path = cell_path(cache, key, t, p, w, n, variant)
         if path.exists():
             runs.append(json.loads(path.read_text()))
-        elif not any(r["test"] == t and r["policy"] == p and r["window"] == w for r in runs):
-            runs.append({"test": t, "policy": p, "window": w, "error": "not run (no row from the guest)",
-                         "outcome": "error: not run", "cases": {}, "dmesg": [], "returncode": None})
-    return {"kernel_image": str(kernel), "kernel_sha256_16": key, "patched": patched, "runs": runs,
+        elif not any((r["test"], r["policy"], r["window"], r.get("repeat", 1)) == (t, p, w, n) for r in runs):
+            runs.append(not_run(t, p, w, n))
+    return {"kernel_image": str(kernel), "kernel_sha256_16": key, "patched": patched, "variant": variant.name,
+            "runs": runs,
             "planned": len(cells), "boots": boots, "cache": str(cache)}
 
 
-def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests) -> int:
+def results_variant(doc: dict) -> str:
+    """The variant a results file is of; files from before variants are the default's."""
+    return doc.get("variant", DEFAULT.name)
+
+
+def has_result(run: dict) -> bool:
+    """False for a results file's row of a cell that never ran (not booted, or its boot failed): seeded, it
+    would be cached as a result and never booted again."""
+    return not str(run.get("error") or "").startswith(("not run", "boot:"))
+
+
+def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, variant: Variant = DEFAULT) -> int:
     """Copy rows of an earlier results file into the cache, for images of the same sha256 and tests run as now.
 
     ``images``: "stock"/"patched" → the image those rows came from (the caller says they are the same
-    files). Each seeded row says where it came from. Returns how many were seeded.
+    files). Each seeded row says where it came from. Returns how many were seeded. A file of another
+    variant is refused: its rows ran under other knobs, and would pass for this variant's cells.
     """
     doc = json.loads(Path(results_file).read_text())
+    if results_variant(doc) != variant.name:
+        raise CowaheadError(f"{results_file} is of the {results_variant(doc)} variant, not {variant.name}: "
+                            "its cells ran under other knobs")
     n = 0
     for side, kernel in images.items():
         key = image_key(kernel)
         for r in doc[side]["runs"]:
-            if r["test"] not in tests:
+            if r["test"] not in tests or not has_result(r):
                 continue
-            path = cell_path(cache, key, r["test"], r["policy"], r["window"])
+            path = cell_path(cache, key, r["test"], r["policy"], r["window"], r.get("repeat", 1), variant)
             if path.exists():
                 continue
             rec = {**r, "seeded_from": Path(results_file).name}
@@ -251,39 +319,85 @@ def comparable(cases: dict[str, str]) -> dict[str, str]:
     return {case[:4] + re.sub(r"\d+", "N", case[4:]): status for case, status in cases.items()}
 
 
+def outcome_text(run: dict) -> str:
+    return run.get("outcome") or outcome_of(run)
+
+
+def either(values: Iterable[str]) -> str:
+    """Distinct values in first-seen order, "A or B": what the stock runs gave."""
+    return " or ".join(dict.fromkeys(values))
+
+
+def stock_statuses(case: str, mine: dict[str, str], patched_timed_out: bool,
+                   theirs: list[tuple[dict[str, str], bool]]) -> list[str]:
+    """The statuses of ``case`` in the stock runs this patched run is compared with ("absent" where a run
+    finished without it). A stock run says nothing about a case where it or the patched run timed out and
+    not both printed it: how far a timed-out run got is speed, not behaviour."""
+    return [cases.get(case, "absent") for cases, timed_out in theirs
+            if (case in mine and case in cases) or not (timed_out or patched_timed_out)]
+
+
+def compare_cases(mine: dict[str, str], patched_timed_out: bool,
+                  theirs: list[tuple[dict[str, str], bool]]) -> tuple[list[str], list[str]]:
+    """(what differs, what is flaky in stock): a case equals stock when its status is one any stock run
+    gave; flaky when the stock runs it is compared with gave it more than one status."""
+    printed, missing, flaky = [], [], []
+    for case in dict.fromkeys([*mine, *(c for cases, _ in theirs for c in cases)]):
+        given = stock_statuses(case, mine, patched_timed_out, theirs)
+        if len(set(given)) > 1:
+            flaky.append(case)
+        status = mine.get(case, "absent")
+        if given and status not in given:
+            (printed if case in mine else missing).append(f"{case}: stock {either(sorted(given))}, patched {status}")
+    return sorted(printed) + sorted(missing), sorted(flaky)
+
+
 def table(stock: dict, patched: dict) -> list[dict]:
     """Per test and setting: cases passed/failed/skipped, the outcome, and every case whose status differs
-    from stock's. A run equals stock when its outcome (exit status, or a time-out) is stock's, its cases
-    have stock's statuses and its kernel log is clean; where either timed out only the cases both printed
-    are compared (how far a timed-out run got is speed, not behaviour). A policy the kernel does not have
-    gives a row with ``equal_to_stock`` None."""
-    base = {r["test"]: r for r in stock["runs"]}
+    from stock's.
+
+    The rule: a patched run equals stock when its outcome (exit status, or a time-out) is one a stock run
+    of the test gave, each of its cases has a status some stock run gave that case, and its kernel log is
+    clean. Where the patched run or a stock run timed out, that stock run is compared only on the cases
+    both printed (how far a timed-out run got is speed, not behaviour); otherwise a case missing on one
+    side is "absent", a status like any other. With one stock run this is "stock's outcome and stock's
+    statuses". With several (``--stock-runs``), a case or the outcome the stock runs disagree on is flaky
+    in stock: listed in the row's ``flaky_in_stock`` (with ``stock_runs`` and ``stock_outcomes``, keys
+    only rows of a test run more than once on stock have; ``stock_returncode`` is the first run's), and a
+    patched status equal to any of them is no difference; a case failing in every stock run and passing
+    patched (or the reverse) still differs.
+    A policy the kernel does not have gives a row with ``equal_to_stock`` None; so does a test with a stock
+    run missing ("not run")."""
+    base: dict[str, list[dict]] = {}
+    for r in stock["runs"]:
+        base.setdefault(r["test"], []).append(r)
     rows = []
     for r in patched["runs"]:
-        ref = base.get(r["test"])
+        refs = base.get(r["test"], [])
         counts = {k: sum(1 for v in r["cases"].values() if v == k) for k in ("pass", "fail", "skip")}
+        outcomes = [outcome_text(ref) for ref in refs]
         row = {"test": r["test"], "policy": r["policy"], "window": r["window"], **counts,
-               "outcome": r.get("outcome", outcome_of(r)), "seconds": r.get("seconds"),
-               "stock_outcome": (ref.get("outcome") or outcome_of(ref)) if ref else None,
-               "returncode": r.get("returncode"), "stock_returncode": ref.get("returncode") if ref else None,
+               "outcome": outcome_text(r), "seconds": r.get("seconds"),
+               "stock_outcome": either(outcomes) if refs else None,
+               "returncode": r.get("returncode"), "stock_returncode": refs[0].get("returncode") if refs else None,
                "dmesg_lines": len(r.get("dmesg", []))}
-        if row["outcome"] in ("not in kernel", "error: not run") or (ref and ref.get("outcome") == "error: not run"):
+        if len(refs) > 1:  # only then, so that a table of one stock run is the table from before repeats
+            row.update(stock_runs=len(refs), stock_outcomes=outcomes, flaky_in_stock=[])
+        if row["outcome"] in ("not in kernel", "error: not run") or "error: not run" in outcomes:
             rows.append({**row, "differs_from_stock": None, "equal_to_stock": None,
                          "verdict": "not in kernel" if row["outcome"] == "not in kernel" else "not run"})
             continue
-        if ref is None:
+        if not refs:
             rows.append({**row, "differs_from_stock": None, "equal_to_stock": False, "verdict": "no stock run"})
             continue
-        mine, theirs = comparable(r["cases"]), comparable(ref["cases"])
-        partial = "timeout" in (row["outcome"], row["stock_outcome"])
-        differ = sorted(f"{case}: stock {theirs.get(case, 'absent')}, patched {status}"
-                        for case, status in mine.items()
-                        if theirs.get(case) != status and not (partial and case not in theirs))
-        if not partial:
-            differ += sorted(f"{case}: stock {status}, patched absent" for case, status in theirs.items()
-                             if case not in mine)
-        if row["outcome"] != row["stock_outcome"]:
+        theirs = [(comparable(ref["cases"]), outcome_text(ref) == "timeout") for ref in refs]
+        differ, flaky = compare_cases(comparable(r["cases"]), row["outcome"] == "timeout", theirs)
+        if row["outcome"] not in outcomes:
             differ.insert(0, f"outcome: stock {row['stock_outcome']}, patched {row['outcome']}")
+        if len(set(outcomes)) > 1:
+            flaky.insert(0, "outcome")
+        if len(refs) > 1:
+            row["flaky_in_stock"] = flaky
         equal = not differ and not r.get("dmesg") and not row["outcome"].startswith("error")
         rows.append({**row, "differs_from_stock": differ, "equal_to_stock": equal,
                      "verdict": "= stock" if equal else "differs"})
@@ -299,8 +413,35 @@ def summary(rows: list[dict]) -> dict:
             "dmesg_clean": all(r["dmesg_lines"] == 0 for r in rows)}
 
 
+def case_label(case: str) -> str:
+    """A case as the table cell names it: its number ("015"), else its name (uffd's lines have none)."""
+    number = case.split(" ", 1)[0]
+    return number if number.isdigit() else case
+
+
+def patched_cell(row: dict | None) -> str:
+    """One setting's cell: "= stock" (why it may look otherwise in brackets), DIFFERS with its counts, or why not."""
+    if row is None:
+        return "—"
+    if row["equal_to_stock"] is None:
+        return row["verdict"]
+    if not row["equal_to_stock"]:
+        return f"DIFFERS ({row['pass']}/{row['fail']}/{row['skip']}, {row['outcome']})"
+    notes = (["timeout"] if row["outcome"] == "timeout" else []) + (
+        [f"flaky: {', '.join(case_label(c) for c in row['flaky_in_stock'])}"] if row.get("flaky_in_stock") else [])
+    return "= stock" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def stock_cell(runs: list[dict]) -> str:
+    """pass/fail/skip of each stock run of a test, then the outcomes they had."""
+    counts = ", ".join("/".join(str(sum(v == k for v in r["cases"].values())) for k in ("pass", "fail", "skip"))
+                       for r in runs)
+    return f"{counts} ({either(outcome_text(r) for r in runs)})"
+
+
 def markdown(stock: dict, rows: list[dict]) -> str:
-    """test × setting: pass/fail/skip and = stock or what differs; stock's own counts first."""
+    """test × setting: pass/fail/skip and = stock or what differs; stock's own counts first (each stock run's,
+    where it ran more than once); "= stock (flaky: 015)" where a case the stock runs disagree on was compared."""
     settings = []
     for r in rows:
         if (r["policy"], r["window"]) not in settings:
@@ -308,22 +449,12 @@ def markdown(stock: dict, rows: list[dict]) -> str:
     head = "| test | stock p/f/s (outcome) | " + " | ".join(f"{p}:{w}" for p, w in settings) + " |"
     lines = [head, "|" + " --- |" * (2 + len(settings))]
     by = {(r["test"], r["policy"], r["window"]): r for r in rows}
-    for s_run in stock["runs"]:
-        c = s_run["cases"]
-        counts = "/".join(str(sum(v == k for v in c.values())) for k in ("pass", "fail", "skip"))
-        cells = []
-        for p, w in settings:
-            r = by.get((s_run["test"], p, w))
-            if r is None:
-                cells.append("—")
-            elif r["equal_to_stock"] is None:
-                cells.append(r["verdict"])
-            elif r["equal_to_stock"]:
-                cells.append("= stock" + (" (timeout)" if r["outcome"] == "timeout" else ""))
-            else:
-                cells.append(f"DIFFERS ({r['pass']}/{r['fail']}/{r['skip']}, {r['outcome']})")
-        lines.append(f"| {s_run['test']} | {counts} ({s_run.get('outcome') or outcome_of(s_run)}) | "
-                     + " | ".join(cells) + " |")
+    stock_runs: dict[str, list[dict]] = {}
+    for r in stock["runs"]:
+        stock_runs.setdefault(r["test"], []).append(r)
+    for test, runs in stock_runs.items():
+        lines.append(f"| {test} | {stock_cell(runs)} | "
+                     + " | ".join(patched_cell(by.get((test, p, w))) for p, w in settings) + " |")
     return "\n".join(lines) + "\n"
 
 
