@@ -551,8 +551,9 @@ def test_seeding_takes_only_cells_of_the_same_variant(tmp_path):
     stock_image.write_bytes(b"stock")
     patched_image.write_bytes(b"patched")
     images = {"stock": stock_image, "patched": patched_image}
-    doc = {"stock": {"runs": [_run(test="cow", policy=None, window=None, returncode=0)]},
-           "patched": {"runs": [_run(test="cow", returncode=0)]}}
+    doc = {"stock": {"kernel_sha256_16": selftests.image_key(stock_image),
+                     "runs": [_run(test="cow", policy=None, window=None, returncode=0)]},
+           "patched": {"kernel_sha256_16": selftests.image_key(patched_image), "runs": [_run(test="cow", returncode=0)]}}
     before_variants = tmp_path / "old.json"
     before_variants.write_text(json.dumps(doc))
     large = tmp_path / "ld.json"
@@ -612,7 +613,24 @@ def test_seeding_skips_rows_of_cells_that_never_ran(tmp_path):
     failed_boot = selftests.not_run("cow", None, None, 1, "boot: no QEMU", "error: no QEMU")
     timed_out = _run(test="soft-dirty", policy=None, window=None, error="timed out")
     results = tmp_path / "old.json"
-    results.write_text(json.dumps({"stock": {"runs": [never, failed_boot, timed_out]}}))
+    results.write_text(json.dumps({"stock": {"kernel_sha256_16": selftests.image_key(image),
+                                             "runs": [never, failed_boot, timed_out]}}))
     cache = tmp_path / "c"
     assert selftests.seed_cache(results, cache, {"stock": image}, ["mkdirty", "cow", "soft-dirty"]) == 1
     assert [p.name for p in cache.rglob("*.json")] == ["soft-dirty@None:None.json"]
+
+
+def test_seeding_takes_a_side_only_where_its_image_is_the_same(tmp_path):
+    """Rows of an earlier patch's image must never pass for a rebuilt one; the unchanged stock image's do."""
+    stock_image, patched_image = tmp_path / "bzImage-stock", tmp_path / "bzImage-cow-ahead"
+    stock_image.write_bytes(b"stock")
+    patched_image.write_bytes(b"patched, a newer patch")
+    results = tmp_path / "old.json"
+    results.write_text(json.dumps({
+        "stock": {"kernel_sha256_16": selftests.image_key(stock_image),
+                  "runs": [_run(test="cow", policy=None, window=None, returncode=0)]},
+        "patched": {"kernel_sha256_16": "956c8a902498b006", "runs": [_run(test="cow", returncode=0)]}}))
+    cache = tmp_path / "c"
+    images = {"stock": stock_image, "patched": patched_image}
+    assert selftests.seed_cache(results, cache, images, ["cow"]) == 1
+    assert [p.parent.name for p in cache.rglob("*.json")] == [selftests.image_key(stock_image)]

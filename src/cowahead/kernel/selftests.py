@@ -287,9 +287,12 @@ def has_result(run: dict) -> bool:
 def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, variant: Variant = DEFAULT) -> int:
     """Copy rows of an earlier results file into the cache, for images of the same sha256 and tests run as now.
 
-    ``images``: "stock"/"patched" → the image those rows came from (the caller says they are the same
-    files). Each seeded row says where it came from. Returns how many were seeded. A file of another
-    variant is refused: its rows ran under other knobs, and would pass for this variant's cells.
+    ``images``: "stock"/"patched" → the image now in use. A side is seeded only where the file's image
+    had the same sha256 (``kernel_sha256_16``): builds are reproducible (kbuild.REPRODUCIBLE_ENV; the
+    stock image of two machines' builds had the same sha256), so an earlier session's rows of an
+    unchanged image count, and a changed patch's rows never pass for the new image's. Each seeded row
+    says where it came from. Returns how many were seeded. A file of another variant is refused: its
+    rows ran under other knobs, and would pass for this variant's cells.
     """
     doc = json.loads(Path(results_file).read_text())
     if results_variant(doc) != variant.name:
@@ -298,6 +301,8 @@ def seed_cache(results_file: Path, cache: Path, images: dict[str, Path], tests, 
     n = 0
     for side, kernel in images.items():
         key = image_key(kernel)
+        if doc[side].get("kernel_sha256_16") != key:
+            continue  # another image: its rows say nothing about this one
         for r in doc[side]["runs"]:
             if r["test"] not in tests or not has_result(r):
                 continue
