@@ -85,3 +85,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def dated_results_path(out_dir: str | Path, name: str) -> Path:
+    """OUT_DIR/NAME-<today>.json, or -2, -3 … after it: a results file never replaces an earlier one of the
+    same day (a kernel's results of an earlier patch are still evidence of that patch)."""
+    import datetime as dt
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{dt.date.today().isoformat()}"
+    path, n = out_dir / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}.json"
+    return path

@@ -149,11 +149,13 @@ def measure_command(build_dir: Path | None, version: str, kernel: Path | None, l
 @click.option("--case", "cases", multiple=True, help="Only these cases (repeatable); default: all.")
 @click.option("--large-destinations", is_flag=True,
               help="vm.cow_ahead_large_destinations=1 and 16+64 KiB mTHP in every run (issue 23).")
+@click.option("--repeat", "repeats", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Rounds of every case and setting in the one boot.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for kernel-6.12-issue19-<date>.json; default benchmarks/results.")
 @thp_off_option
 def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str, stock: bool,
-                      cases: tuple[str, ...], large_destinations: bool, out_dir: Path | None,
+                      cases: tuple[str, ...], large_destinations: bool, repeats: int, out_dir: Path | None,
                       thp_off: bool) -> None:
     """Issue 19's reproducers (guest/issue19.c) in one boot; write the results file."""
     source = source_of(version, thp_off)
@@ -166,7 +168,7 @@ def reproduce_command(kernel: Path | None, build_dir: Path | None, version: str,
     if stock and large_destinations:
         raise CowaheadError("--large-destinations needs the patched kernel, not --stock")
     doc = repro.reproduce(kernel, patched=not stock, cases=list(cases) or None,
-                          large_destinations=large_destinations)
+                          large_destinations=large_destinations, repeats=repeats)
     name = f"kernel-{source.name}-issue19" + ("-stock" if stock else "") + (
         "-large-destinations" if large_destinations else "")
     path = repro.write_results(doc, out_dir or RESULTS_DIR, name)

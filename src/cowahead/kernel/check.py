@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from ..output import write_atomically
+from ..output import dated_results_path, write_atomically
 from ..results.header import header
 from . import repro, selftests
 from .kbuild import REPO_ROOT, SOURCES, Source, build, built_kernel, stock_built, tree_of
@@ -115,11 +115,7 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
 
 
 def write_measurement(doc: dict, out_dir: Path, name: str) -> Path:
-    """``cowahead kernel measure``'s file: NAME-<date>.json, never over an earlier one of the day (-2, -3 …)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path, n = out_dir / f"{name}-{dt.date.today().isoformat()}.json", 1
-    while path.exists():
-        n += 1
-        path = out_dir / f"{name}-{dt.date.today().isoformat()}-{n}.json"
+    """``cowahead kernel measure``'s file, never over an earlier one of the day."""
+    path = dated_results_path(out_dir, name)
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path

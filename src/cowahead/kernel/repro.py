@@ -12,12 +12,11 @@ kernel-log problem is a failure.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import tempfile
 from pathlib import Path
 
-from ..output import write_atomically
+from ..output import dated_results_path, write_atomically
 from ..results.header import header
 from .guestprogs import compile_programs
 from .validate import Plan, guest_summary, run_plan
@@ -46,16 +45,20 @@ LARGE_DESTINATIONS_THP = {"enabled": "always", "hugepages-2048kB/enabled": "inhe
                           "hugepages-64kB/enabled": "always", "hugepages-16kB/enabled": "always"}
 
 
-def make_runs(binary: Path, patched: bool = True, cases=None, large_destinations: bool = False) -> list[dict]:
+def make_runs(binary: Path, patched: bool = True, cases=None, large_destinations: bool = False,
+              repeats: int = 1) -> list[dict]:
+    """Each case at each of its settings; ``repeats`` rounds of all of them (a kill that happens in some
+    runs only, as finding 4's OOM kills did, needs more than one to be seen or ruled out)."""
     runs = []
-    for case in cases or CASES:
-        finding, settings = CASES[case]
-        for policy, window in (settings if patched else [(None, None)]):
-            run = {"kind": "repro", "case": case, "finding": finding, "policy": policy, "window": window,
-                   "argv": [str(binary), case], "timeout": 300}
-            if large_destinations:
-                run.update(large_destinations=1, thp=LARGE_DESTINATIONS_THP)
-            runs.append(run)
+    for repeat in range(repeats):
+        for case in cases or CASES:
+            finding, settings = CASES[case]
+            for policy, window in (settings if patched else [(None, None)]):
+                run = {"kind": "repro", "case": case, "finding": finding, "policy": policy, "window": window,
+                       "argv": [str(binary), case], "timeout": 300, "repeat": repeat}
+                if large_destinations:
+                    run.update(large_destinations=1, thp=LARGE_DESTINATIONS_THP)
+                runs.append(run)
     return runs
 
 
@@ -70,6 +73,7 @@ def outcome(row: dict) -> dict:
     skipped = (clean and row.get("returncode") == SKIP_STATUS and output.get("skipped") is True
                and bool(output.get("reason")))
     return {"case": row["case"], "finding": row["finding"], "policy": row["policy"], "window": row["window"],
+            "repeat": row.get("repeat", 0),
             "returncode": row.get("returncode"), "error": row.get("error"), "report": output,
             "dmesg": row.get("dmesg", []), "stderr": row.get("stderr", "")[-500:], "passed": passed,
             "status": "pass" if passed else "skip" if skipped else "fail",
@@ -77,14 +81,14 @@ def outcome(row: dict) -> dict:
 
 
 def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, cases=None,
-              large_destinations: bool = False) -> dict:
+              large_destinations: bool = False, repeats: int = 1) -> dict:
     work = Path(work or tempfile.mkdtemp(prefix="cowahead-issue19-"))
     programs = compile_programs(work / "bin")
-    runs = make_runs(programs["issue19"], patched, cases, large_destinations)
+    runs = make_runs(programs["issue19"], patched, cases, large_destinations, repeats)
     rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
     out = [outcome(r) for r in rows if r.get("kind") == "repro"]
     return {"kernel_image": str(kernel), "patched": patched, "large_destinations": large_destinations,
-            "thp": LARGE_DESTINATIONS_THP if large_destinations else None, "runs": out,
+            "thp": LARGE_DESTINATIONS_THP if large_destinations else None, "repeats": repeats, "runs": out,
             "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out),
                         "skipped": sum(r["status"] == "skip" for r in out),
                         "failed": sum(r["status"] == "fail" for r in out), "planned": len(runs)},
@@ -92,8 +96,7 @@ def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, case
 
 
 def write_results(doc: dict, out_dir: Path, name: str = "kernel-6.12-issue19") -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}-{dt.date.today().isoformat()}.json"
+    path = dated_results_path(out_dir, name)
     full = {**header("kernel-issue19"), **doc}
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
     return path
