@@ -248,13 +248,14 @@ def test_ftrace_account_splits_the_untraced_total_into_steps():
     from cowahead.kernel.ftrace import parse_setting
     report = ('{"child_ns": 30000, "rewrite_ns": 10000, "during": {"cow_fault_copy": 1, "cow_ahead_copy": 1, '
               '"cow_ahead_reuse": 0, "pgfault": 1, "cow_large_alloc": 0}}')
-    chunk = ('{"pattern": "p", "policy": "fixed", "window": 16}\nUNTRACED\n' + report + "\nENDUNTRACED\n"
+    chunk = ("UNTRACED\n" + report + "\nENDUNTRACED\n"
              + _group("root", ["  8.000 us    |  handle_mm_fault();"] * 2)
              + _group("copy", ["              |  handle_mm_fault() {", "  4.110 us    |    copy_mc_to_kernel();",
                                "  4.110 us    |    copy_mc_to_kernel();", "+ 20.000 us   |  } /* handle_mm_fault */"])
              + _group("alloc", ["  0.510 us    |  vma_alloc_folio_noprof();"] * 2)
              + _group("small", ["  0.010 us    |  _raw_spin_unlock();", "  0.030 us    |  _raw_spin_unlock();"]))
-    s = parse_setting(chunk, {})
+    s = parse_setting(chunk, {"pattern": "p", "policy": "fixed", "window": 16})
+    assert s["pattern"] == "p" and s["window"] == 16
     assert s["cow_broken_pages"] == 2 and s["tracer_inner_overhead_per_call"] == 10
     assert s["kernel_instructions_per_page_untraced"] == 10000
     a = s["account"]
@@ -262,3 +263,16 @@ def test_ftrace_account_splits_the_untraced_total_into_steps():
     assert (a["trap"], a["copy"], a["alloc"], a["charge"], a["flush"]) == (2010, 4100, 500, 0, 0)
     assert a["rest"] == 7990 - 4100 - 500 and a["overhead"] == 10000 - 4100
     assert "handle_mm_fault" not in {f for f, v in s["per_page"].items() if v["group"] == "copy"}
+
+
+def test_ftrace_guest_script_names_settings_by_index_and_restores_the_knobs():
+    """The shell strips double quotes from an echoed JSON line: a setting is named by its index only."""
+    from cowahead.kernel.ftrace import guest_script, thp_knobs
+    setting = {"index": 3, "pattern": "ld-mthp-sequential", "policy": "fixed", "window": 16,
+               "thp": thp_knobs("mthp-64k"), "large_destinations": 1}
+    lines = guest_script([(setting, "/bin/w")], {"copy": ["copy_mc_to_kernel"]}).splitlines()
+    assert "echo SETTING 3" in lines
+    assert "echo never > /sys/kernel/mm/transparent_hugepage/hugepages-16kB/enabled" in lines
+    at = lines.index("echo 1 > /proc/sys/vm/cow_ahead_large_destinations")
+    assert at < lines.index("echo UNTRACED") and lines[-1] == "echo 0 > /proc/sys/vm/cow_ahead_large_destinations"
+    assert lines.count("/bin/w") == 3  # untraced, root, copy

@@ -93,7 +93,7 @@ def tracer_lines(workload_cmd: str, groups: dict[str, list[str]], root: str = RO
 
 def setting_lines(setting: dict, workload_cmd: str, groups: dict[str, list[str]]) -> list[str]:
     """Knobs for one setting, its untraced run, then the traced runs; knobs back to off after."""
-    lines = [f"echo SETTING {json.dumps(setting)}"]
+    lines = [f"echo SETTING {setting['index']}"]  # the setting itself stays on the host (no shell quoting)
     lines += [f"echo {value} > {THP}/{key}" for key, value in setting["thp"].items()]
     if setting["large_destinations"]:
         lines.append(f"echo 1 > {SYSCTL_LARGE}")
@@ -183,9 +183,8 @@ def report_line(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def parse_setting(chunk: str, groups: dict[str, list[str]]) -> dict:
-    """One setting's output: the untraced report, then each group's report and trace."""
-    setting = json.loads(chunk.split("\n", 1)[0])
+def parse_setting(chunk: str, setting: dict) -> dict:
+    """One setting's output (after its SETTING line): the untraced report, then each group's report and trace."""
     untraced = report_line(chunk.split("UNTRACED\n", 1)[1].split("ENDUNTRACED")[0])
     during = untraced["during"]
     broken = sum(during[k] for k in ("cow_fault_copy", "cow_ahead_copy", "cow_ahead_reuse"))
@@ -245,16 +244,18 @@ def breakdown(kernel: Path, source: str, patterns: list[str], windows: list[int]
     for pattern in patterns:
         cmd, knobs = workload_command(work, programs, pattern, pages)
         for window in windows:
-            settings.append(({"pattern": pattern, "policy": policy, "window": window, "pages": pages, **knobs}, cmd))
+            settings.append(({"index": len(settings), "pattern": pattern, "policy": policy, "window": window,
+                              "pages": pages, **knobs}, cmd))
     script = work / "trace.sh"  # a file: vng passes the command on the kernel command line, which is short
     script.write_text(guest_script(settings, groups) + "\n")
     result = run_in_guest(kernel, ["sh", str(script)], icount=True, memory="2G", timeout=3 * 3600)
     text = result.stdout
-    chunks = text.split("SETTING ")[1:]
+    (work / "guest-stdout.txt").write_text(text)  # kept: a parse that fails loses no guest time
+    chunks = [c.split("\n", 1)[1] for c in text.split("SETTING ")[1:]]
     if len(chunks) != len(settings) or "ENDTRACE" not in chunks[-1].rsplit("GROUP ", 1)[-1]:
         raise RuntimeError(f"guest run failed ({result.returncode}): {text[-1500:]} {result.stderr[-1500:]}")
     return {"kernel_image": str(kernel), "source": source, "icount": "shift=0", "root": ROOT, "groups": groups,
-            "steps": STEPS, "settings": [parse_setting(c, groups) for c in chunks],
+            "steps": STEPS, "settings": [parse_setting(c, s) for c, (s, _) in zip(chunks, settings)],
             "guest_returncode": result.returncode, "dmesg": result.dmesg_problems,
             "stderr_tail": result.stderr[-1500:]}
 
