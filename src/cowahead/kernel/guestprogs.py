@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import CowaheadError
 
 SOURCE_DIR = Path(__file__).with_name("guest")
-PROGRAMS = ("cow_workload", "vmsplice_leak", "issue19")
+PROGRAMS = ("cow_workload", "vmsplice_leak", "issue19", "copy_loop")
 INGUEST = Path(__file__).with_name("inguest.py")
 INTEGRITY = SOURCE_DIR / "cow_integrity.py"  # Python with numpy: the guest runs the host's venv
 
