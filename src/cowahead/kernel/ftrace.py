@@ -29,7 +29,7 @@ from pathlib import Path
 from .check import metadata
 from .guestprogs import compile_programs
 from .kbuild import SOURCES, built_kernel
-from .validate import DEFAULT_PAGES, KHUGEPAGED_SLEEP_MS, THP_CONFIGS, workload
+from .validate import DEFAULT_PAGES, KHUGEPAGED_SLEEP_MS, THP_CONFIGS, workload, workload_argv
 from .vm import SYSCTL_LARGE, run_in_guest
 
 ROOT = "handle_mm_fault"
@@ -173,15 +173,7 @@ def thp_knobs(config: str) -> dict[str, str]:
 def workload_command(work: Path, programs: dict[str, Path], pattern: str, pages: int) -> tuple[str, dict]:
     """``cow_workload -s`` for the pattern, as validate.make_plan runs it; and its THP configuration."""
     w = workload(pattern, pages, 0)
-    setup = work / f"setup-{pattern}.txt"
-    setup.write_text(w.setup_text())
-    argv = [str(programs["cow_workload"]), "-s", str(setup), str(pages)]
-    for who, stream in (("child", w.child), ("parent", w.parent)):
-        if stream is not None:
-            path = work / f"stream-{pattern}-{who}.txt"
-            path.write_text("\n".join(map(str, stream)) + "\n")
-            argv.append(str(path))
-    return " ".join(argv), {"thp_config": w.config, "thp": thp_knobs(w.config),
+    return " ".join(workload_argv(work, programs, w)), {"thp_config": w.config, "thp": thp_knobs(w.config),
                             "large_destinations": int(w.large_destinations), "pages_written": len(set(w.child))}
 
 

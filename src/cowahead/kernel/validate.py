@@ -336,6 +336,19 @@ class Plan:
     traces: dict[str, Trace | Workload]
 
 
+def workload_argv(work: Path, programs: dict[str, Path], w: Workload) -> list[str]:
+    """``cow_workload -s SETUP PAGES CHILD [PARENT]`` for a Workload, its files written into ``work``."""
+    setup = work / f"setup-{w.name}.txt"
+    setup.write_text(w.setup_text())
+    argv = [str(programs["cow_workload"]), "-s", str(setup), str(w.pages)]
+    for who, stream in (("child", w.child), ("parent", w.parent)):
+        if stream is not None:
+            path = work / f"stream-{w.name}-{who}.txt"
+            path.write_text("\n".join(map(str, stream)) + "\n")
+            argv.append(str(path))
+    return argv
+
+
 def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies=POLICIES, windows=WINDOWS,
               pages: int = DEFAULT_PAGES, seed: int = 0, leak: bool = True, repeats: int = REPEATS) -> Plan:
     """Every pattern is run as a Workload (``cow_workload -s``) under its THP configuration."""
@@ -343,14 +356,7 @@ def make_plan(work: Path, programs: dict[str, Path], patterns=PATTERNS, policies
     for pattern in patterns:
         w = workload(pattern, pages, seed)
         traces[pattern] = w
-        setup = work / f"setup-{pattern}.txt"
-        setup.write_text(w.setup_text())
-        argv = [str(programs["cow_workload"]), "-s", str(setup), str(pages)]
-        for who, stream in (("child", w.child), ("parent", w.parent)):
-            if stream is not None:
-                path = work / f"stream-{pattern}-{who}.txt"
-                path.write_text("\n".join(map(str, stream)) + "\n")
-                argv.append(str(path))
+        argv = workload_argv(work, programs, w)
         for policy in policies:
             for window in windows:
                 if window == 0 and policy != policies[0]:
