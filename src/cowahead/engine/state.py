@@ -17,7 +17,7 @@ from ..model.counters import batch_bin
 from ..model.folio import FolioSettings
 from ..policies import Policy
 from . import layout
-from .windows import ENGINE_KINDS, POL_ORACLE, keeps_regions_kind, window_worst
+from .windows import ENGINE_KINDS, POL_ORACLE, POL_WITNESS, keeps_regions_kind, window_worst
 from .prepass import Future, PageSpace
 
 
@@ -68,6 +68,15 @@ def policy_params(policy: Policy) -> np.ndarray:
     window, threshold = policy.engine_params()
     shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
     return np.array([kind, window, threshold, shift], np.int64)
+
+
+# The witness (windows.witness_window): ccow's counts in 512-page regions (a shift of 9), a threshold of 1.
+WITNESS_REGION_PAGES = 512
+
+
+def witness_params() -> np.ndarray:
+    """policy_params of the witness: none's replay, watching adaptive's and ccow's conditions (engine/witness.py)."""
+    return np.array([POL_WITNESS, WITNESS_REGION_PAGES, 1, WITNESS_REGION_PAGES.bit_length() - 1], np.int64)
 
 
 def thp_params(folios: FolioSettings) -> np.ndarray:
@@ -122,10 +131,13 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False,
-              samples: int = 0, reuse: State | None = None) -> State:
+              samples: int = 0, reuse: State | None = None, witness: bool = False) -> State:
     """A state at the trace's start. ``reuse``: a state of an earlier replay, no longer read, whose big arrays
-    (PTEs, frames, the free stack, the oracle's cursors) this one overwrites where their shapes fit."""
-    params = policy_params(policy)
+    (PTEs, frames, the free stack, the oracle's cursors) this one overwrites where their shapes fit.
+    ``witness``: ``policy`` is none, replayed as the witness (witness_params)."""
+    if witness and policy.family != "none":
+        raise ValueError(f"only none replays as the witness, not {policy.name}")
+    params = witness_params() if witness else policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
     # Room for two address spaces' worth of frames from the start: growing is a copy. A space of whole 2 MiB
     # blocks holds pages no event names, and a folio is one frame: a quarter of that, and grow if need be.
