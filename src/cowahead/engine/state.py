@@ -46,8 +46,7 @@ class State(NamedTuple):
     counters: np.ndarray
     oracle_keys: np.ndarray
     oracle_start: np.ndarray
-    oracle_time: np.ndarray
-    oracle_last_drop: np.ndarray
+    oracle_writes: np.ndarray  # prepass.Future.writes: each write's time beside its last drop
     oracle_cursor: np.ndarray
     oracle_rank: np.ndarray   # prepass.Future.rank
     fault_log: np.ndarray     # [fault, (event index, dense page)] where kept (log_faults), else 0 rows
@@ -156,7 +155,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
     frame_kind[layout.ZERO_FRAME] = layout.ZERO
     if future is None or params[layout.PP_KIND] != POL_ORACLE:
         empty = np.zeros(0, np.int64)
-        future = Future(empty, np.zeros(1, np.int64), empty, empty, np.zeros(0, np.int32))
+        future = Future(empty, np.zeros(1, np.int64), empty, np.zeros(0, np.int32))
     cursor = _zeros(future.start[:-1].shape, np.int64, old.get("oracle_cursor"))
     cursor[:] = future.start[:-1]
     return State(
@@ -174,8 +173,8 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
         pstates=np.zeros((64, layout.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
         coverage=np.zeros((2, 1024 if keeps_regions_kind(params[layout.PP_KIND]) else 0), np.int32),
         sc=sc, counters=np.zeros(layout.N_COUNTERS, np.int64),
-        oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
-        oracle_last_drop=future.last_drop, oracle_cursor=cursor, oracle_rank=future.rank,
+        oracle_keys=future.keys, oracle_start=future.start, oracle_writes=future.writes,
+        oracle_cursor=cursor, oracle_rank=future.rank,
         fault_log=np.zeros((1024 if log_faults else 0, 2), np.int64),
         large=int(space.large), thp=thp_params(space.folios),
         pmds=np.zeros((slots, npages >> layout.HPAGE_PMD_ORDER if space.large else 0), np.uint8),

@@ -339,10 +339,11 @@ def written_next(st, pid, q, now, j):
     if j == st.oracle_keys.shape[0] or st.oracle_keys[j] != key:
         return False
     c, end = st.oracle_cursor[j], st.oracle_start[j + 1]
-    while c < end and st.oracle_time[c] < now:
+    writes = st.oracle_writes  # time and last drop side by side (prepass.Future)
+    while c < end and writes[2 * c] < now:
         c += 1
     st.oracle_cursor[j] = c
-    return c < end and st.oracle_last_drop[c] < now
+    return c < end and writes[2 * c + 1] < now
 
 
 @jit_inline
@@ -379,9 +380,8 @@ def prefetch_future(st, kind, pid, dlo, i):
         prefetch_item(st.oracle_start, j + 1)
     key = _next_page_key(st, kind, pid, dlo, i + FUTURE_AHEAD)
     if key >= 0:
-        c = min(cursor[min(oracle_index(st, key), last)], st.oracle_time.shape[0] - 1)
-        prefetch_item(st.oracle_time, c)
-        prefetch_item(st.oracle_last_drop, c)
+        c = min(cursor[min(oracle_index(st, key), last)], st.oracle_writes.shape[0] // 2 - 1)
+        prefetch_item(st.oracle_writes, 2 * c)  # its time and last drop: one line
 
 
 @jit_inline
