@@ -15,6 +15,7 @@ assembles the same document from either.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -135,8 +136,10 @@ _SPARE_STATES: dict[str, list] = {}
 def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tuple[list[dict], dict | None]:
     """One task of the pool: the engine's counters for a group of policies on one trace file (each with its
     COW batch histogram under ``cow_batches`` and what its Sampling measured), and, with ``heatmap`` and
-    ``none`` among them, the fault heatmap of that replay."""
-    from .engine import cow_batches, fault_log, replay_states, samples, to_counters
+    ``none`` among them, the fault heatmap of that replay. ``none`` replays as the witness (engine/witness.py):
+    its counters are none's, and under ``witness`` what it saw, which tells the sweep which policies replay as
+    none without replaying them."""
+    from .engine import cow_batches, fault_log, replay_states, samples, to_counters, witness_saw
     log = ("none",) if heatmap else ()
     plan = _sampling(*_key(path))
     oracles = any(isinstance(p, OraclePolicy) for p in policies)
@@ -145,12 +148,13 @@ def replay_group(path: str, policies: list[Policy], heatmap: bool = False) -> tu
     try:
         states = replay_states(_source(*_key(path)), policies, space=_page_space(*_key(path)), log_faults=log,
                                decoded=_decoded(*_key(path)), folios=_folios(*_key(path)), sample_points=plan.points,
-                               oracle_future=_future(*_key(path)) if oracles else None, reuse=spare)
+                               oracle_future=_future(*_key(path)) if oracles else None, reuse=spare, witness=True)
     except EngineUnsupported:
         return replay_group_reference(path, policies, heatmap)
     _SPARE_STATES[path] = states
     counters = [{**asdict(to_counters(st)), "cow_batches": batches_to_json(cow_batches(st)),
-                 **plan.measure(samples(st))} for st in states]
+                 **plan.measure(samples(st)), **({"witness": witness_saw(st)} if p.name == "none" else {})}
+                for p, st in zip(policies, states)]
     logged = [st for p, st in zip(policies, states) if p.name in log]
     return counters, (fault_heatmap(_heatmap_columns(path), *fault_log(logged[0])) if logged else None)
 
@@ -294,6 +298,7 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     heatmap of its ``none`` replay (True: every trace; a collection of paths: those only). ``in_memory`` holds traces the caller has already (by path): not read back
     by the local pool (a cluster's workers read the file, which must hold the same trace). ``pool``: where the
     tasks run (open_pool), closed when the sweep ends; by default ``jobs`` processes on this machine."""
+    from .engine import SAW_EVERYTHING, may_replay_as_none, replays_as_none  # numba loads only for a sweep
     paths = list(dict.fromkeys(str(path) for path in traces))
     for cache in (_source, _page_space, _decoded, _folios, _future, _sampling):  # a sweep starts from what it is given
         cache.cache_clear()
@@ -309,24 +314,36 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     try:
         summaries = pool.summaries(paths)  # fails early on a bad file
         events = sum(summary.events for summary in summaries.values())
+        # Policies that none's replay, as the witness, may show replay as none: left for after it (engine/witness.py)
+        held = [p for p in policies if p.name != "none" and may_replay_as_none(p)] \
+            if any(p.name == "none" for p in policies) else []
+        replayed = [p for p in policies if p not in held]
+        share = {path: summary.events / events if events else 1 for path, summary in summaries.items()}
         tasks = [(path, group) for path, summary in summaries.items()
-                 for group in plan_groups(summary.pages, policies, pool.jobs, summary.events / events if events else 1)]
-        tasks.sort(key=lambda task: all(p.name != "none" for p in task[1]))  # every trace's baseline first
+                 for group in plan_groups(summary.pages, replayed, pool.jobs, share[path])]
+        tasks.sort(key=_task_order)
         pool.prepare(tasks)
         mapped = set(paths) if heatmaps is True else {str(path) for path in heatmaps or ()}
         pending = {pool.submit(path, group, path in mapped, any(p.name == "none" for p in group)): (path, group)
                    for path, group in tasks}
-        for done in pool.as_completed(pending):
-            path, group = pending[done]
-            counted, heatmap = done.result()
-            for policy, counters in zip(group, counted):
-                batches, memory = batches_from_json(counters.pop("cow_batches")), counters.pop("memory")
-                intervals = counters.pop("intervals")
-                rows[path, policy.name] = result_row(policy.name, Counters(**counters), costs, batches, memory,
-                                                     intervals=intervals)
-            if heatmap is not None:
-                maps[path] = heatmap
-            progress(len(group))
+        while pending:  # in rounds: a baseline's witness may submit the held policies it could not tell apart
+            for done in pool.as_completed(list(pending)):
+                path, group = pending.pop(done)
+                counted, heatmap = done.result()
+                for policy, counters in zip(group, counted):
+                    saw = counters.pop("witness", SAW_EVERYTHING)
+                    rows[path, policy.name] = _row(policy, counters, costs)
+                    if policy.name == "none":
+                        as_none = [p for p in held if replays_as_none(p, saw)]
+                        for p in as_none:
+                            rows[path, p.name] = {**copy.deepcopy(rows[path, "none"]), "policy": p.name}
+                        progress(len(as_none))
+                        rest = [p for p in held if p not in as_none]
+                        for later in plan_groups(summaries[path].pages, rest, pool.jobs, share[path]) if rest else []:
+                            pending[pool.submit(path, later, False, False)] = (path, later)
+                if heatmap is not None:
+                    maps[path] = heatmap
+                progress(len(group))
     except KeyboardInterrupt:
         interrupted = True
         pool.stop()
@@ -342,6 +359,21 @@ def run_sweep(traces: list[str], policies: list[Policy], jobs: int, costs: CostM
     results["workloads"] = [_workload(path, summaries[path], names, rows, maps.get(path)) for path in paths
                             if (path, "none") in rows]
     return results
+
+
+def _task_order(task: tuple[str, list[Policy]]) -> tuple[bool, bool]:
+    """Every trace's baseline first (its witness may hold back work), then groups holding an oracle, the longest
+    (random, 10M events: about 1 s a policy against 0.2–0.5 s), so that no worker is left with one at the end
+    while the others idle (there a worker's last oracle group ran 9 s, alone for its last 2 s)."""
+    group = task[1]
+    return all(p.name != "none" for p in group), not any(isinstance(p, OraclePolicy) for p in group)
+
+
+def _row(policy: Policy, counters: dict, costs: CostModel) -> dict:
+    """One policy's row from what replay_group counted for it."""
+    batches, memory = batches_from_json(counters.pop("cow_batches")), counters.pop("memory")
+    intervals = counters.pop("intervals")
+    return result_row(policy.name, Counters(**counters), costs, batches, memory, intervals=intervals)
 
 
 def _workload(path: str, trace: TraceSummary, policies: list[str], rows: dict, heatmap: dict | None) -> dict:

@@ -26,6 +26,7 @@ from . import layout, replay
 from .prepass import (Decoded, Future, PageSpace, TraceSource, decoded_chunks, folio_settings, future,
                       in_memory_if_small, page_space)
 from .state import State, grow, log_room, new_state
+from .witness import SAW_EVERYTHING, may_replay_as_none, replays_as_none, witness_saw
 
 
 def replay_chunk(st: State, d, first_index: int) -> State:
@@ -58,7 +59,8 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
                   chunk_rows: int = ROW_GROUP_ROWS, progress: Callable[[int], None] = lambda events: None,
                   log_faults: Sequence[str] = (), decoded: list[Decoded] | None = None,
                   folios: FolioSettings | None = None, sample_points: Sequence[int] = (),
-                  oracle_future: Future | None = None, reuse: list[State] | None = None) -> list[State]:
+                  oracle_future: Future | None = None, reuse: list[State] | None = None,
+                  witness: bool = False) -> list[State]:
     """Replay ``source`` (a Trace, TraceFile, columns or path) under each policy; the final states, in order.
 
     ``space`` skips the page-space pre-pass when the caller already has it;
@@ -70,7 +72,8 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
     (by default read from the trace's metadata); ``sample_points``: ascending event counts after which each
     state's counters are kept (``State.samples``, one row per point: memory over time, as the model's
     ``Kernel.samples``); ``oracle_future``: the trace's future (``prepass.future`` for this ``space``), kept
-    by a caller that replays oracles of the same trace again; ``reuse``: final states of an earlier replay of the same
+    by a caller that replays oracles of the same trace again; ``witness``: ``none`` replays as the witness
+    (engine/witness.py; its counters are none's) where the trace has 4 KiB pages only; ``reuse``: final states of an earlier replay of the same
     space that the caller no longer reads: each new state is made in one's big arrays (new_state), taken
     (popped) from the list, so that none is held past its use. A ``space`` made for settings under which large folios
     were possible and are not, or the reverse (a page space of bare columns knows no settings), is made
@@ -95,8 +98,9 @@ def replay_states(source: TraceSource, policies: Sequence[str | Policy], space: 
         oracle_future = future(source, space, chunk_rows, decoded)
     points = [p for p in sample_points if p > 0]
     reuse = reuse if reuse is not None else []
-    states = [new_state(space, p, oracle_future, p.name in log_faults, len(points), reuse.pop() if reuse else None)
-              for p in parsed]
+    watch = witness and not space.large  # the witness knows the 4 KiB fault path only
+    states = [new_state(space, p, oracle_future, p.name in log_faults, len(points), reuse.pop() if reuse else None,
+                        watch and p.family == "none") for p in parsed]
     reuse.clear()  # any left over: not held through the replay
     logging = any(len(st.fault_log) for st in states)
     first_index, taken = 0, 0
@@ -153,4 +157,5 @@ def fault_log(st: State) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["replay_engine", "replay_states", "fault_log", "to_counters", "cow_batches", "samples", "decoded_chunks",
-           "page_space", "folio_settings", "PageSpace", "TraceSource"]
+           "page_space", "folio_settings", "PageSpace", "TraceSource", "witness_saw", "replays_as_none",
+           "may_replay_as_none", "SAW_EVERYTHING"]

@@ -160,8 +160,11 @@ N_PSTATE_FIELDS = 10
 # Scalars: free-stack tops, bump pointers, live counts, what the caller must grow.
 (SC_FRAMES_FREE, SC_VMAS_FREE, SC_BACKINGS_FREE, SC_PSTATES_FREE, SC_SLOTS_FREE, SC_BK_BUMP, SC_COV_BUMP,
  SC_BK_LIVE_FRAMES, SC_FORKS, SC_NEED_FRAMES, SC_NEED_VMAS, SC_NEED_BACKINGS, SC_NEED_BK_FRAMES,
- SC_NEED_PSTATES, SC_NEED_COV, SC_NEED_SLOTS, SC_FEW_FAULTS, SC_PREFETCH_MIN_BYTES, SC_LOG_LEN) = range(19)
-N_SCALARS = 19
+ SC_NEED_PSTATES, SC_NEED_COV, SC_NEED_SLOTS, SC_FEW_FAULTS, SC_PREFETCH_MIN_BYTES, SC_LOG_LEN, SC_WITNESS) = range(20)
+N_SCALARS = 20
+# What the witness saw (SC_WITNESS bits; windows.witness_window): a COW fault where some adaptive:MAX could
+# ramp, and one where some ccow:REGION could copy.
+WITNESS_ADAPTIVE, WITNESS_CCOW = 1, 2
 
 # Events ahead whose PTE and frame the replay loop prefetches (when pages jump about). A PTE 32 ahead
 # rather than 16: hotcold none 61M → 65M events/s, random unchanged (touched state).

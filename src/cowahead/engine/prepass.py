@@ -266,16 +266,25 @@ class Future:
     """Every write of each (pid, page) pair, in time order, with the last drop before it.
 
     ``keys`` are sorted ``pid * pages + page``; the writes of pair j are
-    ``time[start[j]:start[j + 1]]``, and ``last_drop`` holds, for each, the
-    latest fork/exec/exit of the pid or mmap/munmap/dontneed of the page by
-    the pid before it. A write at ``w`` answers the oracle's question at
-    ``now <= w`` with yes exactly when ``last_drop < now`` (policies/oracle.py).
+    ``start[j]`` … ``start[j + 1]`` − 1, and write c is ``writes[2c]`` (its
+    time) beside ``writes[2c + 1]`` (the latest fork/exec/exit of the pid or
+    mmap/munmap/dontneed of the page by the pid before it): the oracle reads
+    both at once, one cache line, not one line in each of two arrays. A write
+    at ``w`` answers the oracle's question at ``now <= w`` with yes exactly when
+    its last drop is before ``now`` (policies/oracle.py).
     """
     keys: np.ndarray
     start: np.ndarray
-    time: np.ndarray
-    last_drop: np.ndarray
+    writes: np.ndarray  # int64 time, last drop of each write, side by side
     rank: np.ndarray  # int32 searchsorted(keys, k) for k in [0, keys[-1] + 1] where keys are dense, else empty
+
+    @property
+    def time(self) -> np.ndarray:
+        return self.writes[0::2]
+
+    @property
+    def last_drop(self) -> np.ndarray:
+        return self.writes[1::2]
 
 
 @njit(cache=True)
@@ -317,9 +326,10 @@ def _count_writes(kind, pid, dlo, dhi, npages, counts):
 
 @njit(cache=True)
 def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, direct_base, keys, rank, pair, m,
-                 fill, last_barrier, last_drop_of_pair, time, last_drop):
+                 filling, last_barrier, writes):
     """Place each write of the chunk under its pair: ``rank[key]`` where the keys have a rank table, else
-    ``pair[m]``, the pair of the trace's m-th written page."""
+    ``pair[m]``, the pair of the trace's m-th written page. ``filling[2j]`` is pair j's next write slot,
+    ``filling[2j + 1]`` its last drop: side by side, where a write reads and bumps both (one line, not two)."""
     npages = pages.shape[0]
     ranked = rank.shape[0] > 0
     for i in range(kind.shape[0]):
@@ -333,9 +343,10 @@ def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, 
                 else:
                     j = pair[m]
                     m += 1
-                time[fill[j]] = t
-                last_drop[fill[j]] = max(last_barrier[p], last_drop_of_pair[j])
-                fill[j] += 1
+                c = filling[2 * j]
+                writes[2 * c] = t
+                writes[2 * c + 1] = max(last_barrier[p], filling[2 * j + 1])
+                filling[2 * j] = c + 1
         elif k == FORK:
             last_barrier[p] = t
             last_barrier[arg[i]] = t  # a reused child pid starts afresh
@@ -346,7 +357,7 @@ def _fill_future(kind, pid, arg, address, length, dlo, dhi, first_index, pages, 
             a = dense_index(pages, direct_base, first)
             b = dense_index(pages, direct_base, end)
             for j in range(np.searchsorted(keys, p * npages + a), np.searchsorted(keys, p * npages + b)):
-                last_drop_of_pair[j] = t
+                filling[2 * j + 1] = t
     return m
 
 
@@ -388,18 +399,17 @@ def future(source: TraceSource, space: PageSpace, rows: int = ROW_GROUP_ROWS,
     keys, rank, pair, counts = _future_keys(source, space, rows, decoded)
     start = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(counts, out=start[1:])
-    time = np.empty(start[-1], np.int64)
-    last_drop = np.empty(start[-1], np.int64)
-    fill = start[:-1].copy()
+    writes = np.empty(2 * start[-1], np.int64)
+    filling = np.empty(2 * len(keys), np.int64)
+    filling[0::2] = start[:-1]
+    filling[1::2] = -1
     last_barrier = np.full(max(1, len(space.pids)), -1, np.int64)
-    last_drop_of_pair = np.full(len(keys), -1, np.int64)
     first_index, m = 0, 0
     for d in decoded_chunks(source, space, rows, decoded):
         m = _fill_future(d.kind, d.pid, d.arg, d.address, d.length, d.dlo, d.dhi, first_index, space.pages,
-                         space.direct_base, keys, rank, pair, m, fill, last_barrier, last_drop_of_pair, time,
-                         last_drop)
+                         space.direct_base, keys, rank, pair, m, filling, last_barrier, writes)
         first_index += len(d.kind)
-    return Future(keys, start, time, last_drop, rank)
+    return Future(keys, start, writes, rank)
 
 
 def _future_keys(source: TraceSource, space: PageSpace, rows: int,

@@ -17,7 +17,7 @@ from ..model.counters import batch_bin
 from ..model.folio import FolioSettings
 from ..policies import Policy
 from . import layout
-from .windows import ENGINE_KINDS, POL_ORACLE, keeps_regions_kind, window_worst
+from .windows import ENGINE_KINDS, POL_ORACLE, POL_WITNESS, keeps_regions_kind, window_worst
 from .prepass import Future, PageSpace
 
 
@@ -46,8 +46,7 @@ class State(NamedTuple):
     counters: np.ndarray
     oracle_keys: np.ndarray
     oracle_start: np.ndarray
-    oracle_time: np.ndarray
-    oracle_last_drop: np.ndarray
+    oracle_writes: np.ndarray  # prepass.Future.writes: each write's time beside its last drop
     oracle_cursor: np.ndarray
     oracle_rank: np.ndarray   # prepass.Future.rank
     fault_log: np.ndarray     # [fault, (event index, dense page)] where kept (log_faults), else 0 rows
@@ -68,6 +67,15 @@ def policy_params(policy: Policy) -> np.ndarray:
     window, threshold = policy.engine_params()
     shift = window.bit_length() - 1 if window and window & (window - 1) == 0 else -1
     return np.array([kind, window, threshold, shift], np.int64)
+
+
+# The witness (windows.witness_window): ccow's counts in 512-page regions (a shift of 9), a threshold of 1.
+WITNESS_REGION_PAGES = 512
+
+
+def witness_params() -> np.ndarray:
+    """policy_params of the witness: none's replay, watching adaptive's and ccow's conditions (engine/witness.py)."""
+    return np.array([POL_WITNESS, WITNESS_REGION_PAGES, 1, WITNESS_REGION_PAGES.bit_length() - 1], np.int64)
 
 
 def thp_params(folios: FolioSettings) -> np.ndarray:
@@ -122,10 +130,13 @@ def _regions(space: PageSpace, params: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def new_state(space: PageSpace, policy: Policy, future: Future | None, log_faults: bool = False,
-              samples: int = 0, reuse: State | None = None) -> State:
+              samples: int = 0, reuse: State | None = None, witness: bool = False) -> State:
     """A state at the trace's start. ``reuse``: a state of an earlier replay, no longer read, whose big arrays
-    (PTEs, frames, the free stack, the oracle's cursors) this one overwrites where their shapes fit."""
-    params = policy_params(policy)
+    (PTEs, frames, the free stack, the oracle's cursors) this one overwrites where their shapes fit.
+    ``witness``: ``policy`` is none, replayed as the witness (witness_params)."""
+    if witness and policy.family != "none":
+        raise ValueError(f"only none replays as the witness, not {policy.name}")
+    params = witness_params() if witness else policy_params(policy)
     npages, npids = len(space.pages), max(1, len(space.pids))
     # Room for two address spaces' worth of frames from the start: growing is a copy. A space of whole 2 MiB
     # blocks holds pages no event names, and a folio is one frame: a quarter of that, and grow if need be.
@@ -144,7 +155,7 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
     frame_kind[layout.ZERO_FRAME] = layout.ZERO
     if future is None or params[layout.PP_KIND] != POL_ORACLE:
         empty = np.zeros(0, np.int64)
-        future = Future(empty, np.zeros(1, np.int64), empty, empty, np.zeros(0, np.int32))
+        future = Future(empty, np.zeros(1, np.int64), empty, np.zeros(0, np.int32))
     cursor = _zeros(future.start[:-1].shape, np.int64, old.get("oracle_cursor"))
     cursor[:] = future.start[:-1]
     return State(
@@ -162,8 +173,8 @@ def new_state(space: PageSpace, policy: Policy, future: Future | None, log_fault
         pstates=np.zeros((64, layout.N_PSTATE_FIELDS), np.int64), pstate_free=_free_stack(64),
         coverage=np.zeros((2, 1024 if keeps_regions_kind(params[layout.PP_KIND]) else 0), np.int32),
         sc=sc, counters=np.zeros(layout.N_COUNTERS, np.int64),
-        oracle_keys=future.keys, oracle_start=future.start, oracle_time=future.time,
-        oracle_last_drop=future.last_drop, oracle_cursor=cursor, oracle_rank=future.rank,
+        oracle_keys=future.keys, oracle_start=future.start, oracle_writes=future.writes,
+        oracle_cursor=cursor, oracle_rank=future.rank,
         fault_log=np.zeros((1024 if log_faults else 0, 2), np.int64),
         large=int(space.large), thp=thp_params(space.folios),
         pmds=np.zeros((slots, npages >> layout.HPAGE_PMD_ORDER if space.large else 0), np.uint8),

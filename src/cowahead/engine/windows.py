@@ -34,8 +34,9 @@ from ..trace.events import PTRS_PER_PTE
 from .cow import _breakable, break_cow_range, break_cow_range_large, breakable_large
 from .layout import (C_AHEAD_BATCHES, DIRTY, FRAME_AHEAD, FUTURE_AHEAD, HIT, PENDING, PP_KIND, PP_SHIFT,
                      PP_THRESHOLD, PP_WINDOW, PTE_AHEAD, P_LAST_DHI, P_LAST_DLO, P_MISS, P_NEXT_EXPECTED, P_REF,
-                     P_RLEN, P_RLO, P_ROLLED, P_SEG, P_WINDOW, READ, SC_COV_BUMP, SC_FORKS, SC_PSTATES_FREE,
-                     S_FORKED, S_VMA_HEAD, V_DHI, V_DLO, V_END, V_NEXT, V_PSTATE, V_START, WRITE, _pop, frame_of,
+                     P_RLEN, P_RLO, P_ROLLED, P_SEG, P_WINDOW, READ, SC_COV_BUMP, SC_FORKS, SC_PSTATES_FREE, SC_WITNESS,
+                     S_FORKED, S_VMA_HEAD, V_DHI, V_DLO, V_END, V_NEXT, V_PSTATE, V_START, WITNESS_ADAPTIVE, WITNESS_CCOW,
+                     WRITE, _pop, frame_of,
                      jit, jit_inline)
 from .mm import dense_after, dense_from, page_of
 from .prefetch import prefetch_item
@@ -43,10 +44,11 @@ from .prefetch import prefetch_item
 
 # Engine kinds (state.policy[PP_KIND]), by policy family.
 (POL_NONE, POL_FIXED, POL_AROUND, POL_ADAPTIVE, POL_CCOW, POL_ORACLE, POL_FIXED_BEHIND, POL_CCOW_PUBLISHED, POL_FOLIO,
- POL_THP_COW) = range(10)
+ POL_THP_COW, POL_WITNESS) = range(11)
 ENGINE_KINDS = {"none": POL_NONE, "fixed": POL_FIXED, "around": POL_AROUND, "adaptive": POL_ADAPTIVE,
                 "ccow": POL_CCOW, "oracle": POL_ORACLE, "fixed-behind": POL_FIXED_BEHIND,
                 "ccow-published": POL_CCOW_PUBLISHED, "folio": POL_FOLIO, "thp-cow": POL_THP_COW}
+# POL_WITNESS is no policy file's: none's replay watching adaptive's and ccow's conditions (witness_window).
 # The kinds past this one are looked at outside the hot loop's inlined dispatch (rare_window): each
 # branch inlined there costs every policy, none included (see above).
 POL_LAST_INLINED = POL_FIXED_BEHIND
@@ -54,8 +56,8 @@ POL_LAST_INLINED = POL_FIXED_BEHIND
 
 @jit_inline
 def keeps_regions_kind(kind):
-    """ccow and ccow-published keep counters per region."""
-    return kind == POL_CCOW or kind == POL_CCOW_PUBLISHED
+    """ccow, ccow-published and the witness keep counters per region."""
+    return kind == POL_CCOW or kind == POL_CCOW_PUBLISHED or kind == POL_WITNESS
 
 
 # ----- ccow's regions and the policy states ------------------------------------------
@@ -235,6 +237,33 @@ def rare_window(st, s, v, d, pol):
     copied from, which only the large-folio path has (cow_ahead_large), and thp-cow has none."""
     if pol == POL_CCOW_PUBLISHED:
         return ccow_published_window(st, s, v, d)
+    if pol == POL_WITNESS:
+        return witness_window(st, s, v, d)
+    return d, d
+
+
+# ----- the witness (engine/witness.py) ----------------------------------------------
+
+
+@jit
+def witness_window(st, s, v, d):
+    """Break nothing, as none, and note whether any adaptive:MAX or ccow:REGION (REGION a power of two) could
+    break a page at this COW fault, had it replayed the trace as none up to here (engine/witness.py says why
+    that is enough). adaptive: its window stays 0, and so empty, until a COW fault lands on the page after its
+    VMA's last one (adaptive_window's ramp test, whatever MAX). ccow: it copies only in a forked process, in a
+    region whose last interval counted at least its threshold (>= 1) of COW faults; counted here in 512-page
+    regions, each holding whole every smaller power-of-two region (both aligned on page numbers), so a count
+    of 0 here is 0 there."""
+    ps = st.pstates
+    q = pstate_of(st, v)
+    p = page_of(st, d)
+    if p == ps[q, P_NEXT_EXPECTED]:
+        st.sc[SC_WITNESS] |= WITNESS_ADAPTIVE
+    ps[q, P_NEXT_EXPECTED] = min(p + 1, st.vmas[v, V_END])  # adaptive_window's stop for a window of 0
+    i = ps[q, P_SEG] + region_index(st, d) - ps[q, P_RLO]
+    st.coverage[0, i] += 1
+    if st.slots[s, S_FORKED] and st.coverage[1, i] >= 1:
+        st.sc[SC_WITNESS] |= WITNESS_CCOW
     return d, d
 
 
@@ -310,10 +339,11 @@ def written_next(st, pid, q, now, j):
     if j == st.oracle_keys.shape[0] or st.oracle_keys[j] != key:
         return False
     c, end = st.oracle_cursor[j], st.oracle_start[j + 1]
-    while c < end and st.oracle_time[c] < now:
+    writes = st.oracle_writes  # time and last drop side by side (prepass.Future)
+    while c < end and writes[2 * c] < now:
         c += 1
     st.oracle_cursor[j] = c
-    return c < end and st.oracle_last_drop[c] < now
+    return c < end and writes[2 * c + 1] < now
 
 
 @jit_inline
@@ -350,9 +380,8 @@ def prefetch_future(st, kind, pid, dlo, i):
         prefetch_item(st.oracle_start, j + 1)
     key = _next_page_key(st, kind, pid, dlo, i + FUTURE_AHEAD)
     if key >= 0:
-        c = min(cursor[min(oracle_index(st, key), last)], st.oracle_time.shape[0] - 1)
-        prefetch_item(st.oracle_time, c)
-        prefetch_item(st.oracle_last_drop, c)
+        c = min(cursor[min(oracle_index(st, key), last)], st.oracle_writes.shape[0] // 2 - 1)
+        prefetch_item(st.oracle_writes, 2 * c)  # its time and last drop: one line
 
 
 @jit_inline
