@@ -7,6 +7,7 @@ with a traceback after the work; the write itself then goes through ``write_atom
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tempfile
@@ -90,7 +91,6 @@ def _umask() -> int:
 def dated_results_path(out_dir: str | Path, name: str) -> Path:
     """OUT_DIR/NAME-<today>.json, or -2, -3 … after it: a results file never replaces an earlier one of the
     same day (a kernel's results of an earlier patch are still evidence of that patch)."""
-    import datetime as dt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{dt.date.today().isoformat()}"
