@@ -10,7 +10,6 @@ kernel's statuses are compared case by case with the stock kernel's.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ..output import write_atomically
+from ..output import dated_results_path, write_atomically
 from ..results.header import header
 from .repro import LARGE_DESTINATIONS_THP
 from .validate import Plan, guest_summary, run_plan
@@ -464,8 +463,7 @@ def markdown(stock: dict, rows: list[dict]) -> str:
 
 
 def write_results(doc: dict, out_dir: Path, name: str = "kernel-6.12-selftests") -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}-{dt.date.today().isoformat()}.json"
+    path = dated_results_path(out_dir, name)  # never over an earlier table of the day (another image's)
     full = {**header("kernel-selftests"), **doc}
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
     return path
