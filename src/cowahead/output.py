@@ -8,6 +8,7 @@ with a traceback after the work; the write itself then goes through ``write_atom
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import tempfile
@@ -88,9 +89,10 @@ def _umask() -> int:
     return mask
 
 
-def dated_results_path(out_dir: str | Path, name: str) -> Path:
-    """OUT_DIR/NAME-<today>.json, or -2, -3 … after it: a results file never replaces an earlier one of the
-    same day (a kernel's results of an earlier patch are still evidence of that patch)."""
+def write_dated_results(out_dir: str | Path, name: str, doc: dict) -> Path:
+    """Write ``doc`` as JSON to OUT_DIR/NAME-<today>.json, or -2, -3 … after it, and return the path: a
+    results file never replaces an earlier one of the same day (a kernel's results of an earlier patch
+    are still evidence of that patch)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{dt.date.today().isoformat()}"
@@ -98,4 +100,5 @@ def dated_results_path(out_dir: str | Path, name: str) -> Path:
     while path.exists():
         n += 1
         path = out_dir / f"{stem}-{n}.json"
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
     return path

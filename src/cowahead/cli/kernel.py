@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from ..errors import CowaheadError
-from ..kernel.check import RESULTS_DIR, check, metadata, write_measurement
+from ..kernel.check import RESULTS_DIR, check, metadata
 from ..kernel.costs import kernel_profile
 from ..kernel import repro, selftests
 from ..kernel.kbuild import VERSIONS, build, built_kernel, source_of, stock_built, tree_of
 from ..kernel.validate import MEASURE_LARGE_SETTINGS, measure
 from ..kernel.vm import POLICIES, run_in_guest, stock_kernel
-from ..output import output_file, write_atomically
+from ..output import output_file, write_atomically, write_dated_results
 
 build_dir_option = click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path),
                                 default=None,
@@ -129,8 +129,8 @@ def measure_command(build_dir: Path | None, version: str, kernel: Path | None, l
         raise CowaheadError("no kernel built: cowahead kernel build")
     doc = measure(kernel, settings=MEASURE_LARGE_SETTINGS if large_destinations else None)
     name = f"kernel-{source.name}-icount" + ("-large-destinations" if large_destinations else "")
-    path = write_measurement({**metadata(kernel, source.patch), "source": source.version, **doc},
-                             out_dir or RESULTS_DIR, name)
+    path = write_dated_results(out_dir or RESULTS_DIR, name,
+                               {**metadata(kernel, source.patch), "source": source.version, **doc})
     for r in doc["predicted"]["rows"]:
         click.echo(f"{r['pattern']:22} {r['policy']}:{r['window']:<4} faults/page {r['faults_per_page']:.4f}  "
                    f"instructions x{r['instructions_ratio']:.3f}  predicted {r['predicted_us_per_page']:.3f} µs "

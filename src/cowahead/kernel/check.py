@@ -3,13 +3,11 @@ mm selftests against stock, measure; one versioned JSON document."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import subprocess
 from pathlib import Path
 
-from ..output import dated_results_path, write_atomically
+from ..output import write_dated_results
 from ..results.header import header
 from . import repro, selftests
 from .kbuild import REPO_ROOT, SOURCES, Source, build, built_kernel, stock_built, tree_of
@@ -110,15 +108,4 @@ def check(build_dir: Path, skip_build: bool = False, out_dir: Path = RESULTS_DIR
                         and doc["integrity"]["guest"]["dmesg_clean"] and doc["measure"]["guest"]["dmesg_clean"]
                         and doc["reproducers"]["guest"]["dmesg_clean"] and doc["selftests"]["summary"]["dmesg_clean"]),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = "kernel" if source.version == "6.1" else f"kernel-{source.name}"
-    path = out_dir / f"{prefix}-{dt.date.today().isoformat()}.json"
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
-    return path
-
-
-def write_measurement(doc: dict, out_dir: Path, name: str) -> Path:
-    """``cowahead kernel measure``'s file, never over an earlier one of the day."""
-    path = dated_results_path(out_dir, name)
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
-    return path
+    return write_dated_results(out_dir, "kernel" if source.version == "6.1" else f"kernel-{source.name}", doc)

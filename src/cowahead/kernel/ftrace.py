@@ -18,7 +18,6 @@ is outside handle_mm_fault), allocation, charge, the copy, rmap/LRU, the TLB flu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from .check import metadata
 from .guestprogs import compile_programs
 from .kbuild import SOURCES, built_kernel
+from .selftests import image_key
 from .validate import DEFAULT_PAGES, KHUGEPAGED_SLEEP_MS, THP_CONFIGS, workload, workload_argv
 from .vm import SYSCTL_LARGE, run_in_guest
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     six = args.source == "6.12"
     patterns = args.pattern or (["mthp-sequential", "ld-mthp-sequential"] if six else ["sequential"])
     windows = args.window or ([0, 16, 64, 512] if six else [0, 16])
-    doc = {**metadata(kernel, source.patch), "kernel_sha256_16": hashlib.sha256(kernel.read_bytes()).hexdigest()[:16],
+    doc = {**metadata(kernel, source.patch), "kernel_sha256_16": image_key(kernel),
            "command": "python -m cowahead.kernel.ftrace " + " ".join(argv if argv is not None else sys.argv[1:]),
            **breakdown(kernel, args.source, patterns, windows, args.policy, args.pages)}
     text = json.dumps(doc, indent=2) + "\n"

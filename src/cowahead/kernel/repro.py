@@ -12,11 +12,10 @@ kernel-log problem is a failure.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
-from ..output import dated_results_path, write_atomically
+from ..output import write_dated_results
 from ..results.header import header
 from .guestprogs import compile_programs
 from .validate import Plan, guest_summary, run_plan
@@ -96,7 +95,4 @@ def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, case
 
 
 def write_results(doc: dict, out_dir: Path, name: str = "kernel-6.12-issue19") -> Path:
-    path = dated_results_path(out_dir, name)
-    full = {**header("kernel-issue19"), **doc}
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
-    return path
+    return write_dated_results(out_dir, name, {**header("kernel-issue19"), **doc})

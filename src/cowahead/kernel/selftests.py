@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CowaheadError
-from ..output import dated_results_path, write_atomically
+from ..output import write_dated_results
 from ..results.header import header
 from .repro import LARGE_DESTINATIONS_THP
 from .validate import Plan, guest_summary, run_plan
@@ -463,7 +463,4 @@ def markdown(stock: dict, rows: list[dict]) -> str:
 
 
 def write_results(doc: dict, out_dir: Path, name: str = "kernel-6.12-selftests") -> Path:
-    path = dated_results_path(out_dir, name)  # never over an earlier table of the day (another image's)
-    full = {**header("kernel-selftests"), **doc}
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
-    return path
+    return write_dated_results(out_dir, name, {**header("kernel-selftests"), **doc})
