@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -200,6 +201,36 @@ def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
     (tmp_path / "bzImage-stock").write_bytes(b"stock")
     assert kbuild.built_kernel(tmp_path, source).read_bytes() == b"patched"
     assert kbuild.stock_built(tmp_path, source).read_bytes() == b"stock"
+
+
+def test_a_tree_from_another_tarball_is_unpacked_afresh(tmp_path):
+    """Debian replaced linux-source-6.12 6.12.117 by 6.12.118 in place; a build directory unpacked from
+    the old tarball must not be built as if it were the new one."""
+    import dataclasses
+    def tarball(sublevel: int) -> Path:
+        src = tmp_path / f"src{sublevel}" / "tree"
+        src.mkdir(parents=True)
+        (src / "Makefile").write_text(f"SUBLEVEL = {sublevel}\n")
+        out = tmp_path / f"tree-{sublevel}.tar"
+        subprocess.run(["tar", "cf", out, "-C", src.parent, "tree"], check=True)
+        return out
+    build = tmp_path / "build"
+    old = dataclasses.replace(kbuild.SOURCES["6.12"], tarball=tarball(117), tree_name="tree", build_dir=build)
+    tree = kbuild.extract(build, old)
+    (tree / "object.o").write_text("built")
+    (build / kbuild.CONFIGURED_MARK).write_text("configured")
+    assert kbuild.extract(build, old) == tree and (tree / "object.o").exists()  # same tarball: kept
+    new = dataclasses.replace(old, tarball=tarball(118))
+    assert kbuild.extract(build, new) == tree
+    assert (tree / "Makefile").read_text() == "SUBLEVEL = 118\n"
+    assert not (tree / "object.o").exists() and not (build / kbuild.CONFIGURED_MARK).exists()
+
+
+def test_the_612_source_is_the_pinned_release():
+    """Issue 19 names 6.12.117, and every committed 6.12 result was built from it."""
+    top = subprocess.run(["tar", "xOf", SOURCE.tarball, f"{SOURCE.tree_name}/Makefile"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "SUBLEVEL = 117\n" in top
 
 
 def test_the_thp_off_variant_turns_thp_off_last_and_keeps_the_debug_options():

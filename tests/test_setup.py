@@ -86,6 +86,12 @@ def test_every_program_the_code_runs_is_in_the_table():
 
 @pytest.mark.parametrize("package", list(apt_table()))
 def test_package_is_installed_and_provides_what_it_says(package):
+    name, _, pinned = package.partition("=")
+    if pinned:
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True).stdout
+        if version != pinned:
+            pytest.fail(f"Debian package {name} is {version or 'not installed'}, pinned to {pinned} "
+                        "(./scripts/setup installs it)")
     for item in apt_table()[package]:
         present = glob.glob(item) if item.startswith("/") else shutil.which(item)
         if not present:

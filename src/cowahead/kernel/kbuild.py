@@ -17,6 +17,7 @@ repository.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -150,16 +151,38 @@ def tree_of(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
     return Path(build_dir) / source.tree_name
 
 
+SOURCE_MARK = "cowahead.source"
+
+
 def extract(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
+    """The tree unpacked from the tarball that is installed now.
+
+    A tree from another tarball (Debian's security updates replace linux-source-6.12 in place:
+    6.12.117 became 6.12.118) is removed and unpacked afresh, so an image is never a silent mix."""
     tree = tree_of(build_dir, source)
-    if (tree / "Makefile").exists():
-        return tree
     if not source.tarball.exists():
         raise CowaheadError(f"{source.tarball} is missing; install Debian's linux-source-{source.version} "
                             "(scripts/setup)")
+    mark = Path(build_dir) / SOURCE_MARK
+    wanted = _tarball_id(source.tarball)
+    if (tree / "Makefile").exists() and mark.exists() and mark.read_text() == wanted:
+        return tree
+    if tree.exists():
+        shutil.rmtree(tree)
     build_dir.mkdir(parents=True, exist_ok=True)
     _run(["tar", "xf", str(source.tarball), "-C", str(build_dir)], "extracting the kernel source")
+    for stale in (CONFIGURED_MARK, "applied.patch"):
+        (Path(build_dir) / stale).unlink(missing_ok=True)
+    mark.write_text(wanted)
     return tree
+
+
+def _tarball_id(tarball: Path) -> str:
+    digest = hashlib.sha256()
+    with open(tarball, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{tarball} sha256 {digest.hexdigest()}\n"
 
 
 def patched_files(patch_text: str) -> list[str]:
