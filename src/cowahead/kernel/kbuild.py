@@ -177,6 +177,11 @@ def extract(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
     return tree
 
 
+def image_key(kernel: Path) -> str:
+    """An image's identity in results files and the selftest cache: its sha256, 16 hex digits."""
+    return hashlib.sha256(Path(kernel).read_bytes()).hexdigest()[:16]
+
+
 def _tarball_id(tarball: Path) -> str:
     digest = hashlib.sha256()
     with open(tarball, "rb") as f:
@@ -328,7 +333,7 @@ def stock_built(build_dir: Path | None = None, source: Source = SOURCES["6.12"])
 
 # The kernel's reproducible-build variables (Documentation/kbuild/reproducible-builds.rst): with them,
 # the same tree, config, compiler and build path give the same bzImage, so an image's sha256 (the
-# selftest cache's key, selftests.image_key) means the same kernel in a later session, on a fresh
+# selftest cache's key, image_key) means the same kernel in a later session, on a fresh
 # machine, and committed results can seed that session's cache instead of hours of TCG boots.
 REPRODUCIBLE_ENV = {"KBUILD_BUILD_TIMESTAMP": "Tue Dec  1 00:00:00 UTC 2026", "KBUILD_BUILD_USER": "cowahead",
                     "KBUILD_BUILD_HOST": "cowahead", "KBUILD_BUILD_VERSION": "1"}

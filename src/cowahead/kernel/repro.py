@@ -18,6 +18,7 @@ from pathlib import Path
 from ..output import write_dated_results
 from ..results.header import header
 from .guestprogs import compile_programs
+from .kbuild import image_key
 from .validate import Plan, guest_summary, run_plan
 
 # case → (finding of issue 19, [(policy, window), …]); window 0 is COW-ahead off.
@@ -86,7 +87,8 @@ def reproduce(kernel: Path, patched: bool = True, work: Path | None = None, case
     runs = make_runs(programs["issue19"], patched, cases, large_destinations, repeats)
     rows, result = run_plan(kernel, Plan(runs, {}), work, cpus=2)
     out = [outcome(r) for r in rows if r.get("kind") == "repro"]
-    return {"kernel_image": str(kernel), "patched": patched, "large_destinations": large_destinations,
+    return {"kernel_image": str(kernel), "kernel_sha256_16": image_key(kernel), "patched": patched,
+            "large_destinations": large_destinations,
             "thp": LARGE_DESTINATIONS_THP if large_destinations else None, "repeats": repeats, "runs": out,
             "summary": {"runs": len(out), "passed": sum(r["passed"] for r in out),
                         "skipped": sum(r["status"] == "skip" for r in out),

@@ -10,7 +10,6 @@ kernel's statuses are compared case by case with the stock kernel's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from ..errors import CowaheadError
 from ..output import write_dated_results
 from ..results.header import header
+from .kbuild import image_key
 from .repro import LARGE_DESTINATIONS_THP
 from .validate import Plan, guest_summary, run_plan
 from .vm import POLICIES
@@ -198,10 +198,6 @@ def record(r: dict) -> dict:
            **{k: r[k] for k in ("thp", "thp_set", "large_destinations") if k in r}}
     out["outcome"] = outcome_of(out)
     return out
-
-
-def image_key(kernel: Path) -> str:
-    return hashlib.sha256(Path(kernel).read_bytes()).hexdigest()[:16]
 
 
 def cell_path(cache: Path, kernel_key: str, test: str, policy, window, repeat: int = 1,
