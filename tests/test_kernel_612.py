@@ -226,6 +226,29 @@ def test_a_tree_from_another_tarball_is_unpacked_afresh(tmp_path):
     assert not (tree / "object.o").exists() and not (build / kbuild.CONFIGURED_MARK).exists()
 
 
+def test_build_applies_the_sources_own_patch_by_default(tmp_path, monkeypatch):
+    """fast.ensure_kernel and check call build(build_dir, source=6.12) without a patch: a fresh machine's
+    CI build took the 6.1 patch (the old default) and left the 6.12 tree half patched."""
+    seen = {}
+    monkeypatch.setattr(kbuild, "_build_locked", lambda build_dir, patch, *rest: seen.setdefault("patch", patch))
+    kbuild.build(tmp_path, source=kbuild.SOURCES["6.12"])
+    assert seen["patch"] == kbuild.SOURCES["6.12"].patch
+
+
+def test_a_patch_that_does_not_apply_leaves_the_tree_untouched(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "mm").mkdir(parents=True)
+    (tree / "mm" / "memory.c").write_text("one\ntwo\nthree\n")
+    (tree / "mm" / "mmap.c").write_text("alpha\n")
+    bad = tmp_path / "bad.patch"
+    bad.write_text("--- a/mm/mmap.c\n+++ b/mm/mmap.c\n@@ -1 +1 @@\n-alpha\n+beta\n"
+                   "--- a/mm/memory.c\n+++ b/mm/memory.c\n@@ -1,3 +1,3 @@\n one\n-TWO\n+2\n three\n")
+    with pytest.raises(kbuild.CowaheadError, match="does not apply"):
+        kbuild.apply_patch(tree, bad)
+    assert (tree / "mm" / "mmap.c").read_text() == "alpha\n"  # the hunk that would apply was not applied
+    assert not list(tree.rglob("*.rej")) and not (tmp_path / "applied.patch").exists()
+
+
 def test_the_612_source_is_the_pinned_release():
     """Issue 19 names 6.12.117, and every committed 6.12 result was built from it."""
     top = subprocess.run(["tar", "xOf", SOURCE.tarball, f"{SOURCE.tree_name}/Makefile"], capture_output=True,

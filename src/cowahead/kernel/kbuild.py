@@ -213,6 +213,10 @@ def apply_patch(tree: Path, patch: Path = PATCH) -> bool:
                 before[name] = (path.read_bytes(), path.stat().st_mtime_ns)
         _run(["patch", "-p1", "-R", "-s", "-i", str(applied)], "reverting the previously applied patch", cwd=tree)
         applied.unlink()
+    # A patch that does not apply must leave the tree as it is, not half patched with .rej files.
+    ok, output = patch_applies(tree, patch)
+    if not ok:
+        raise CowaheadError(f"{patch.name} does not apply to {tree}: {(output.strip().splitlines() or ['no output'])[-1]}")
     _run(["patch", "-p1", "-s", "-i", str(patch)], f"applying {patch.name}", cwd=tree)
     applied.write_bytes(wanted)
     for name, (content, mtime_ns) in before.items():
@@ -270,9 +274,11 @@ def configure(tree: Path, source: Source = SOURCES["6.1"]) -> None:
     mark.write_text("vng --kconfig; scripts/config " + " ".join(changes) + "; make olddefconfig\n")
 
 
-def build(build_dir: Path | None = None, patch: Path | None = PATCH, jobs: int | None = None,
+def build(build_dir: Path | None = None, patch: Path | None = None, jobs: int | None = None,
           source: Source = SOURCES["6.1"], stock: bool = False) -> BuildResult:
     """Extract, patch (or, ``stock``, revert), configure and build bzImage; the log goes to BUILD_DIR/build.log.
+
+    ``patch``: default the source's own (kernel/cow-ahead-6.12.patch for 6.12).
 
     The image is copied to BUILD_DIR/bzImage-cow-ahead (or bzImage-stock).
     """
