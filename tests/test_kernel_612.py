@@ -6,6 +6,7 @@ built (``cowahead kernel build``, default ~/.cache/cowahead/kernel-6.12).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -206,7 +207,6 @@ def test_built_kernel_prefers_the_patched_copy_and_stock_is_apart(tmp_path):
 def test_a_tree_from_another_tarball_is_unpacked_afresh(tmp_path):
     """Debian replaced linux-source-6.12 6.12.117 by 6.12.118 in place; a build directory unpacked from
     the old tarball must not be built as if it were the new one."""
-    import dataclasses
     def tarball(sublevel: int) -> Path:
         src = tmp_path / f"src{sublevel}" / "tree"
         src.mkdir(parents=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .guestprogs import compile_programs
-from .kbuild import PATCHED_IMAGE, SOURCES, Source, build, tree_of
+from .kbuild import APPLIED_PATCH, PATCHED_IMAGE, SOURCES, Source, build, tree_of
 from .repro import make_runs as repro_runs
 from .repro import outcome
 from .selftests import build_selftests, make_runs as selftest_runs, record
@@ -33,7 +33,7 @@ GUEST_TIMEOUT_S = 3600
 
 def current_image(build_dir: Path, source: Source) -> Path | None:
     """The patched image in ``build_dir`` if it was built from exactly ``source.patch``, else None."""
-    image, applied = build_dir / PATCHED_IMAGE, build_dir / "applied.patch"
+    image, applied = build_dir / PATCHED_IMAGE, build_dir / APPLIED_PATCH
     if image.exists() and applied.exists() and applied.read_bytes() == source.patch.read_bytes() \
             and image.stat().st_mtime >= applied.stat().st_mtime:
         return image

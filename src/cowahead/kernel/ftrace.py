@@ -27,8 +27,7 @@ from pathlib import Path
 
 from .check import metadata
 from .guestprogs import compile_programs
-from .kbuild import SOURCES, built_kernel
-from .kbuild import image_key
+from .kbuild import SOURCES, built_kernel, image_key
 from .validate import DEFAULT_PAGES, KHUGEPAGED_SLEEP_MS, THP_CONFIGS, workload, workload_argv
 from .vm import SYSCTL_LARGE, run_in_guest
 

@@ -152,6 +152,7 @@ def tree_of(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
 
 
 SOURCE_MARK = "cowahead.source"
+APPLIED_PATCH = "applied.patch"  # beside the tree: the patch the tree has now (absent: stock)
 
 
 def extract(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
@@ -159,35 +160,33 @@ def extract(build_dir: Path, source: Source = SOURCES["6.1"]) -> Path:
 
     A tree from another tarball (Debian's security updates replace linux-source-6.12 in place:
     6.12.117 became 6.12.118) is removed and unpacked afresh, so an image is never a silent mix."""
+    build_dir = Path(build_dir)
     tree = tree_of(build_dir, source)
     if not source.tarball.exists():
         raise CowaheadError(f"{source.tarball} is missing; install Debian's linux-source-{source.version} "
                             "(scripts/setup)")
-    mark = Path(build_dir) / SOURCE_MARK
-    wanted = _tarball_id(source.tarball)
+    mark = build_dir / SOURCE_MARK
+    wanted = f"{source.tarball} sha256 {_sha256(source.tarball)}\n"
     if (tree / "Makefile").exists() and mark.exists() and mark.read_text() == wanted:
         return tree
     if tree.exists():
         shutil.rmtree(tree)
     build_dir.mkdir(parents=True, exist_ok=True)
     _run(["tar", "xf", str(source.tarball), "-C", str(build_dir)], "extracting the kernel source")
-    for stale in (CONFIGURED_MARK, "applied.patch"):
-        (Path(build_dir) / stale).unlink(missing_ok=True)
+    for stale in (CONFIGURED_MARK, APPLIED_PATCH):
+        (build_dir / stale).unlink(missing_ok=True)
     mark.write_text(wanted)
     return tree
 
 
 def image_key(kernel: Path) -> str:
     """An image's identity in results files and the selftest cache: its sha256, 16 hex digits."""
-    return hashlib.sha256(Path(kernel).read_bytes()).hexdigest()[:16]
+    return _sha256(kernel)[:16]
 
 
-def _tarball_id(tarball: Path) -> str:
-    digest = hashlib.sha256()
-    with open(tarball, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{tarball} sha256 {digest.hexdigest()}\n"
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def patched_files(patch_text: str) -> list[str]:
@@ -201,7 +200,7 @@ def apply_patch(tree: Path, patch: Path = PATCH) -> bool:
     the same get their old modification time back, so make rebuilds only what really changed
     (a touched mm_types.h alone would rebuild most of the kernel).
     """
-    applied = tree.parent / "applied.patch"
+    applied = tree.parent / APPLIED_PATCH
     wanted = patch.read_bytes()
     before: dict[str, tuple[bytes, int]] = {}
     if applied.exists():
@@ -228,7 +227,7 @@ def apply_patch(tree: Path, patch: Path = PATCH) -> bool:
 
 def revert_patch(tree: Path) -> bool:
     """Bring the tree back to stock; files the patch did not change keep their modification time."""
-    applied = tree.parent / "applied.patch"
+    applied = tree.parent / APPLIED_PATCH
     if not applied.exists():
         return False
     _run(["patch", "-p1", "-R", "-s", "-i", str(applied)], "reverting the applied patch", cwd=tree)
